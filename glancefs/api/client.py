@@ -1,0 +1,31 @@
+"""``Client(version, endpoint=None, token=None, session=None, ...)``: the
+entry point shaped like python-glanceclient's."""
+from __future__ import annotations
+
+from typing import Any
+
+from keystoneauth1 import session as ks_session
+
+from glancefs.api import exceptions as exc
+from glancefs.api import v1, v2
+from glancefs.api.http import HTTPClient
+
+
+def Client(version: str | int | float = "2", endpoint: str | None = None,
+           token: str | None = None, session: ks_session.Session | None = None,
+           **kwargs: Any) -> v1.Client | v2.Client:
+    """An Images API client for version ``'1'`` or ``'2'``.
+
+    Give ``endpoint`` and ``token`` to talk to Glance directly (no Keystone),
+    or a keystoneauth1 ``session`` (see glancefs.auth) to have the token
+    renewed and the endpoint found in the catalog. Other keyword arguments
+    (``insecure``, ``cacert``, ``timeout``, ``retries``, ``interface``,
+    ``region_name``) go to :class:`glancefs.api.http.HTTPClient`.
+    """
+    major = str(version).split(".")[0].lstrip("v")
+    http = HTTPClient(endpoint, token=token, session=session, **kwargs)
+    if major == "2":
+        return v2.Client(http)
+    if major == "1":
+        return v1.Client(http)
+    raise exc.UnsupportedVersion(f"Images API version {version!r} does not exist; use 1 or 2")

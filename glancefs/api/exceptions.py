@@ -1,0 +1,215 @@
+"""The one exception tree of the Images API client.
+
+Every error the client raises is a :class:`ClientException`. HTTP answers
+become the subclass named after their status, and each carries ``code`` (the
+HTTP status, or ``None``), ``details`` (the server's message, already cleaned
+of HTML and JSON wrapping) and ``request_id`` where the server sent one::
+
+    ClientException
+    +-- CommunicationError         the server could not be reached, or the
+    |                              connection failed and could not be resumed
+    +-- InvalidResponse            the server answered something malformed:
+    |   |                          bad JSON, a short body, a Content-Range
+    |   |                          that does not match the request
+    |   +-- HashMismatch           downloaded bytes do not match the image's
+    |                              os_hash_value / checksum
+    +-- NoUniqueMatch              a name matches more than one image
+    +-- UnsupportedVersion         an API version other than 1 or 2
+    +-- HTTPException              any HTTP error status; ``code`` says which
+        +-- HTTPMultipleChoices    300 (e.g. a v1 request to a v2-only Glance)
+        +-- HTTPBadRequest         400
+        +-- HTTPUnauthorized       401 (renewing the token did not help)
+        +-- HTTPForbidden          403 (policy, protected image, read-only field)
+        +-- HTTPNotFound           404
+        +-- HTTPMethodNotAllowed   405
+        +-- HTTPConflict           409 (wrong status for the operation, duplicate)
+        +-- HTTPOverLimit          413 (size cap, storage quota)
+        +-- HTTPUnsupportedMediaType 415 (disk_format does not match the data)
+        +-- HTTPRequestedRangeNotSatisfiable 416
+        +-- HTTPTooManyRequests    429 (retried for safe requests first)
+        +-- HTTPServerError        any 5xx
+            +-- HTTPInternalServerError 500
+            +-- HTTPBadGateway          502
+            +-- HTTPServiceUnavailable  503 (retried for safe requests first)
+            +-- HTTPGatewayTimeout      504
+
+The names follow python-glanceclient's ``glanceclient.exc`` so code written
+for it keeps working; ``NotFound``/``Forbidden``/... aliases are provided too.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+
+
+class ClientException(Exception):
+    """Base of every error raised by glancefs.api."""
+
+    code: int | None = None
+
+    def __init__(self, details: str = "", *, code: int | None = None,
+                 request_id: str | None = None, method: str | None = None,
+                 url: str | None = None) -> None:
+        self.details = details
+        if code is not None:
+            self.code = code
+        self.request_id = request_id
+        self.method = method
+        self.url = url
+        super().__init__(details)
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.url}: " if self.method and self.url else ""
+        status = f"HTTP {self.code} " if self.code else ""
+        return f"{status}{where}{self.details}".strip()
+
+
+class CommunicationError(ClientException):
+    """The server could not be reached or the connection broke."""
+
+
+class InvalidResponse(ClientException):
+    """The server answered, but not with something we can trust."""
+
+
+class HashMismatch(InvalidResponse):
+    """Downloaded data does not match the hash the server published."""
+
+
+class NoUniqueMatch(ClientException):
+    """A name given for an image matches several images."""
+
+
+class UnsupportedVersion(ClientException):
+    """Only Images API versions 1 and 2 exist."""
+
+
+class HTTPException(ClientException):
+    """An HTTP error status; ``code`` is the status."""
+
+
+class HTTPMultipleChoices(HTTPException):
+    code = 300
+
+
+class HTTPBadRequest(HTTPException):
+    code = 400
+
+
+class HTTPUnauthorized(HTTPException):
+    code = 401
+
+
+class HTTPForbidden(HTTPException):
+    code = 403
+
+
+class HTTPNotFound(HTTPException):
+    code = 404
+
+
+class HTTPMethodNotAllowed(HTTPException):
+    code = 405
+
+
+class HTTPConflict(HTTPException):
+    code = 409
+
+
+class HTTPOverLimit(HTTPException):
+    code = 413
+
+
+class HTTPUnsupportedMediaType(HTTPException):
+    code = 415
+
+
+class HTTPRequestedRangeNotSatisfiable(HTTPException):
+    code = 416
+
+
+class HTTPTooManyRequests(HTTPException):
+    code = 429
+
+
+class HTTPServerError(HTTPException):
+    code = 500
+
+
+class HTTPInternalServerError(HTTPServerError):
+    code = 500
+
+
+class HTTPBadGateway(HTTPServerError):
+    code = 502
+
+
+class HTTPServiceUnavailable(HTTPServerError):
+    code = 503
+
+
+class HTTPGatewayTimeout(HTTPServerError):
+    code = 504
+
+
+# python-glanceclient's names for the same classes.
+BadRequest = HTTPBadRequest
+Unauthorized = HTTPUnauthorized
+Forbidden = HTTPForbidden
+NotFound = HTTPNotFound
+Conflict = HTTPConflict
+OverLimit = HTTPOverLimit
+RequestEntityTooLarge = HTTPOverLimit
+HTTPRequestEntityTooLarge = HTTPOverLimit
+HTTPUnsupported = HTTPUnsupportedMediaType
+ServiceUnavailable = HTTPServiceUnavailable
+HTTPNotImplemented = HTTPServerError
+
+_BY_STATUS: dict[int, type[HTTPException]] = {
+    cls.code: cls for cls in (
+        HTTPMultipleChoices, HTTPBadRequest, HTTPUnauthorized, HTTPForbidden,
+        HTTPNotFound, HTTPMethodNotAllowed, HTTPConflict, HTTPOverLimit,
+        HTTPUnsupportedMediaType, HTTPRequestedRangeNotSatisfiable,
+        HTTPTooManyRequests, HTTPInternalServerError, HTTPBadGateway,
+        HTTPServiceUnavailable, HTTPGatewayTimeout,
+    )
+}
+
+_TAG = re.compile(r"<[^>]+>")
+
+
+def server_message(body: bytes | str, content_type: str = "") -> str:
+    """The human part of an error body: JSON ``message``/``title``, else text
+    with HTML tags removed, on one line and cut to a readable length."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    if "json" in content_type or text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            # Glance wraps errors as {"error": {...}} or {"badRequest": {...}} etc.
+            inner = next(iter(doc.values()), None) if len(doc) == 1 else doc
+            if isinstance(inner, dict):
+                for key in ("message", "title", "explanation"):
+                    if isinstance(inner.get(key), str):
+                        return _one_line(inner[key])
+            for key in ("message", "title", "explanation"):
+                if isinstance(doc.get(key), str):
+                    return _one_line(doc[key])
+    return _one_line(html.unescape(_TAG.sub(" ", text)))
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def from_status(status: int, details: str, *, request_id: str | None = None,
+                method: str | None = None, url: str | None = None) -> HTTPException:
+    """The exception for an HTTP error status, carrying the server's message."""
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = HTTPServerError if status >= 500 else HTTPException
+    return cls(details, code=status, request_id=request_id, method=method, url=url)

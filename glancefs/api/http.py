@@ -1,0 +1,245 @@
+"""HTTP for the Images API: one keystoneauth1 session, retries of safe
+requests, status -> exception, and streamed bodies.
+
+Why keystoneauth1 for everything, even a bare token: the same code path then
+serves a token + endpoint, a password or an application credential, and the
+session renews an expiring token before a request (and once after a 401)
+without the caller noticing. Its debug log masks tokens.
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import requests
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import session as ks_session
+from keystoneauth1 import token_endpoint
+
+from glancefs.api import exceptions as exc
+
+LOG = logging.getLogger(__name__)
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+RETRY_STATUSES = frozenset({429, 503})
+CHUNK_SIZE = 1024 * 1024
+MAX_ERROR_BODY = 64 * 1024
+USER_AGENT = "glancefs"
+_VERSION_SUFFIX = re.compile(r"/v\d+(\.\d+)?/?$")
+
+
+def strip_version(endpoint: str) -> str:
+    """glanceclient accepts endpoints with or without a /v1 or /v2 suffix;
+    the paths we build always carry the version themselves."""
+    return _VERSION_SUFFIX.sub("", endpoint.rstrip("/"))
+
+
+class SizedIterable:
+    """An iterable body with a known length, so requests sends it with
+    Content-Length in large chunks instead of 8 KiB file reads or chunked
+    encoding."""
+
+    def __init__(self, chunks: Iterable[bytes], length: int) -> None:
+        self._chunks = chunks
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._chunks)
+
+
+class HTTPClient:
+    """Sends requests to one Images endpoint through a keystoneauth1 session.
+
+    ``endpoint`` may be given (with or without a version suffix); otherwise it
+    is looked up in the service catalog as the ``image`` service.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, token: str | None = None,
+                 session: ks_session.Session | None = None,
+                 insecure: bool = False, cacert: str | None = None,
+                 cert: str | None = None, key: str | None = None,
+                 timeout: float | None = 600.0, connect_timeout: float = 10.0,
+                 retries: int = 4, max_backoff: float = 30.0,
+                 interface: str = "public", region_name: str | None = None,
+                 service_type: str = "image", pool_size: int = 32,
+                 **_ignored: Any) -> None:
+        if session is None:
+            if endpoint is None:
+                raise exc.ClientException(
+                    "an endpoint is needed when no keystone session is given "
+                    "(set OS_IMAGE_URL or --os-image-url)")
+            verify: bool | str = False if insecure else (cacert or True)
+            auth = token_endpoint.Token(strip_version(endpoint), token) if token else None
+            client_cert = (cert, key) if cert and key else cert
+            session = ks_session.Session(auth=auth, verify=verify, cert=client_cert,
+                                         user_agent=USER_AGENT)
+        self.session = session
+        self._mount_pool(session, pool_size)
+        self._endpoint = strip_version(endpoint) if endpoint else None
+        self._endpoint_lock = threading.Lock()
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.max_backoff = max_backoff
+        self.interface = interface
+        self.region_name = region_name
+        self.service_type = service_type
+
+    @staticmethod
+    def _mount_pool(session: ks_session.Session, pool_size: int) -> None:
+        # Many FUSE readers run at once; requests' default pool of 10
+        # connections would make them queue or open throw-away connections.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+        session.session.mount("http://", adapter)
+        session.session.mount("https://", adapter)
+
+    @property
+    def endpoint(self) -> str:
+        with self._endpoint_lock:
+            if self._endpoint is None:
+                try:
+                    found = self.session.get_endpoint(
+                        service_type=self.service_type, interface=self.interface,
+                        region_name=self.region_name)
+                except ks_exc.ClientException as e:
+                    raise translate_keystone_error(e) from None
+                if not found:
+                    raise exc.ClientException(
+                        f"no '{self.service_type}' endpoint ({self.interface}) "
+                        "in the service catalog")
+                self._endpoint = strip_version(found)
+            return self._endpoint
+
+    @property
+    def authenticated(self) -> bool:
+        return self.session.auth is not None
+
+    def url(self, path: str) -> str:
+        return self.endpoint + path
+
+    def request(self, method: str, path: str, *, headers: Mapping[str, str] | None = None,
+                params: Any = None, json: Any = None, data: Any = None,
+                stream: bool = False, ok: Iterable[int] = ()) -> requests.Response:
+        """One request; raises the exception of its error status.
+
+        Safe methods are retried on connection errors, 429 and 503 (with
+        Retry-After honoured); nothing else is retried, because a repeated
+        POST or a re-sent upload body could create or corrupt an image.
+        """
+        url = self.url(path)
+        attempts = self.retries + 1 if method in SAFE_METHODS else 1
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                resp = self.session.request(
+                    url, method, headers=dict(headers or {}), params=params, json=json,
+                    data=data, stream=stream, raise_exc=False,
+                    authenticated=self.authenticated,
+                    # A consumed upload body cannot be sent again after a 401.
+                    allow_reauth=data is None or isinstance(data, (bytes, str)),
+                    timeout=(self.connect_timeout, self.timeout),
+                    connect_retries=0)
+            except ks_exc.ClientException as e:
+                error = translate_keystone_error(e, method=method, url=url)
+                if attempt < attempts and isinstance(error, exc.CommunicationError):
+                    LOG.warning("%s %s failed (%s); retry %d of %d", method, url,
+                                error.details, attempt, attempts - 1)
+                    time.sleep(_jitter(delay))
+                    delay = min(delay * 2, self.max_backoff)
+                    continue
+                raise error from None
+            if resp.status_code in RETRY_STATUSES and attempt < attempts:
+                wait = retry_after(resp.headers.get("Retry-After"), default=delay,
+                                   cap=self.max_backoff)
+                LOG.warning("%s %s answered %d; retry %d of %d in %.1fs", method, url,
+                            resp.status_code, attempt, attempts - 1, wait)
+                resp.close()
+                time.sleep(wait)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            if resp.status_code >= 300 and resp.status_code not in ok:
+                raise error_from_response(resp, method, url)
+            return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def json_request(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self.request(method, path, **kwargs)
+        try:
+            if resp.status_code == 204 or not resp.content:
+                return None
+            return resp.json()
+        except ValueError:
+            raise exc.InvalidResponse(
+                f"expected JSON, got {resp.headers.get('Content-Type', 'no content type')}: "
+                f"{exc.server_message(resp.content[:200])}",
+                method=method, url=resp.url) from None
+
+
+def _jitter(delay: float) -> float:
+    return delay * (0.75 + random.random() / 2)
+
+
+def retry_after(value: str | None, *, default: float, cap: float) -> float:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date)."""
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return default
+        seconds = when.timestamp() - time.time()
+    return max(0.0, min(seconds, cap))
+
+
+def error_from_response(resp: requests.Response, method: str, url: str) -> exc.HTTPException:
+    body = b""
+    try:
+        for chunk in resp.iter_content(8192):
+            body += chunk
+            if len(body) >= MAX_ERROR_BODY:
+                break
+    except (requests.RequestException, OSError):
+        pass
+    finally:
+        resp.close()
+    details = exc.server_message(body, resp.headers.get("Content-Type", "")) or resp.reason or ""
+    request_id = resp.headers.get("x-openstack-request-id") or resp.headers.get("x-compute-request-id")
+    return exc.from_status(resp.status_code, details, request_id=request_id,
+                           method=method, url=url)
+
+
+def translate_keystone_error(error: ks_exc.ClientException, *, method: str | None = None,
+                             url: str | None = None) -> exc.ClientException:
+    """keystoneauth1's errors in our tree, with nothing secret in the text."""
+    if isinstance(error, (ks_exc.ConnectFailure, ks_exc.ConnectTimeout,
+                          ks_exc.SSLError, ks_exc.UnknownConnectionError)):
+        return exc.CommunicationError(_first_line(error), method=method, url=url)
+    if isinstance(error, ks_exc.HttpError):
+        # Keystone itself refused (wrong password, unknown project ...).
+        return exc.from_status(error.http_status or 500,
+                               f"Keystone refused the request: {_first_line(error)}",
+                               method=method, url=url)
+    if isinstance(error, (ks_exc.MissingAuthPlugin, ks_exc.AuthPluginException,
+                          ks_exc.MissingRequiredOptions)):
+        return exc.HTTPUnauthorized(f"authentication is not configured: {_first_line(error)}",
+                                    code=401, method=method, url=url)
+    if isinstance(error, ks_exc.EndpointNotFound):
+        return exc.ClientException(f"no image endpoint in the catalog: {_first_line(error)}")
+    return exc.CommunicationError(_first_line(error), method=method, url=url)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,220 @@
+"""One interface over Images v1 and v2 for the filesystem.
+
+The filesystem sees immutable :class:`ImageRecord` values and calls
+:class:`ImageService`; it never learns which API version is behind it.
+Where v1 lacks something (tags, os_hash_value, usage), the record holds an
+empty value and the service says so by raising ``HTTPForbidden`` for
+changes v1 cannot make.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+from glancefs.api import exceptions as exc
+from glancefs.api import v1, v2
+from glancefs.api.v2 import CORE_FIELDS, DataSource
+
+LOG = logging.getLogger(__name__)
+
+LIST_PAGE_SIZE = 1000
+# Fields a user may change through the filesystem, with their types.
+WRITABLE_FIELDS: Mapping[str, type] = MappingProxyType({
+    "name": str, "disk_format": str, "container_format": str, "min_disk": int,
+    "min_ram": int, "protected": bool, "visibility": str, "tags": list,
+})
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    name: str | None
+    status: str
+    size: int | None = None
+    disk_format: str | None = None
+    container_format: str | None = None
+    checksum: str | None = None
+    os_hash_algo: str | None = None
+    os_hash_value: str | None = None
+    virtual_size: int | None = None
+    visibility: str | None = None
+    protected: bool = False
+    owner: str | None = None
+    min_disk: int = 0
+    min_ram: int = 0
+    tags: tuple[str, ...] = ()
+    created_at: str | None = None
+    updated_at: str | None = None
+    stores: str | None = None
+    properties: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def created(self) -> float:
+        return parse_time(self.created_at)
+
+    @property
+    def updated(self) -> float:
+        return parse_time(self.updated_at) or self.created
+
+    def core_fields(self) -> dict[str, Any]:
+        """The ``user.glance.*`` fields, as the API names them."""
+        return {
+            "id": self.id, "name": self.name, "status": self.status,
+            "disk_format": self.disk_format, "container_format": self.container_format,
+            "checksum": self.checksum, "os_hash_algo": self.os_hash_algo,
+            "os_hash_value": self.os_hash_value, "size": self.size,
+            "virtual_size": self.virtual_size, "visibility": self.visibility,
+            "protected": self.protected, "owner": self.owner, "min_disk": self.min_disk,
+            "min_ram": self.min_ram, "tags": list(self.tags), "created_at": self.created_at,
+            "updated_at": self.updated_at, "stores": self.stores,
+        }
+
+    @classmethod
+    def from_v2(cls, raw: Mapping[str, Any]) -> "ImageRecord":
+        props = {k: _text(v) for k, v in raw.items() if k not in CORE_FIELDS and v is not None}
+        return cls(
+            id=raw["id"], name=raw.get("name"), status=raw.get("status", "unknown"),
+            size=raw.get("size"), disk_format=raw.get("disk_format"),
+            container_format=raw.get("container_format"), checksum=raw.get("checksum"),
+            os_hash_algo=raw.get("os_hash_algo"), os_hash_value=raw.get("os_hash_value"),
+            virtual_size=raw.get("virtual_size"), visibility=raw.get("visibility"),
+            protected=bool(raw.get("protected")), owner=raw.get("owner"),
+            min_disk=raw.get("min_disk") or 0, min_ram=raw.get("min_ram") or 0,
+            tags=tuple(raw.get("tags") or ()), created_at=raw.get("created_at"),
+            updated_at=raw.get("updated_at"), stores=raw.get("stores"),
+            properties=MappingProxyType(props))
+
+    @classmethod
+    def from_v1(cls, raw: Mapping[str, Any]) -> "ImageRecord":
+        props = {k: _text(v) for k, v in (raw.get("properties") or {}).items()}
+        public = raw.get("is_public")
+        return cls(
+            id=raw["id"], name=raw.get("name"), status=raw.get("status", "unknown"),
+            size=raw.get("size"), disk_format=raw.get("disk_format"),
+            container_format=raw.get("container_format"), checksum=raw.get("checksum"),
+            visibility=None if public is None else ("public" if public else "private"),
+            protected=bool(raw.get("protected")), owner=raw.get("owner"),
+            min_disk=raw.get("min_disk") or 0, min_ram=raw.get("min_ram") or 0,
+            created_at=raw.get("created_at"), updated_at=raw.get("updated_at"),
+            properties=MappingProxyType(props))
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def parse_time(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+class ImageService:
+    """What the filesystem asks of the Images API, for either version."""
+
+    def __init__(self, client: v1.Client | v2.Client) -> None:
+        self.client = client
+        self.version = client.version
+
+    def _record(self, raw: Mapping[str, Any]) -> ImageRecord:
+        return ImageRecord.from_v2(raw) if self.version == "2" else ImageRecord.from_v1(raw)
+
+    def list_images(self) -> list[ImageRecord]:
+        return [self._record(raw) for raw in self.client.images.list(page_size=LIST_PAGE_SIZE)]
+
+    def get(self, image_id: str) -> ImageRecord:
+        return self._record(self.client.images.get(image_id))
+
+    def create(self, name: str | None, disk_format: str | None = None,
+               container_format: str | None = None,
+               properties: Mapping[str, str] | None = None) -> ImageRecord:
+        fields: dict[str, Any] = {"name": name, "disk_format": disk_format,
+                                  "container_format": container_format}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        if self.version == "2":
+            return self._record(self.client.images.create(**fields, **dict(properties or {})))
+        return self._record(self.client.images.create(properties=dict(properties or {}), **fields))
+
+    def upload(self, image_id: str, data: DataSource | Iterable[bytes], size: int | None = None,
+               filename: str | None = None) -> ImageRecord:
+        """Send the data into a queued image; returns the active image after
+        checking that the server's hashes equal the data sent."""
+        if self.version == "2":
+            self.client.images.upload(image_id, data, image_size=size, filename=filename)
+            return self.get(image_id)
+        return self._record(self.client.images.update(image_id, data=data, image_size=size))
+
+    def read(self, image: ImageRecord, offset: int = 0, length: int | None = None,
+             verify: bool = True, chunk_size: int | None = None) -> Iterator[bytes]:
+        raw = {"id": image.id, "status": image.status, "size": image.size,
+               "checksum": image.checksum, "os_hash_algo": image.os_hash_algo,
+               "os_hash_value": image.os_hash_value}
+        kwargs = {"chunk_size": chunk_size} if chunk_size else {}
+        return self.client.images.data(raw, do_checksum=verify, offset=offset,
+                                       length=length, **kwargs)
+
+    def set_property(self, image: ImageRecord, key: str, value: str) -> ImageRecord:
+        return self._change(image, {key: value}, ())
+
+    def remove_property(self, image: ImageRecord, key: str) -> ImageRecord:
+        if key not in image.properties:
+            raise exc.HTTPNotFound(f"image {image.id} has no property {key!r}", code=404)
+        return self._change(image, {}, (key,))
+
+    def set_field(self, image: ImageRecord, name: str, value: Any) -> ImageRecord:
+        if name not in WRITABLE_FIELDS:
+            raise exc.HTTPForbidden(f"{name} is managed by the server", code=403)
+        if self.version == "1":
+            if name == "tags":
+                raise exc.HTTPForbidden("Images v1 has no tags", code=403)
+            if name == "visibility":
+                if value not in ("public", "private"):
+                    raise exc.HTTPBadRequest(f"v1 visibility is public or private, not {value}",
+                                             code=400)
+                name, value = "is_public", value == "public"
+        return self._change(image, {name: value}, ())
+
+    def rename(self, image: ImageRecord, new_name: str) -> ImageRecord:
+        return self._change(image, {"name": new_name}, ())
+
+    def _change(self, image: ImageRecord, changes: dict[str, Any],
+                removals: Iterable[str]) -> ImageRecord:
+        """One PATCH (v2) or PUT (v1), built from the record the caller saw."""
+        if self.version == "2":
+            current = {**image.properties, **{k: v for k, v in image.core_fields().items()
+                                               if v is not None}}
+            ops = v2.patch_ops(current, changes, removals)
+            return self._record(self.client.images.patch(image.id, ops))
+        props = {k: v for k, v in image.properties.items() if k not in set(removals)}
+        fields = {k: v for k, v in changes.items() if k in v1.UPDATE_FIELDS or k == "is_public"}
+        props.update({k: v for k, v in changes.items() if k not in fields})
+        return self._record(self.client.images.update(image.id, properties=props,
+                                                       purge_props=True, **fields))
+
+    def delete(self, image_id: str) -> None:
+        self.client.images.delete(image_id)
+
+    def usage(self) -> tuple[int, int | None] | None:
+        """(bytes used, quota or None) where the server publishes them."""
+        if self.version != "2":
+            return None
+        try:
+            usage = self.client.info.get_usage().get("usage", {})
+        except (exc.HTTPNotFound, exc.HTTPForbidden, exc.HTTPMethodNotAllowed):
+            return None
+        size = usage.get("image_size_total") or {}
+        used = size.get("usage")
+        if used is None:
+            return None
+        limit = size.get("limit")
+        return int(used), (int(limit) if isinstance(limit, int) and limit >= 0 else None)

@@ -1,0 +1,381 @@
+"""Images API v2: images, data, tags, members, import, info and schemas."""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+from urllib.parse import parse_qs, urlsplit
+
+from glancefs.api import download
+from glancefs.api import exceptions as exc
+from glancefs.api.formats import SNIFF_BYTES, guess_formats
+from glancefs.api.http import CHUNK_SIZE, HTTPClient, SizedIterable
+from glancefs.api.resource import Image, Resource
+
+LOG = logging.getLogger(__name__)
+
+PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
+DEFAULT_PAGE_SIZE = 200
+# Fields the server owns; a user can never set them (they are still readable).
+READ_ONLY_FIELDS = frozenset({
+    "id", "status", "checksum", "os_hash_algo", "os_hash_value", "size", "virtual_size",
+    "created_at", "updated_at", "file", "schema", "self", "direct_url", "locations",
+    "stores", "os_glance_failed_import", "os_glance_importing_to_stores",
+})
+
+
+def image_id_of(image: Any) -> str:
+    return image["id"] if isinstance(image, dict) else getattr(image, "id", image)
+
+
+class DataSource:
+    """Image data from a file object, bytes or an iterator of chunks, read
+    in large chunks and hashed on the way out (so an upload can be checked
+    against what the server computed, without reading the data twice)."""
+
+    def __init__(self, data: BinaryIO | bytes | Iterable[bytes], size: int | None = None,
+                 chunk_size: int = CHUNK_SIZE) -> None:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = io.BytesIO(bytes(data))
+        self.size = size if size is not None else _known_size(data)
+        self.chunk_size = chunk_size
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha512 = hashlib.sha512()
+        self.sent = 0
+        self._head = b""
+        if hasattr(data, "read"):
+            self._iter: Iterator[bytes] = iter(lambda: data.read(chunk_size), b"")
+        else:
+            self._iter = iter(data)
+
+    def peek(self, n: int = SNIFF_BYTES) -> bytes:
+        """The first ``n`` bytes, kept to be sent first (for format detection)."""
+        while len(self._head) < n:
+            try:
+                chunk = next(self._iter)
+            except StopIteration:
+                break
+            self._head += chunk
+        return self._head[:n]
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._head:
+            head, self._head = self._head, b""
+            yield from self._account(head)
+        for chunk in self._iter:
+            yield from self._account(chunk)
+
+    def _account(self, chunk: bytes) -> Iterator[bytes]:
+        if chunk:
+            self.md5.update(chunk)
+            self.sha512.update(chunk)
+            self.sent += len(chunk)
+            yield chunk
+
+    def body(self) -> Iterable[bytes]:
+        return SizedIterable(self, self.size) if self.size is not None else iter(self)
+
+
+def _known_size(data: Any) -> int | None:
+    """Bytes left in a seekable file, else None (then chunked encoding)."""
+    try:
+        pos = data.tell()
+        end = data.seek(0, io.SEEK_END)
+        data.seek(pos)
+        return end - pos
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+class Images:
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+
+    def _model(self, body: dict[str, Any]) -> Image:
+        body = dict(body)
+        body.pop("self", None)
+        return Image(self, body)
+
+    # -- listing -----------------------------------------------------------
+    def list(self, filters: dict[str, Any] | None = None, page_size: int | None = None,
+             limit: int | None = None, marker: str | None = None,
+             sort_key: str | list[str] | None = None, sort_dir: str | list[str] | None = None,
+             sort: str | None = None, **extra_filters: Any) -> Iterator[Image]:
+        """Every image matching ``filters``, following ``next`` links past the
+        server's page size; ``limit`` caps the total."""
+        params: list[tuple[str, str]] = []
+        for key, value in {**(filters or {}), **extra_filters}.items():
+            if value is None:
+                continue
+            if key == "tag" and isinstance(value, (list, tuple)):
+                params.extend(("tag", str(tag)) for tag in value)
+            else:
+                params.append((key, str(value).lower() if isinstance(value, bool) else str(value)))
+        if sort and (sort_key or sort_dir):
+            raise exc.HTTPBadRequest("sort cannot be combined with sort_key or sort_dir")
+        if sort:
+            params.append(("sort", sort))
+        for key in _as_list(sort_key):
+            params.append(("sort_key", key))
+        for direction in _as_list(sort_dir):
+            params.append(("sort_dir", direction))
+        page = page_size or DEFAULT_PAGE_SIZE
+        if limit is not None:
+            page = min(page, limit)
+        params.append(("limit", str(page)))
+        if marker:
+            params.append(("marker", marker))
+        path: str | None = "/v2/images"
+        query: Any = params
+        remaining = limit
+        while path:
+            body = self.http.json_request("GET", path, params=query)
+            for raw in body.get("images", []):
+                yield self._model(raw)
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining <= 0:
+                        return
+            next_link = body.get("next")
+            if not next_link:
+                return
+            # The server's next link keeps our filters and adds the marker.
+            split = urlsplit(next_link)
+            path = split.path if split.path.startswith("/v2") else "/v2/images"
+            query = [(k, v) for k, vs in parse_qs(split.query, keep_blank_values=True).items()
+                     for v in vs]
+
+    def get(self, image: Any) -> Image:
+        return self._model(self.http.json_request("GET", f"/v2/images/{image_id_of(image)}"))
+
+    # -- create / update / delete ----------------------------------------
+    def create(self, data: Any = None, **fields: Any) -> Image:
+        """Create an image record (status ``queued``); with ``data``, upload it too."""
+        properties = fields.pop("properties", None) or {}
+        body = {**{k: v for k, v in fields.items() if v is not None}, **properties}
+        image = self._model(self.http.json_request(
+            "POST", "/v2/images", json=body, headers={"Content-Type": "application/json"}))
+        if data is not None:
+            self.upload(image, data)
+            image = self.get(image)
+        return image
+
+    def update(self, image: Any, remove_props: Iterable[str] | None = None,
+               data: Any = None, properties: dict[str, Any] | None = None,
+               purge_props: bool = False, image_size: int | None = None,
+               **fields: Any) -> Image:
+        """Change fields and properties (one JSON-patch request), then upload
+        ``data`` if given. ``properties`` (the v1 spelling) are flattened into
+        top-level properties as v2 stores them."""
+        image_id = image_id_of(image)
+        changes = {**fields, **(properties or {})}
+        removals = set(remove_props or ())
+        if changes or removals or purge_props:
+            current = self.get(image_id)
+            if purge_props:
+                removals |= {k for k in current if k not in changes and k not in CORE_FIELDS}
+            ops = patch_ops(current, changes, removals)
+            if ops:
+                self.patch(image_id, ops)
+        if data is not None:
+            self.upload(image_id, data, image_size=image_size)
+        return self.get(image_id)
+
+    def patch(self, image: Any, ops: list[dict[str, Any]]) -> Image:
+        return self._model(self.http.json_request(
+            "PATCH", f"/v2/images/{image_id_of(image)}", json=ops,
+            headers={"Content-Type": PATCH_TYPE}))
+
+    def delete(self, image: Any) -> None:
+        self.http.request("DELETE", f"/v2/images/{image_id_of(image)}").close()
+
+    def deactivate(self, image: Any) -> None:
+        self.http.request("POST", f"/v2/images/{image_id_of(image)}/actions/deactivate").close()
+
+    def reactivate(self, image: Any) -> None:
+        self.http.request("POST", f"/v2/images/{image_id_of(image)}/actions/reactivate").close()
+
+    # -- data --------------------------------------------------------------
+    def upload(self, image: Any, image_data: Any, image_size: int | None = None,
+               filename: str | None = None, verify: bool = True, _stage: bool = False) -> None:
+        """Stream data into a queued image. Missing disk/container formats are
+        detected from the data first, because v2 refuses data without them.
+        With ``verify``, the image's checksum must equal what was sent."""
+        image_id = image_id_of(image)
+        source = image_data if isinstance(image_data, DataSource) else DataSource(image_data, image_size)
+        current = image if isinstance(image, dict) and "disk_format" in image else self.get(image_id)
+        if not current.get("disk_format") or not current.get("container_format"):
+            disk, container, how = guess_formats(source.peek(), filename or current.get("name"))
+            LOG.info("image %s: disk_format %s, container_format %s (from the data's %s)",
+                     image_id, current.get("disk_format") or disk,
+                     current.get("container_format") or container, how)
+            ops = []
+            if not current.get("disk_format"):
+                ops.append({"op": "replace", "path": "/disk_format", "value": disk})
+            if not current.get("container_format"):
+                ops.append({"op": "replace", "path": "/container_format", "value": container})
+            self.patch(image_id, ops)
+        target = "stage" if _stage else "file"
+        self.http.request("PUT", f"/v2/images/{image_id}/{target}", data=source.body(),
+                          headers={"Content-Type": "application/octet-stream"}).close()
+        if verify and not _stage:
+            after = self.get(image_id)
+            want_md5 = source.md5.hexdigest()
+            if after.get("checksum") and after["checksum"] != want_md5:
+                raise exc.HashMismatch(
+                    f"image {image_id}: the server stored checksum {after['checksum']}, "
+                    f"the data sent has {want_md5}")
+            if after.get("os_hash_algo") == "sha512" and after.get("os_hash_value") \
+                    and after["os_hash_value"] != source.sha512.hexdigest():
+                raise exc.HashMismatch(f"image {image_id}: sha512 differs from the data sent")
+
+    def stage(self, image: Any, image_data: Any, image_size: int | None = None) -> None:
+        self.upload(image, image_data, image_size=image_size, _stage=True)
+
+    def image_import(self, image: Any, method: str = "glance-direct", uri: str | None = None,
+                     stores: list[str] | None = None, all_stores: bool | None = None,
+                     allow_failure: bool = True, backend: str | None = None) -> None:
+        body: dict[str, Any] = {"method": {"name": method}}
+        if uri:
+            if method != "web-download":
+                raise exc.HTTPBadRequest('a URI is only supported with method "web-download"')
+            body["method"]["uri"] = uri
+        if stores:
+            body["stores"] = stores
+        if all_stores:
+            body["all_stores"] = True
+        if stores or all_stores:
+            body["all_stores_must_succeed"] = not allow_failure
+        headers = {"x-image-meta-store": backend} if backend else {}
+        self.http.request("POST", f"/v2/images/{image_id_of(image)}/import", json=body,
+                          headers=headers).close()
+
+    def data(self, image: Any, do_checksum: bool = True, offset: int = 0,
+             length: int | None = None, byte_range: tuple[int, int] | None = None,
+             chunk_size: int = CHUNK_SIZE, **_ignored: Any) -> Iterator[bytes]:
+        """The image's data as a stream of chunks, resumed after a dropped
+        connection; a whole read is verified against os_hash_value/checksum.
+        ``byte_range=(start, end_inclusive)`` or ``offset``/``length`` read a part."""
+        meta = image if isinstance(image, dict) and "status" in image else self.get(image)
+        if byte_range is not None:
+            offset, length = byte_range[0], byte_range[1] - byte_range[0] + 1
+        expected = download.Expected(meta.get("size"), meta.get("os_hash_algo"),
+                                     meta.get("os_hash_value"), meta.get("checksum"))
+        return download.stream(self.http, f"/v2/images/{meta['id']}/file", offset=offset,
+                               length=length, expected=expected, verify=do_checksum,
+                               chunk_size=chunk_size)
+
+    # -- info ----------------------------------------------------------------
+    def get_import_info(self) -> Resource:
+        return Resource(self.http.json_request("GET", "/v2/info/import"))
+
+    def get_stores_info(self) -> Resource:
+        return Resource(self.http.json_request("GET", "/v2/info/stores"))
+
+
+CORE_FIELDS = READ_ONLY_FIELDS | {
+    "name", "disk_format", "container_format", "visibility", "protected", "owner",
+    "min_disk", "min_ram", "tags", "os_hidden",
+}
+
+
+def patch_ops(current: dict[str, Any], changes: dict[str, Any],
+              removals: Iterable[str]) -> list[dict[str, Any]]:
+    """JSON-patch operations turning ``current`` into ``current + changes -
+    removals``; only properties that exist are removed (Glance answers 409
+    to removing a missing one)."""
+    ops: list[dict[str, Any]] = []
+    for key, value in changes.items():
+        if key in READ_ONLY_FIELDS:
+            raise exc.HTTPForbidden(f"{key} is managed by the server and cannot be changed",
+                                    code=403)
+        if key not in CORE_FIELDS and not isinstance(value, str):
+            value = str(value)  # Glance stores properties as strings.
+        op = "replace" if key in current else "add"
+        ops.append({"op": op, "path": "/" + _escape_pointer(key), "value": value})
+    for key in removals:
+        if key in current and key not in changes:
+            ops.append({"op": "remove", "path": "/" + _escape_pointer(key)})
+    return ops
+
+
+def _escape_pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+class ImageTags:
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+
+    def update(self, image_id: str, tag_value: str) -> None:
+        self.http.request("PUT", f"/v2/images/{image_id}/tags/{tag_value}").close()
+
+    def delete(self, image_id: str, tag_value: str) -> None:
+        self.http.request("DELETE", f"/v2/images/{image_id}/tags/{tag_value}").close()
+
+
+class ImageMembers:
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+
+    def list(self, image_id: str) -> Iterator[Resource]:
+        body = self.http.json_request("GET", f"/v2/images/{image_id}/members")
+        return iter([Resource(m) for m in body.get("members", [])])
+
+    def get(self, image_id: str, member_id: str) -> Resource:
+        return Resource(self.http.json_request("GET", f"/v2/images/{image_id}/members/{member_id}"))
+
+    def create(self, image_id: str, member_id: str) -> Resource:
+        return Resource(self.http.json_request("POST", f"/v2/images/{image_id}/members",
+                                               json={"member": member_id}))
+
+    def update(self, image_id: str, member_id: str, member_status: str) -> Resource:
+        return Resource(self.http.json_request(
+            "PUT", f"/v2/images/{image_id}/members/{member_id}", json={"status": member_status}))
+
+    def delete(self, image_id: str, member_id: str) -> None:
+        self.http.request("DELETE", f"/v2/images/{image_id}/members/{member_id}").close()
+
+
+class Info:
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+
+    def get_usage(self) -> Resource:
+        return Resource(self.http.json_request("GET", "/v2/info/usage"))
+
+    def get_import_info(self) -> Resource:
+        return Resource(self.http.json_request("GET", "/v2/info/import"))
+
+    def get_stores_info(self) -> Resource:
+        return Resource(self.http.json_request("GET", "/v2/info/stores"))
+
+
+class Schemas:
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+
+    def get(self, schema_name: str) -> Resource:
+        return Resource(self.http.json_request("GET", f"/v2/schemas/{schema_name}"))
+
+
+class Client:
+    """Images v2 client; see glancefs.api.Client."""
+
+    version = "2"
+
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+        self.images = Images(http)
+        self.image_tags = ImageTags(http)
+        self.image_members = ImageMembers(http)
+        self.info = Info(http)
+        self.schemas = Schemas(http)
