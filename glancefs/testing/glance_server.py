@@ -38,6 +38,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -339,9 +340,17 @@ delay_auth_decision = true
         (d / f"{_WSGI_MODULE}.py").write_text(_WSGI_SOURCE)
 
     def _db_sync(self) -> None:
+        """Create the schema; a fresh data dir copies a cached empty database (db_sync takes
+        2-3 s, and test suites start many servers)."""
         marker = self.data_dir / ".db-synced"
         if marker.exists() and self.db_file.exists():
             return
+        template = cache_dir() / f"glance-empty-{GLANCE_PINS[0].split('==')[-1]}.sqlite"
+        if not self.db_file.exists() and template.exists():
+            shutil.copyfile(template, self.db_file)
+            marker.touch()
+            return
+        fresh = not self.db_file.exists()
         proc = subprocess.run(
             [str(glance_bin("glance-manage")), "--config-file", str(self.config_file),
              "db_sync"],
@@ -349,6 +358,10 @@ delay_auth_decision = true
         if proc.returncode != 0:
             raise RuntimeError(f"glance-manage db_sync failed:\n{proc.stdout[-4000:]}")
         marker.touch()
+        if fresh and not template.exists():
+            tmp = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+            shutil.copyfile(self.db_file, tmp)
+            os.replace(tmp, template)  # atomic: a concurrent reader never sees half a file
 
     # -- lifecycle ---------------------------------------------------------------------------
 

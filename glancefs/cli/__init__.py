@@ -1,0 +1,1 @@
+"""Command-line front ends: ``glancefs`` (main.py) and ``mount.glancefs`` (mount_helper.py)."""

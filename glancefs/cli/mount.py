@@ -1,0 +1,286 @@
+"""``glancefs mount`` and the shared start-up of ``mount.glancefs``.
+
+The promise: the command returns 0 only once the mount works and keeps
+serving in the background (``-f`` stays in the foreground). Bad
+credentials, an unreachable server or a bad mount point fail before that
+with one line on stderr and exit status 1.
+
+How: the parent forks at once (before any HTTP client or thread exists, so
+the child starts clean) and waits on a pipe. The child starts a new session,
+logs in, lists the images, mounts, and only then writes ``OK`` to the pipe;
+any failure before that is written as one line instead and the parent
+prints it. No secret is read from the command line: credentials come from
+``OS_*`` variables, clouds.yaml/secure.yaml (``--os-cloud``/``-o os_cloud=``)
+or ``OS_IMAGE_URL`` + ``OS_AUTH_TOKEN``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from glancefs.fs.options import MountOptions, apply_option_string, parse_size
+
+PROG = "glancefs"
+LOG = logging.getLogger("glancefs.mount")
+# Placeholder sources meaning "credentials from the environment".
+PLACEHOLDER_SOURCES = {"", "glance", "glancefs", "none", "images", "default"}
+_SECRET_ARGS = ("os_password", "os_auth_token", "os_application_credential_secret", "os_key")
+
+
+def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
+    """The mount command's own arguments (credentials are the caller's --os-*)."""
+    parser.add_argument("paths", nargs="+", metavar="[SOURCE] MOUNTPOINT",
+                        help="where to mount; SOURCE (optional) is an Images API URL, a "
+                             "clouds.yaml cloud name, or 'glance' for the OS_* variables")
+    parser.add_argument("-o", dest="mount_options", action="append", default=[],
+                        metavar="OPT[,OPT...]",
+                        help="mount options: ttl=SECONDS (30), prefetch_max=SIZE (64M), "
+                             "memory=SIZE (256M), cache_dir=DIR, cache_size=SIZE (4G), "
+                             "verify=on|off (on), ro, allow_other, uid=, gid=, umask= (022), "
+                             "log=FILE, api_version=1|2, os_cloud=, os_image_url=, "
+                             "block_size=SIZE (1M), prefetch_start=SIZE (1M)")
+    parser.add_argument("-f", "--foreground", action="store_true", default=False,
+                        help="stay in the foreground (logs on stderr)")
+    parser.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="debug log; implies -f")
+    parser.add_argument("--ttl", type=float, default=None,
+                        help="seconds the image list and attributes are cached (30)")
+    parser.add_argument("--prefetch-max", type=parse_size, default=None,
+                        help="largest read-ahead window per open file (64M)")
+    parser.add_argument("--memory", type=parse_size, default=None,
+                        help="RAM for cached and prefetched data, all files (256M)")
+    parser.add_argument("--cache-dir", default=None, help="on-disk data cache directory (off)")
+    parser.add_argument("--cache-size", type=parse_size, default=None,
+                        help="size limit of the on-disk cache (4G)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", default=None,
+                        help="do not check full reads against the image hash")
+    parser.add_argument("--ro", action="store_true", default=None, help="read-only mount")
+    parser.add_argument("--allow-other", action="store_true", default=None,
+                        help="let other users see the mount")
+    parser.add_argument("--log-file", dest="log", default=None,
+                        help="log file (default: syslog when in the background)")
+
+
+def mount_options_from_args(args: argparse.Namespace) -> MountOptions:
+    opts = MountOptions()
+    for text in getattr(args, "mount_options", None) or []:
+        apply_option_string(opts, text)
+    for name in ("ttl", "prefetch_max", "memory", "cache_dir", "cache_size", "verify", "ro",
+                 "allow_other", "log"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(opts, name, value)
+    if getattr(args, "foreground", False):
+        opts.foreground = True
+    if getattr(args, "debug", False):
+        opts.debug = True
+        opts.foreground = True
+    opts.check()
+    return opts
+
+
+def auth_from(args: argparse.Namespace, opts: MountOptions, source: str | None) -> Any:
+    """AuthOptions: the caller's (environment + --os-* flags), then -o os_*, then SOURCE."""
+    from glancefs.auth import AuthOptions
+
+    base = getattr(args, "auth_options", None) or AuthOptions.from_env()
+    overrides: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key.startswith("os_") and key not in _SECRET_ARGS and value not in (None, ""):
+            overrides[key[3:]] = value
+    for name in ("os_cloud", "os_image_url", "os_auth_url", "os_region_name", "os_interface",
+                 "os_project_name", "os_project_id", "os_username", "os_user_domain_name",
+                 "os_project_domain_name", "os_cacert"):
+        value = getattr(opts, name)
+        if value:
+            overrides[name[3:]] = value
+    if opts.insecure:
+        overrides["insecure"] = True
+    if source and source.lower() not in PLACEHOLDER_SOURCES:
+        if source.startswith(("http://", "https://")):
+            overrides["image_url"] = source
+        else:
+            overrides["cloud"] = source
+    return base.merged(overrides)
+
+
+def api_version_for(args: argparse.Namespace, opts: MountOptions, auth: Any) -> str:
+    return (opts.api_version or getattr(args, "image_api_version", None)
+            or os.environ.get("OS_IMAGE_API_VERSION") or auth.image_api_version or "2"
+            ).strip().lstrip("v").split(".")[0]
+
+
+def setup_logging(opts: MountOptions, background: bool) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler: logging.Handler
+    if opts.log:
+        handler = logging.FileHandler(opts.log)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    elif not background:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(levelname)s %(name)s: %(message)s" if opts.debug else f"{PROG}: %(message)s"))
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        handler.setFormatter(logging.Formatter(f"glancefs[{os.getpid()}]: %(message)s"))
+    else:
+        handler = logging.NullHandler()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if opts.debug else logging.INFO)
+    logging.getLogger("glancefs").setLevel(logging.DEBUG if opts.debug else logging.INFO)
+    for noisy in ("urllib3", "keystoneauth", "requests", "pyfuse3"):
+        logging.getLogger(noisy).setLevel(logging.INFO if opts.debug else logging.WARNING)
+
+
+def failure_text(error: BaseException, endpoint: str | None = None) -> str:
+    """One line for the user: what failed, and what the server said."""
+    from glancefs.api import exceptions as exc
+    from glancefs.auth import AuthConfigError
+    from glancefs.fs.session import MountError
+
+    text = " ".join(str(error).split())
+    if isinstance(error, AuthConfigError):
+        return f"cannot authenticate: {text}"
+    if isinstance(error, exc.HTTPUnauthorized):
+        return f"authentication failed: {text}"
+    if isinstance(error, exc.HTTPForbidden):
+        return f"not allowed to list images: {text}"
+    if isinstance(error, exc.CommunicationError):
+        where = f" at {endpoint}" if endpoint else ""
+        return f"cannot reach the Images API{where}: {text}"
+    if isinstance(error, exc.HTTPMultipleChoices):
+        return f"the server does not offer this Images API version: {text}"
+    if isinstance(error, MountError):
+        return text
+    if isinstance(error, exc.ClientException):
+        return text
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return f"{type(error).__name__}: {text}"
+
+
+def run_mount(args: argparse.Namespace) -> int:
+    """Mount as ``args`` say; returns the exit status."""
+    from glancefs.fs.session import MountError, check_mountpoint
+
+    paths = list(args.paths)
+    if len(paths) > 2:
+        print(f"{PROG}: mount: give [SOURCE] MOUNTPOINT, not {len(paths)} paths",
+              file=sys.stderr)
+        return 2
+    source = paths[0] if len(paths) == 2 else None
+    mountpoint = os.path.abspath(paths[-1])
+    try:
+        opts = mount_options_from_args(args)
+        if opts.cache_dir:
+            opts.cache_dir = os.path.abspath(opts.cache_dir)
+        if opts.log:
+            opts.log = os.path.abspath(opts.log)
+        check_mountpoint(mountpoint)
+    except (ValueError, MountError) as error:
+        print(f"{PROG}: mount: {error}", file=sys.stderr)
+        return 1 if isinstance(error, MountError) else 2
+    fsname = source or "glancefs"
+    if opts.foreground:
+        setup_logging(opts, background=False)
+        try:
+            return _serve(args, opts, source, mountpoint, fsname, ready=None)
+        except Exception as error:  # noqa: BLE001 - one line for the user
+            LOG.debug("mount failed", exc_info=True)
+            print(f"{PROG}: mount: {failure_text(error)}", file=sys.stderr)
+            return 1
+    return _daemonize(args, opts, source, mountpoint, fsname)
+
+
+def _serve(args: argparse.Namespace, opts: MountOptions, source: str | None,
+           mountpoint: str, fsname: str, ready: Callable[[], None] | None) -> int:
+    from glancefs.api.service import ImageService
+    from glancefs.auth import client_from_options
+    from glancefs.fs.session import prepare, serve
+
+    auth = auth_from(args, opts, source)
+    version = api_version_for(args, opts, auth)
+    client = client_from_options(auth, version=version)
+    service = ImageService(client)
+    # Fail fast at start-up: an unreachable server should not take the
+    # client's whole retry schedule to be reported.
+    retries = client.http.retries
+    client.http.retries = 0
+    try:
+        fs, ops = prepare(service, opts)
+    except Exception as error:
+        raise _with_endpoint(error, auth) from None
+    finally:
+        client.http.retries = retries
+    serve(fs, ops, mountpoint, fsname, ready=ready)
+    return 0
+
+
+def _with_endpoint(error: Exception, auth: Any) -> Exception:
+    from glancefs.api import exceptions as exc
+
+    if isinstance(error, exc.CommunicationError) and not getattr(error, "url", None):
+        error.url = auth.image_url or auth.auth_url
+    return error
+
+
+def _daemonize(args: argparse.Namespace, opts: MountOptions, source: str | None,
+               mountpoint: str, fsname: str) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        chunks = []
+        while chunk := os.read(read_end, 4096):
+            chunks.append(chunk)
+        os.close(read_end)
+        answer = b"".join(chunks).decode("utf-8", "replace")
+        if answer.startswith("OK"):
+            return 0
+        message = answer.strip() or "the mount process ended before the mount was ready"
+        # Reap the child if it already exited (it writes its error, then exits).
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        print(f"{PROG}: mount: {message}", file=sys.stderr)
+        return 1
+    # The child: the daemon.
+    os.close(read_end)
+    status = 1
+    try:
+        os.setsid()
+        os.chdir("/")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        setup_logging(opts, background=True)
+
+        def ready() -> None:
+            os.write(write_end, b"OK\n")
+            os.close(write_end)
+            # Nobody reads our terminal any more.
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+
+        try:
+            status = _serve(args, opts, source, mountpoint, fsname, ready=ready)
+        except Exception as error:  # noqa: BLE001 - reported through the pipe
+            LOG.error("mount failed: %s", failure_text(error))
+            try:
+                os.write(write_end, failure_text(error).encode() + b"\n")
+            except OSError:
+                pass
+            status = 1
+    finally:
+        logging.shutdown()
+        os._exit(status)

@@ -1,0 +1,141 @@
+"""The one table from errors to errno, and the log line that says why.
+
+Every refusal the filesystem gives is an errno a shell user understands
+("Permission denied", "Resource temporarily unavailable", ...) plus exactly one
+log line naming the operation, the image, the HTTP status and the server's
+message. The message comes from glancefs.api, which already stripped it of
+HTML/JSON; no token or password ever reaches an exception text there, and
+nothing here adds one.
+
+Domain code raises :class:`FsError` for refusals of its own (an image that is
+not active, a write on a read-only mount); everything else it lets through,
+and :func:`errno_for` decides. Only glancefs.fs.operations turns the result
+into ``pyfuse3.FUSEError``.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Any
+
+from glancefs.api import exceptions as exc
+
+LOG = logging.getLogger("glancefs.fs")
+
+
+class FsError(Exception):
+    """A refusal decided by the filesystem itself: an errno and why."""
+
+    def __init__(self, errno_: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno_
+        self.message = message
+
+
+# (exception class, errno); the first match in order wins, so subclasses come
+# before their bases. Operation-specific exceptions are in _BY_OPERATION.
+TABLE: tuple[tuple[type[BaseException], int], ...] = (
+    (exc.HashMismatch, errno.EIO),              # data does not match os_hash_value
+    (exc.InvalidResponse, errno.EIO),           # short body, bad Content-Range, bad JSON
+    (exc.HTTPBadRequest, errno.EINVAL),         # 400
+    (exc.HTTPUnauthorized, errno.EACCES),       # 401 after renewing the token
+    (exc.HTTPForbidden, errno.EACCES),          # 403 policy (EPERM per operation below)
+    (exc.HTTPNotFound, errno.ENOENT),           # 404
+    (exc.HTTPMethodNotAllowed, errno.EOPNOTSUPP),  # 405: the server cannot do that
+    (exc.HTTPConflict, errno.EBUSY),            # 409 wrong status for the operation
+    (exc.HTTPOverLimit, errno.ENOSPC),          # 413 quota (EFBIG for a size cap below)
+    (exc.HTTPUnsupportedMediaType, errno.EMEDIUMTYPE),  # 415 disk_format vs data
+    (exc.HTTPRequestedRangeNotSatisfiable, errno.EINVAL),  # 416
+    (exc.HTTPTooManyRequests, errno.EAGAIN),    # 429 still after the client's retries
+    (exc.HTTPServiceUnavailable, errno.EAGAIN),  # 503 still after the client's retries
+    (exc.HTTPGatewayTimeout, errno.ETIMEDOUT),  # 504
+    (exc.HTTPServerError, errno.EIO),           # any other 5xx
+    (exc.HTTPMultipleChoices, errno.EPROTONOSUPPORT),  # 300: API version not served
+    (exc.HTTPException, errno.EIO),
+    (exc.NoUniqueMatch, errno.EINVAL),
+    (exc.UnsupportedVersion, errno.EPROTONOSUPPORT),
+    (exc.CommunicationError, errno.EHOSTUNREACH),  # see errno_for: EIO mid-transfer
+    (exc.ClientException, errno.EIO),
+    (TimeoutError, errno.ETIMEDOUT),
+)
+
+# Where the operation changes the meaning of a status.
+_BY_OPERATION: dict[tuple[str, type[BaseException]], int] = {
+    # 403 on removing or changing a protected image / a read-only field.
+    ("unlink", exc.HTTPForbidden): errno.EPERM,
+    ("rename", exc.HTTPForbidden): errno.EPERM,
+    ("setxattr", exc.HTTPForbidden): errno.EPERM,
+    ("removexattr", exc.HTTPForbidden): errno.EPERM,
+    # 409 while reading: the image changed status under us; try again later.
+    ("open", exc.HTTPConflict): errno.EAGAIN,
+    ("read", exc.HTTPConflict): errno.EAGAIN,
+    # 409 when removing a property that is not there.
+    ("removexattr", exc.HTTPConflict): errno.ENODATA,
+    # 404 of a property or xattr, not of the file.
+    ("getxattr", exc.HTTPNotFound): errno.ENODATA,
+}
+
+
+def errno_for(error: BaseException, operation: str = "") -> int:
+    """The errno for ``error`` raised while doing ``operation``."""
+    if isinstance(error, FsError):
+        return error.errno
+    for (op, cls), number in _BY_OPERATION.items():
+        if op == operation and isinstance(error, cls):
+            return number
+    if isinstance(error, exc.HTTPOverLimit) and "quota" not in str(error).lower():
+        # Glance's image_size_cap answers 413 without "quota": the file is too big,
+        # the disk is not full.
+        return errno.EFBIG
+    if isinstance(error, exc.CommunicationError) and not error.method:
+        # Raised by a download that lost its connection and could not resume: the
+        # server was reached, the transfer broke.
+        return errno.EIO
+    if isinstance(error, OSError) and error.errno:
+        return error.errno
+    for cls, number in TABLE:
+        if isinstance(error, cls):
+            return number
+    return errno.EIO
+
+
+def describe(error: BaseException) -> str:
+    """One line: HTTP status and the server's message, or the error's text."""
+    if isinstance(error, FsError):
+        return error.message
+    if isinstance(error, exc.ClientException):
+        status = f"HTTP {error.code}: " if error.code else ""
+        details = error.details or type(error).__name__
+        request = f" (request {error.request_id})" if error.request_id else ""
+        return f"{status}{details}{request}"
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def refuse(operation: str, error: BaseException, image: Any = None,
+           level: int | None = None) -> int:
+    """Log why ``operation`` on ``image`` failed (one line) and return the errno.
+
+    ``image`` is an ImageRecord, an id, a file name or None.
+    """
+    number = errno_for(error, operation)
+    what = _image_text(image)
+    if level is None:
+        # Expected refusals (missing names, busy images) are not alarming.
+        quiet = number in (errno.ENOENT, errno.ENODATA, errno.EAGAIN)
+        level = logging.INFO if quiet else logging.WARNING
+    LOG.log(level, "%s%s: %s -> %s", operation, what, describe(error),
+            errno.errorcode.get(number, str(number)))
+    return number
+
+
+def _image_text(image: Any) -> str:
+    if image is None:
+        return ""
+    image_id = getattr(image, "id", None)
+    if image_id is not None:
+        name = getattr(image, "name", None)
+        return f" {name!r} ({image_id})" if name else f" ({image_id})"
+    if isinstance(image, bytes):
+        return " " + repr(image.decode("utf-8", "replace"))
+    return f" {image}"

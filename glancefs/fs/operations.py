@@ -1,0 +1,209 @@
+"""The pyfuse3 adapter: thin methods over :class:`GlanceFS`.
+
+This is the only module that knows pyfuse3 and the only place that raises
+``pyfuse3.FUSEError``: every other error is turned into an errno by
+glancefs.fs.errors (one table) with one log line saying why.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pyfuse3
+import trio
+
+from glancefs.fs.errors import refuse
+from glancefs.fs.filesystem import Attr, GlanceFS
+
+LOG = logging.getLogger("glancefs.fs.operations")
+
+_QUIET = {errno.ENOENT, errno.ENODATA}
+
+
+@contextlib.contextmanager
+def fuse_errors(operation: str, subject: Any = None) -> Iterator[None]:
+    """Turn any error inside into FUSEError(errno) plus a log line."""
+    try:
+        yield
+    except pyfuse3.FUSEError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every error becomes an errno here
+        number = refuse(operation, error, subject, level=_level(operation, error))
+        raise pyfuse3.FUSEError(number) from None
+
+
+def _level(operation: str, error: Exception) -> int | None:
+    number = getattr(error, "errno", None)
+    if operation in ("lookup", "getxattr") and number in _QUIET:
+        return logging.DEBUG   # shells and getfattr probe names all the time
+    return None
+
+
+def entry(attr: Attr) -> pyfuse3.EntryAttributes:
+    out = pyfuse3.EntryAttributes()
+    out.st_ino = attr.inode
+    out.generation = 0
+    out.entry_timeout = attr.timeout
+    out.attr_timeout = attr.timeout
+    out.st_mode = attr.mode
+    out.st_nlink = attr.nlink
+    out.st_uid = attr.uid
+    out.st_gid = attr.gid
+    out.st_rdev = 0
+    out.st_size = attr.size
+    out.st_blksize = 1 << 20
+    out.st_blocks = (attr.size + 511) // 512
+    out.st_atime_ns = int(attr.mtime * 1e9)
+    out.st_mtime_ns = int(attr.mtime * 1e9)
+    out.st_ctime_ns = int(attr.ctime * 1e9)
+    return out
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: GlanceFS) -> None:
+        super().__init__()
+        self.fs = fs
+        self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
+        self._next_dir = 1
+        self.nursery: trio.Nursery | None = None
+        fs.reader.on_corrupt = self._drop_kernel_cache
+
+    def _drop_kernel_cache(self, image_id: str) -> None:
+        """After a hash mismatch the kernel must not keep serving those pages."""
+        inode = self.fs.catalog.inode(image_id)
+        if self.nursery is not None:
+            self.nursery.start_soon(self._invalidate, inode)
+
+    @staticmethod
+    async def _invalidate(inode: int) -> None:
+        # Not from inside the handler: the kernel may hold the inode's lock.
+        with contextlib.suppress(OSError):
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode)
+
+    # -- metadata --------------------------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
+                     ) -> pyfuse3.EntryAttributes:
+        with fuse_errors("lookup", name):
+            return entry(await self.fs.lookup(parent_inode, name))
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        with fuse_errors("getattr", self.fs.catalog.record(inode)):
+            return entry(await self.fs.getattr(inode))
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
+                      ) -> pyfuse3.EntryAttributes:
+        with fuse_errors("setattr", self.fs.catalog.record(inode)):
+            if fields.update_size:
+                raise self.fs.refuse_write("truncate")
+            # chmod/chown/utimes succeed without effect (DESIGN.md): cp -p works.
+            return entry(await self.fs.getattr(inode))
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        with fuse_errors("opendir"):
+            listing = await self.fs.listdir(inode)
+            fh = self._next_dir
+            self._next_dir += 1
+            self._dirs[fh] = listing
+            return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        listing = self._dirs.get(fh, [])
+        for index in range(start_id, len(listing)):
+            name, attr = listing[index]
+            if not pyfuse3.readdir_reply(token, name, entry(attr), index + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        with fuse_errors("statfs"):
+            values = await self.fs.statfs()
+            out = pyfuse3.StatvfsData()
+            for key, value in values.items():
+                setattr(out, key, value)
+            return out
+
+    # -- data --------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        with fuse_errors("open", self.fs.catalog.record(inode)):
+            fh, keep = await self.fs.open(inode, flags)
+            # Active data never changes: keep the page cache across opens.
+            return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        with fuse_errors("read", self.fs.record_of_handle(fh)):
+            return await self.fs.read(fh, off, size)  # type: ignore[return-value]
+
+    async def release(self, fh: int) -> None:
+        with fuse_errors("release", self.fs.record_of_handle(fh)):
+            await self.fs.release(fh)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    # -- extended attributes --------------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        with fuse_errors("getxattr", self.fs.catalog.record(inode)):
+            return await self.fs.getxattr(inode, name)
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        with fuse_errors("listxattr", self.fs.catalog.record(inode)):
+            return await self.fs.listxattr(inode)
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        with fuse_errors("setxattr", self.fs.catalog.record(inode)):
+            raise self.fs.refuse_write("setting attributes")
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        with fuse_errors("removexattr", self.fs.catalog.record(inode)):
+            raise self.fs.refuse_write("removing attributes")
+
+    # -- the write path belongs to its own issue --------------------------------------
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        with fuse_errors("create", name):
+            raise self.fs.refuse_write("creating images")
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        with fuse_errors("write", self.fs.record_of_handle(fh)):
+            raise self.fs.refuse_write("writing")
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        with fuse_errors("unlink", name):
+            raise self.fs.refuse_write("deleting images")
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        with fuse_errors("rename", name_old):
+            raise self.fs.refuse_write("renaming images")
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
+                    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any
+                      ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
+                   ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+                    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EPERM)

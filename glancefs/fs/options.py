@@ -1,0 +1,160 @@
+"""Mount options: one dataclass with the defaults README.rst documents, and
+the ``-o a=b,c`` parser both ``mount.glancefs`` and ``glancefs mount`` use.
+
+Secrets are refused here on purpose: ``-o`` ends up in ``ps``, in
+/proc/mounts (as fsname options) and in fstab, so passwords and tokens only
+come from the environment or clouds.yaml/secure.yaml.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+def parse_size(text: str) -> int:
+    """``512``, ``64k``, ``256M``, ``2G``, ``1GiB`` -> bytes."""
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    units = {"k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+    scale = 1
+    if value and value[-1] in units:
+        scale = units[value[-1]]
+        value = value[:-1]
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 512M or 2G)") from None
+    if number < 0:
+        raise ValueError(f"a size cannot be negative: {text!r}")
+    return int(number * scale)
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "on", "yes", "true", ""):
+        return True
+    if lowered in ("0", "off", "no", "false"):
+        return False
+    raise ValueError(f"not on/off: {text!r}")
+
+
+@dataclass
+class MountOptions:
+    ttl: float = 30.0                  # seconds listing/attributes are trusted
+    block_size: int = 1 * MiB          # unit of random reads and of the RAM cache
+    prefetch_start: int = 1 * MiB      # first prefetch window of a sequential reader
+    prefetch_max: int = 64 * MiB       # largest prefetch window per open file
+    memory: int = 256 * MiB            # RAM for cached and prefetched blocks, all files
+    readahead: int = 1 * MiB           # kernel read-ahead (FUSE read size), root only
+    cache_dir: str | None = None       # on-disk data cache (off when None)
+    cache_size: int = 4 * GiB          # limit of the on-disk cache
+    verify: bool = True                # hash-check full in-order reads
+    ro: bool = False
+    allow_other: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    umask: int = 0o022
+    api_version: str | None = None     # 1 or 2; None: OS_IMAGE_API_VERSION, else 2
+    log: str | None = None             # log file; None: syslog when daemonized
+    debug: bool = False
+    foreground: bool = False
+    fsname: str = "glancefs"
+    # Credentials that are not secret (secrets: environment or clouds.yaml only).
+    os_cloud: str | None = None
+    os_image_url: str | None = None
+    os_auth_url: str | None = None
+    os_region_name: str | None = None
+    os_interface: str | None = None
+    os_project_name: str | None = None
+    os_project_id: str | None = None
+    os_username: str | None = None
+    os_user_domain_name: str | None = None
+    os_project_domain_name: str | None = None
+    os_cacert: str | None = None
+    insecure: bool = False
+    # Generic mount flags passed on to the kernel.
+    kernel_flags: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.block_size < 64 * KiB or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two of at least 64K")
+        if self.prefetch_max < self.block_size:
+            self.prefetch_max = self.block_size
+        self.prefetch_start = max(self.block_size,
+                                  min(self.prefetch_start, self.prefetch_max))
+        if self.memory < 4 * self.block_size:
+            raise ValueError(f"memory must be at least 4 blocks ({4 * self.block_size} bytes)")
+        if self.api_version not in (None, "1", "2"):
+            raise ValueError("api_version must be 1 or 2")
+        if self.ttl < 0:
+            raise ValueError("ttl cannot be negative")
+
+
+_SIZES = {"block_size", "prefetch_start", "prefetch_max", "memory", "cache_size", "readahead"}
+_BOOLS = {"verify", "ro", "allow_other", "debug", "foreground", "insecure"}
+_ALIASES = {
+    "prefetch": "prefetch_max", "max_prefetch": "prefetch_max", "memory_budget": "memory",
+    "mem": "memory", "cache": "cache_dir", "logfile": "log", "log_file": "log",
+    "cloud": "os_cloud", "image_url": "os_image_url", "os_image_api_version": "api_version",
+    "region": "os_region_name", "rw": "ro", "noverify": "verify",
+}
+# Generic flags mount(8) or fstab may hand us; they belong to the kernel or to mount.
+KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime",
+                "suid", "dev", "exec", "atime", "sync", "async", "dirsync"}
+IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev",
+           "nofail", "nofail", "loud", "silent", "nosymfollow", "lazytime"}
+SECRET_WORDS = ("password", "token", "secret", "os_key", "credential_secret")
+
+
+def apply_option_string(opts: MountOptions, text: str) -> None:
+    """Apply ``-o`` text (comma separated ``key`` or ``key=value``) to ``opts``."""
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, has_value, value = item.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if any(word in key for word in SECRET_WORDS):
+            raise ValueError(f"option {key!r} would put a secret on the command line; "
+                             "set it in the environment (OS_*) or clouds.yaml/secure.yaml")
+        if key in KERNEL_FLAGS:
+            opts.kernel_flags.append(key)
+            continue
+        if key in IGNORED or key.startswith(("x-", "comment")):
+            continue
+        if key == "rw":
+            opts.ro = False
+            continue
+        if key == "noverify":
+            opts.verify = False
+            continue
+        if key == "no_allow_other":
+            opts.allow_other = False
+            continue
+        name = _ALIASES.get(key, key)
+        known = {f.name: f for f in fields(MountOptions)}
+        if name not in known or name == "kernel_flags":
+            raise ValueError(f"unknown mount option {key!r}")
+        try:
+            setattr(opts, name, _convert(name, value if has_value else None))
+        except ValueError as error:
+            raise ValueError(f"mount option {key}: {error}") from None
+
+
+def _convert(name: str, value: str | None) -> Any:
+    if name in _BOOLS:
+        return True if value is None else parse_bool(value)
+    if value is None:
+        raise ValueError("needs a value (key=value)")
+    if name in _SIZES:
+        return parse_size(value)
+    if name in ("uid", "gid"):
+        return int(value)
+    if name == "umask":
+        return int(value, 8)
+    if name == "ttl":
+        return float(value)
+    if name == "api_version":
+        return value.strip().lstrip("v").split(".")[0]
+    return value

@@ -1,0 +1,623 @@
+"""The read path: FUSE reads -> aligned blocks -> ranged GETs.
+
+Why it is shaped this way:
+
+* Random reads (``qemu-img info``, ``file``) fetch only the aligned blocks
+  they touch (``block_size``, 1 MiB by default), never the whole image.
+* A reader that keeps going forward gets a prefetch window that starts at
+  ``prefetch_start`` and doubles each time it crosses into a new block, up to
+  ``prefetch_max`` (and a fair share of the memory budget). The window is
+  fetched as several ranged GETs at once, each streaming block by block into
+  the cache, so the reader is served while the rest is still arriving.
+  A seek resets the window.
+* Blocking HTTP runs in worker threads (``trio.to_thread``); blocks come back
+  to trio one at a time, so a slow request never holds up other FUSE requests.
+* A server that ignores ``Range`` (Images v1) sends the whole image for every
+  request. For such servers each open file gets one sequential stream from
+  byte 0 that fills the cache as it goes and pauses when it is a window ahead
+  of its reader; only a read behind the stream (and not cached) starts over.
+* Verification: a read at offset 0 starts a :class:`Verifier` for the image.
+  Blocks are handed to a hashing thread in order as they arrive (so hashing
+  overlaps with fetching and serving), readers are held back only when the
+  hashing thread falls more than ``hash_lag`` behind (bounding memory), and
+  the read that reaches the end of the file waits for the digest when every
+  block was served since offset 0, failing with EIO on a mismatch.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from glancefs.api.service import ImageRecord, ImageService
+from glancefs.fs.cache import BlockCache, DiskCache
+from glancefs.fs.errors import FsError
+
+LOG = logging.getLogger("glancefs.fs.reader")
+
+MiB = 1024 * 1024
+PIECES = 1
+
+
+@dataclass
+class ReadConfig:
+    block_size: int = MiB
+    prefetch_start: int = MiB
+    prefetch_max: int = 64 * MiB
+    memory: int = 256 * MiB
+    verify: bool = True
+    max_request: int = 64 * MiB
+    fetch_threads: int = 32          # HTTP requests in flight, all files
+    range_supported: bool = True     # False for servers that ignore Range (v1)
+
+    @property
+    def hash_lag(self) -> int:
+        """How far readers may run ahead of the hashing thread (memory held in
+        its queue, part of ``memory``)."""
+        return max(2 * self.block_size, min(32 * MiB, self.memory // 8))
+
+
+class _Stop(Exception):
+    """A fetch thread was told to stop (nobody needs its blocks any more)."""
+
+
+class Pending:
+    """A block someone is fetching; waiters get its data or its error."""
+
+    __slots__ = ("event", "data", "error", "job")
+
+    def __init__(self, job: Job) -> None:
+        self.event = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+        self.job = job
+
+
+@dataclass(eq=False)   # identity, so jobs can live in sets
+class Job:
+    """One fetch thread: a ranged GET of blocks [first, last), or (no Range
+    support) a stream from block 0 gated by ``want_until``."""
+    first: int
+    last: int
+    stream: bool = False
+    cancelled: bool = False
+    position: int = 0            # next block the thread will deliver
+    want_until: int = 0          # streams pause before delivering this block
+    gate: threading.Condition = field(default_factory=threading.Condition)
+    done: bool = False
+
+    def cancel(self) -> None:
+        with self.gate:
+            self.cancelled = True
+            self.gate.notify_all()
+
+    def want(self, block: int) -> None:
+        with self.gate:
+            if block > self.want_until:
+                self.want_until = block
+                self.gate.notify_all()
+
+
+def pick_hash(record: ImageRecord) -> tuple[str, str] | None:
+    """(algorithm, expected hex digest): os_hash_value, else the MD5 checksum."""
+    if record.os_hash_algo and record.os_hash_value:
+        try:
+            hashlib.new(record.os_hash_algo)
+            return record.os_hash_algo, record.os_hash_value.lower()
+        except ValueError:
+            LOG.warning("image %s: unknown os_hash_algo %r, checking the MD5 checksum instead",
+                        record.id, record.os_hash_algo)
+    if record.checksum:
+        return "md5", record.checksum.lower()
+    return None
+
+
+class Verifier:
+    """Hashes one image's blocks in order in its own thread."""
+
+    def __init__(self, record: ImageRecord, algo: str, expected: str, nblocks: int,
+                 token: trio.lowlevel.TrioToken) -> None:
+        self.record = record
+        self.algo = algo
+        self.expected = expected
+        self.nblocks = nblocks
+        self.next = 0                  # next block to hand to the thread
+        self.hashed = 0                # blocks the thread has finished
+        self.served = bytearray(nblocks)   # blocks returned to a read since offset 0
+        self.active = True
+        self.digest: str | None = None
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._token = token
+        self.progress = trio.Event()    # set (and replaced) as hashing advances
+        self._thread = threading.Thread(target=self._run, name=f"hash-{record.id[:8]}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        hasher = hashlib.new(self.algo)
+        while True:
+            data = self._queue.get()
+            if data is None:
+                break
+            hasher.update(data)
+            self.hashed += 1
+            try:
+                self._token.run_sync_soon(self._wake)
+            except trio.RunFinishedError:
+                return
+        self.digest = hasher.hexdigest()
+        try:
+            self._token.run_sync_soon(self._wake)
+        except trio.RunFinishedError:
+            pass
+
+    def _wake(self) -> None:
+        event, self.progress = self.progress, trio.Event()
+        event.set()
+
+    def feed(self, data: bytes) -> None:
+        self._queue.put(data)
+        self.next += 1
+        if self.next == self.nblocks:
+            self._queue.put(None)
+
+    def abandon(self) -> None:
+        if self.active:
+            self.active = False
+            if self.next < self.nblocks:
+                self._queue.put(None)
+
+    @property
+    def backlog(self) -> int:
+        return self.next - self.hashed
+
+
+class ImageData:
+    """Read state of one image shared by all its open files."""
+
+    def __init__(self, reader: Reader, record: ImageRecord) -> None:
+        self.reader = reader
+        self.record = record
+        self.id = record.id
+        self.size = record.size or 0
+        bs = reader.config.block_size
+        self.nblocks = (self.size + bs - 1) // bs
+        self.pending: dict[int, Pending] = {}
+        self.jobs: set[Job] = set()
+        self.handles = 0
+        self.verifier: Verifier | None = None
+        self.inflight: dict[int, tuple[int, int]] = {}   # read serial -> blocks
+        self.read_done = trio.Event()
+        hashed = pick_hash(record)
+        self.disk_tag = (hashed[1][:16] if hashed else None)
+
+
+class Handle:
+    """One open file: where its reader is and how far ahead to fetch."""
+
+    def __init__(self, image: ImageData) -> None:
+        self.image = image
+        self.next_off: int | None = None
+        self.last_block = -1
+        self.window = 0
+        self.frontier = 0            # blocks below this were already requested
+        self.stream: Job | None = None
+
+
+class Reader:
+    """Serves reads of all open images from one cache and one thread pool."""
+
+    def __init__(self, service: ImageService, config: ReadConfig,
+                 disk: DiskCache | None = None) -> None:
+        self.service = service
+        self.config = config
+        # The hashing queue may hold up to hash_lag beyond what the cache holds.
+        self.cache = BlockCache(max(4 * config.block_size,
+                                    config.memory - (config.hash_lag if config.verify else 0)))
+        self.disk = disk
+        self.images: dict[str, ImageData] = {}
+        self.limiter = trio.CapacityLimiter(config.fetch_threads)
+        self.nursery: trio.Nursery | None = None
+        self.on_corrupt: Callable[[str], None] | None = None
+        self._serial = 0
+        self._sequential = 0          # handles with an open prefetch window
+        # Images whose last full read did not match their hash: reads of their
+        # final block keep failing (the kernel retries a failed readahead
+        # synchronously) until a new read from offset 0 verifies again.
+        self.mismatched: set[str] = set()
+        self.stats = {"requests": 0, "bytes": 0}
+
+    # -- open / release ---------------------------------------------------
+
+    def open(self, record: ImageRecord) -> Handle:
+        image = self.images.get(record.id)
+        if image is None or image.record.size != record.size or (
+                image.record.os_hash_value, image.record.checksum) != (
+                record.os_hash_value, record.checksum):
+            image = ImageData(self, record)
+            self.images[record.id] = image
+        image.handles += 1
+        return Handle(image)
+
+    def release(self, handle: Handle) -> None:
+        image = handle.image
+        if handle.stream:
+            handle.stream.cancel()
+        if handle.window:
+            self._sequential -= 1
+            handle.window = 0
+        image.handles -= 1
+        if image.handles <= 0:
+            for job in list(image.jobs):
+                job.cancel()
+            if image.verifier:
+                image.verifier.abandon()
+                image.verifier = None
+            if self.images.get(image.id) is image:
+                del self.images[image.id]
+
+    # -- reading -------------------------------------------------------------
+
+    async def read(self, handle: Handle, off: int, size: int) -> bytes | memoryview:
+        image = handle.image
+        if off >= image.size or size <= 0:
+            return b""
+        bs = self.config.block_size
+        end = min(off + size, image.size)
+        first, last = off // bs, (end - 1) // bs
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug("image %s: read %d+%d (handle window %d)", image.id, off, size,
+                      handle.window)
+        self._track(handle, off, end, first)
+        if off == 0 and self.config.verify and (
+                image.verifier is None or not image.verifier.active):
+            self.mismatched.discard(image.id)
+            self._start_verifier(image)
+        elif image.id in self.mismatched and last == image.nblocks - 1:
+            raise FsError(errno.EIO, "the image's data did not match its hash; "
+                                     "read it again from the start to re-check")
+        self._serial += 1
+        serial = self._serial
+        image.inflight[serial] = (first, last)
+        try:
+            blocks = await self._blocks(handle, first, last)
+            verifier = image.verifier
+            if verifier is not None and verifier.active:
+                for index in range(first, last + 1):
+                    verifier.served[index] = 1
+        finally:
+            del image.inflight[serial]
+            done, image.read_done = image.read_done, trio.Event()
+            done.set()
+        if handle.window:
+            self._prefetch(handle, end)
+            if first > 0:
+                self.cache.demote((image.id, first - 1))
+        verifier = image.verifier
+        if verifier is not None and verifier.active:
+            if end == image.size:
+                await self._finish_verify(image, verifier, serial)
+            else:
+                # Keep the hashing thread's queue (memory) bounded: wait for it
+                # rather than letting a fast reader pile blocks up behind it.
+                lag_blocks = self.config.hash_lag // bs
+                while verifier.active and verifier.backlog > lag_blocks:
+                    await verifier.progress.wait()
+        start = off - first * bs
+        if first == last:
+            return memoryview(blocks[0])[start:start + end - off]
+        parts = [memoryview(blocks[0])[start:]]
+        parts.extend(memoryview(b) for b in blocks[1:-1])
+        parts.append(memoryview(blocks[-1])[:end - last * bs])
+        return b"".join(parts)
+
+    def _track(self, handle: Handle, off: int, end: int, first: int) -> None:
+        """Sequential or not; grow or reset the prefetch window."""
+        bs = self.config.block_size
+        sequential = handle.next_off is not None and abs(off - handle.next_off) <= bs
+        if sequential:
+            if first > handle.last_block:
+                # Grows once per new block the reader enters: a reader that keeps
+                # up is worth fetching further ahead for.
+                if not handle.window:
+                    self._sequential += 1
+                    handle.window = self.config.prefetch_start
+                else:
+                    handle.window = min(handle.window * 2, self._window_cap())
+            handle.next_off = max(handle.next_off or 0, end)
+        else:
+            if handle.window:
+                self._sequential -= 1
+            handle.window = 0
+            handle.frontier = 0
+            handle.next_off = end
+        handle.last_block = max(handle.last_block, first) if sequential else first
+
+    def _window_cap(self) -> int:
+        share = self.config.memory // (2 * max(1, self._sequential))
+        return max(self.config.block_size, min(self.config.prefetch_max, share))
+
+    def _prefetch(self, handle: Handle, end: int) -> None:
+        image = handle.image
+        bs = self.config.block_size
+        target = min(image.nblocks, (end + handle.window + bs - 1) // bs)
+        if not self.config.range_supported:
+            if handle.stream is not None and not handle.stream.done:
+                handle.stream.want(target)
+            return
+        start = max(handle.frontier, (end + bs - 1) // bs)
+        window_blocks = max(1, handle.window // bs)
+        # Refill in halves of the window: fewer, larger requests.
+        if target - start < max(1, window_blocks // 2):
+            return
+        handle.frontier = target
+        piece = max(1, min(self.config.max_request, max(bs, handle.window // PIECES)) // bs)
+        self._fetch_missing(image, start, target, piece)
+
+    def _fetch_missing(self, image: ImageData, start: int, stop: int, piece: int) -> None:
+        """Start ranged GETs for blocks in [start, stop) neither cached nor coming."""
+        run_start: int | None = None
+        for index in range(start, stop + 1):
+            missing = index < stop and (image.id, index) not in self.cache \
+                and index not in image.pending
+            if missing and run_start is None:
+                run_start = index
+            if run_start is not None and (not missing or index - run_start >= piece):
+                self._start_job(image, Job(run_start, index))
+                run_start = index if missing else None
+
+    async def _blocks(self, handle: Handle, first: int, last: int) -> list[bytes]:
+        image = handle.image
+        out: list[bytes | None] = [self.cache.get((image.id, i)) for i in range(first, last + 1)]
+        missing = [first + n for n, data in enumerate(out) if data is None]
+        if missing and self.disk is not None and image.disk_tag:
+            found = await trio.to_thread.run_sync(self._disk_get_many, image, missing,
+                                                  limiter=self.limiter)
+            for index, data in found.items():
+                self._deliver(image, index, data, from_disk=True)
+                out[index - first] = data
+            missing = [i for i in missing if i not in found]
+        if missing:
+            self._request(handle, missing)
+        for n, data in enumerate(out):
+            if data is None:
+                out[n] = await self._wait_block(handle, first + n)
+        return out  # type: ignore[return-value]
+
+    def _request(self, handle: Handle, missing: list[int]) -> None:
+        image = handle.image
+        if not self.config.range_supported:
+            want = missing[-1] + 1 + max(handle.window, self.config.block_size) \
+                // self.config.block_size
+            stream = handle.stream
+            if stream is None or stream.done or stream.cancelled or stream.position > missing[0]:
+                if stream is not None:
+                    stream.cancel()
+                stream = handle.stream = Job(0, image.nblocks, stream=True)
+                stream.want_until = min(image.nblocks, want)
+                self._start_job(image, stream)
+            stream.want(min(image.nblocks, want))
+            for index in missing:
+                if index not in image.pending:
+                    image.pending[index] = Pending(stream)
+            return
+        run: list[int] = []
+        for index in missing:
+            if index in image.pending:
+                continue
+            if run and index != run[-1] + 1:
+                self._start_job(image, Job(run[0], run[-1] + 1))
+                run = []
+            run.append(index)
+        if run:
+            self._start_job(image, Job(run[0], run[-1] + 1))
+
+    async def _wait_block(self, handle: Handle, index: int) -> bytes:
+        image = handle.image
+        for _attempt in range(3):
+            data = self.cache.get((image.id, index))
+            if data is not None:
+                return data
+            pending = image.pending.get(index)
+            if pending is None:
+                self._request(handle, [index])
+                pending = image.pending[index]
+            await pending.event.wait()
+            if pending.data is not None:
+                return pending.data
+            if pending.error is not None and not isinstance(pending.error, _Stop):
+                raise pending.error
+        raise FsError(errno.EIO, f"block {index} of image {image.id} could not be fetched")
+
+    # -- fetching --------------------------------------------------------------
+
+    def _start_job(self, image: ImageData, job: Job) -> None:
+        LOG.debug("image %s: fetching blocks %d-%d%s", image.id, job.first, job.last - 1,
+                  " (stream)" if job.stream else "")
+        image.jobs.add(job)
+        if not job.stream:
+            for index in range(job.first, job.last):
+                image.pending.setdefault(index, Pending(job))
+        assert self.nursery is not None, "Reader.nursery must be set before reading"
+        self.nursery.start_soon(self._run_job, image, job)
+
+    async def _run_job(self, image: ImageData, job: Job) -> None:
+        error: BaseException | None = None
+        try:
+            await trio.to_thread.run_sync(self._fetch_thread, image, job,
+                                          trio.lowlevel.current_trio_token(),
+                                          limiter=self.limiter, abandon_on_cancel=True)
+        except _Stop as stop:
+            error = stop
+        except Exception as exc:  # handed to the readers waiting for these blocks
+            error = exc
+            if not job.cancelled:
+                LOG.warning("fetching blocks %d-%d of image %s failed: %s", job.first,
+                            job.last - 1, image.id, exc)
+        finally:
+            job.done = True
+            image.jobs.discard(job)
+            if error is None:
+                error = FsError(errno.EIO, f"image {image.id}: the server sent fewer bytes "
+                                           "than its size")
+            for index, pending in list(image.pending.items()):
+                if pending.job is job:
+                    del image.pending[index]
+                    pending.error = error
+                    pending.event.set()
+
+    def _fetch_thread(self, image: ImageData, job: Job, token: trio.lowlevel.TrioToken) -> None:
+        """Runs in a worker thread: GET the blocks, hand each to trio."""
+        bs = self.config.block_size
+        index = job.first
+        if not job.stream and self.disk is not None and image.disk_tag:
+            # Blocks already on disk are not fetched again.
+            while index < job.last:
+                data = self.disk.get(image.id, image.disk_tag, index)
+                if data is None:
+                    break
+                self._hand_over(token, image, job, index, data, True)
+                index += 1
+            if index == job.last:
+                return
+        offset = 0 if job.stream else index * bs
+        length = None if job.stream else min(job.last * bs, image.size) - offset
+        chunks: Iterator[bytes] = self.service.read(image.record, offset, length,
+                                                    verify=False, chunk_size=bs)
+        self.stats["requests"] += 1
+        buffer = b""
+        try:
+            for chunk in chunks:
+                self.stats["bytes"] += len(chunk)
+                buffer = buffer + chunk if buffer else chunk
+                while len(buffer) >= bs or (buffer and index * bs + len(buffer) >= image.size):
+                    data, buffer = buffer[:bs], buffer[bs:]
+                    if job.stream:
+                        self._gate(job, index)
+                    self._hand_over(token, image, job, index, data, False)
+                    index += 1
+                if job.cancelled:
+                    raise _Stop()
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _gate(self, job: Job, index: int) -> None:
+        """A stream waits here while it is far enough ahead of its reader."""
+        with job.gate:
+            while index >= job.want_until and not job.cancelled:
+                job.gate.wait(timeout=1.0)
+        if job.cancelled:
+            raise _Stop()
+
+    def _hand_over(self, token: trio.lowlevel.TrioToken, image: ImageData, job: Job,
+                   index: int, data: bytes, from_disk: bool) -> None:
+        if job.cancelled:
+            raise _Stop()
+        job.position = index + 1
+        try:
+            # Not waiting for trio to take it: the thread keeps reading the socket.
+            token.run_sync_soon(self._deliver, image, index, data, from_disk)
+        except trio.RunFinishedError:
+            raise _Stop() from None
+
+    def _disk_get_many(self, image: ImageData, indexes: list[int]) -> dict[int, bytes]:
+        assert self.disk is not None and image.disk_tag
+        found = {}
+        for index in indexes:
+            data = self.disk.get(image.id, image.disk_tag, index)
+            if data is not None:
+                found[index] = data
+        return found
+
+    def _deliver(self, image: ImageData, index: int, data: bytes, from_disk: bool) -> None:
+        """In trio: a block arrived; wake its waiters, feed the verifier."""
+        self.cache.put((image.id, index), data)
+        pending = image.pending.pop(index, None)
+        if pending is not None:
+            pending.data = data
+            pending.event.set()
+        if self.disk is not None and image.disk_tag and not from_disk and self.nursery:
+            self.nursery.start_soon(self._disk_put, image.id, image.disk_tag, index, data)
+        verifier = image.verifier
+        if verifier is not None and verifier.active and index == verifier.next:
+            verifier.feed(data)
+            self._advance(image, verifier)
+
+    async def _disk_put(self, image_id: str, tag: str, index: int, data: bytes) -> None:
+        assert self.disk is not None
+        await trio.to_thread.run_sync(self.disk.put, image_id, tag, index, data)
+
+    # -- verification ------------------------------------------------------------
+
+    def _start_verifier(self, image: ImageData) -> None:
+        expected = pick_hash(image.record)
+        if expected is None or image.nblocks == 0:
+            return
+        verifier = Verifier(image.record, expected[0], expected[1], image.nblocks,
+                            trio.lowlevel.current_trio_token())
+        image.verifier = verifier
+        self._advance(image, verifier)
+
+    def _advance(self, image: ImageData, verifier: Verifier) -> None:
+        """Hand the hashing thread every block that is next in order and here."""
+        while verifier.active and verifier.next < verifier.nblocks:
+            data = self.cache.peek((image.id, verifier.next))
+            if data is None:
+                return
+            verifier.feed(data)
+
+    async def _finish_verify(self, image: ImageData, verifier: Verifier, serial: int) -> None:
+        """The read reaching the end: was it a full read? Then wait for the digest."""
+        while True:
+            unserved = [i for i, seen in enumerate(verifier.served) if not seen]
+            if not unserved:
+                break
+            # Earlier reads of this file may still be in flight (the kernel sends
+            # reads concurrently); wait for them before deciding.
+            covering = [r for s, r in image.inflight.items() if s != serial]
+            if not all(any(a <= i <= b for a, b in covering) for i in unserved):
+                LOG.debug("image %s: not a full read from offset 0; not verified", image.id)
+                verifier.abandon()
+                return
+            await image.read_done.wait()
+        # Blocks evicted before the hasher reached them are fetched again.
+        while verifier.active and verifier.next < verifier.nblocks:
+            handle = Handle(image)
+            await self._wait_block(handle, verifier.next)
+            self._advance(image, verifier)
+        while verifier.active and verifier.digest is None:
+            await verifier.progress.wait()
+        if not verifier.active:
+            return
+        verifier.active = False
+        if verifier.digest == verifier.expected:
+            LOG.debug("image %s: %s verified", image.id, verifier.algo)
+            return
+        LOG.error("image %r (%s): %s of the data read is %s, the server published %s",
+                  image.record.name, image.id, verifier.algo, verifier.digest, verifier.expected)
+        self.mismatched.add(image.id)
+        self.forget_data(image.id)
+        if self.on_corrupt is not None:
+            self.on_corrupt(image.id)
+        raise FsError(errno.EIO, f"{verifier.algo} of the data does not match the image's hash")
+
+    def forget_data(self, image_id: str) -> None:
+        self.cache.drop_image(image_id)
+        if self.disk is not None:
+            disk = self.disk
+            if self.nursery is not None:
+                self.nursery.start_soon(trio.to_thread.run_sync, disk.drop_image, image_id)
+            else:
+                disk.drop_image(image_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {"cached_bytes": self.cache.used, "open_images": len(self.images), **self.stats}

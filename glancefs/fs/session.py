@@ -1,0 +1,140 @@
+"""Mount, serve, unmount: the life of one glancefs mount.
+
+Order matters for the promise the command line makes ("the command returns
+0 only once the mount works"): the first listing is fetched (which proves
+credentials and server) before the kernel mount, and ``ready`` is called
+only after the kernel mount succeeded. SIGTERM/SIGINT and an external
+``umount``/``fusermount3 -u`` all end in the same clean shutdown.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from glancefs.api.service import ImageService
+from glancefs.fs.filesystem import GlanceFS
+from glancefs.fs.operations import Operations
+from glancefs.fs.options import MountOptions
+
+LOG = logging.getLogger("glancefs.fs")
+SHUTDOWN_GRACE = 2.0   # seconds requests in progress get after SIGTERM
+
+
+class MountError(Exception):
+    """The mount could not be made; the message is one line for the user."""
+
+
+def fuse_options(options: MountOptions, source: str) -> set[str]:
+    # No max_read: it clashes with libfuse's own setting (shared/notes/cp-on-fuse.md).
+    opts = {"default_permissions", "subtype=glancefs", f"fsname={_safe(source)}", "noatime"}
+    if options.ro:
+        opts.add("ro")
+    if options.allow_other:
+        opts.add("allow_other")
+    opts.update(options.kernel_flags)
+    return opts
+
+
+def _safe(text: str) -> str:
+    # fsname shows in /proc/mounts; commas would split the option string.
+    return text.replace(",", "_").replace(" ", "_") or "glancefs"
+
+
+def check_mountpoint(path: str) -> None:
+    if not os.path.exists(path):
+        raise MountError(f"mount point {path} does not exist")
+    if not os.path.isdir(path):
+        raise MountError(f"mount point {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK) and os.getuid() != 0:
+        raise MountError(f"mount point {path} is not writable by you")
+
+
+def prepare(service: ImageService, options: MountOptions) -> tuple[GlanceFS, Operations]:
+    """Build the filesystem and load the first listing (raises the API's errors)."""
+    fs = GlanceFS(service, options)
+    fs.catalog.load(service.list_images())
+    return fs, Operations(fs)
+
+
+def serve(fs: GlanceFS, ops: Operations, mountpoint: str, source: str,
+          ready: Callable[[], None] | None = None) -> None:
+    """Mount at ``mountpoint`` and serve until unmounted or signalled."""
+    check_mountpoint(mountpoint)
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_options(fs.options, source))
+    except RuntimeError as error:
+        raise MountError(f"cannot mount on {mountpoint}: {error} "
+                         "(is /dev/fuse there, and the mount point not already in use?)"
+                         ) from None
+    set_readahead(mountpoint, fs.options.readahead)
+    try:
+        if ready is not None:
+            ready()
+        LOG.info("mounted %s on %s (%d images)", source, mountpoint, len(fs.catalog.listed))
+        trio.run(_main, fs, ops)
+    finally:
+        # A no-op when the kernel side is already gone (umount, fusermount3 -u).
+        pyfuse3.close(unmount=True)
+        LOG.info("unmounted %s", mountpoint)
+
+
+def set_readahead(mountpoint: str, size: int) -> None:
+    """Let the kernel read ahead ``size`` bytes (its default is 128 KiB).
+
+    Each FUSE read costs a round trip through this process; with 1 MiB reads
+    a sequential reader needs an eighth of them. The knob is the mount's
+    backing device (``/sys/class/bdi/MAJ:MIN/read_ahead_kb``, root only); it is
+    found in /proc/self/mountinfo because touching the mount point itself
+    would wait for this very process, which is not serving yet.
+    """
+    if size <= 0:
+        return
+    target = os.path.realpath(mountpoint)
+    device = None
+    try:
+        with open("/proc/self/mountinfo") as info:
+            for line in info:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == target:
+                    device = fields[2]
+    except OSError:
+        return
+    if device is None:
+        return
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as knob:
+            knob.write(str(max(4, size // 1024)))
+    except OSError as error:
+        LOG.debug("cannot set read-ahead of %s (%s): %s", target, device, error)
+
+
+async def _main(fs: GlanceFS, ops: Operations) -> None:
+    async with trio.open_nursery() as nursery:
+        fs.reader.nursery = nursery
+        ops.nursery = nursery
+        fs.catalog.on_change = lambda inodes: [nursery.start_soon(ops._invalidate, i)
+                                               for i in inodes]
+        with trio.CancelScope() as fuse_scope:
+            nursery.start_soon(_signals, fuse_scope)
+            await pyfuse3.main()
+        # The kernel side is gone (umount, fusermount3 -u, or a signal).
+        nursery.cancel_scope.cancel()
+
+
+async def _signals(fuse_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                continue   # a daemon has no terminal to lose
+            LOG.info("signal %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            break
+    # pyfuse3.main() waits for requests in progress; give them a moment, then
+    # stop waiting (close() unmounts and the kernel fails what is left).
+    await trio.sleep(SHUTDOWN_GRACE)
+    fuse_scope.cancel()

@@ -1,0 +1,72 @@
+"""Image metadata as extended attributes.
+
+* ``user.glance.<field>`` for the core fields (DESIGN.md's list, plus
+  ``name``, the image's real name, which matters when the file name is
+  escaped or carries a duplicate suffix).
+* ``user.<key>`` for every other property, e.g. ``user.os_distro``.
+
+Values are the API's values as text: strings as they are, integers in
+decimal, booleans ``true``/``false`` (as JSON writes them), ``tags`` as a
+JSON list (``["a", "b"]``; JSON because a tag may contain a comma). A field
+the server has no value for (JSON null, e.g. ``virtual_size`` before the
+data is checked) has no attribute: ``getfattr`` gives ENODATA, as for any
+missing name.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from glancefs.api.service import ImageRecord
+
+CORE_PREFIX = "user.glance."
+PROPERTY_PREFIX = "user."
+CORE_FIELDS: tuple[str, ...] = (
+    "id", "name", "status", "disk_format", "container_format", "checksum", "os_hash_algo",
+    "os_hash_value", "size", "virtual_size", "visibility", "protected", "owner", "min_disk",
+    "min_ram", "tags", "created_at", "updated_at", "stores",
+)
+# Set by the server; setxattr on these is EPERM (write-path issue).
+READ_ONLY_FIELDS = frozenset({"id", "status", "checksum", "os_hash_algo", "os_hash_value",
+                              "size", "virtual_size", "owner", "created_at", "updated_at",
+                              "stores"})
+XATTR_NAME_MAX = 255
+
+
+def text_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), ensure_ascii=False)
+    return str(value)
+
+
+def attributes(record: ImageRecord) -> dict[bytes, bytes]:
+    """Every extended attribute of the image's file, in a stable order."""
+    out: dict[bytes, bytes] = {}
+    core = record.core_fields()
+    for field in CORE_FIELDS:
+        value = core.get(field)
+        if value is None:
+            continue
+        out[(CORE_PREFIX + field).encode()] = text_value(value).encode("utf-8", "surrogatepass")
+    for key in sorted(record.properties):
+        name = (PROPERTY_PREFIX + key).encode("utf-8", "surrogatepass")
+        if name in out or len(name) > XATTR_NAME_MAX:
+            continue
+        out[name] = record.properties[key].encode("utf-8", "surrogatepass")
+    return out
+
+
+def parse_name(name: bytes) -> tuple[str, str] | None:
+    """``('core', field)`` or ``('property', key)`` for an xattr name, None for
+    names outside ``user.``."""
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text.startswith(CORE_PREFIX) and text[len(CORE_PREFIX):] in CORE_FIELDS:
+        return "core", text[len(CORE_PREFIX):]
+    if text.startswith(PROPERTY_PREFIX) and len(text) > len(PROPERTY_PREFIX):
+        return "property", text[len(PROPERTY_PREFIX):]
+    return None

@@ -1,0 +1,189 @@
+"""A TCP proxy that injects faults between a client and a real server.
+
+Tests put it in front of Glance to see what the client does when a
+connection is cut in the middle of a body, when the server answers 503/429,
+or when it stalls. Faults are queued as :class:`Fault` values; each new
+connection takes the next one whose ``match`` fits the request line, so a
+test says exactly which request breaks and how. It also counts the bytes the
+server sent, so tests can check how much a read transferred.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Fault:
+    """One fault for one connection whose request line contains ``match``.
+
+    ``cut_after``: forward that many bytes of the answer, then reset.
+    ``respond``: answer with these raw bytes instead of forwarding.
+    ``stall``: forward nothing back for that many seconds first.
+    """
+    match: str = ""
+    cut_after: int | None = None
+    respond: bytes | None = None
+    stall: float = 0.0
+    times: int = 1
+
+
+def http_response(status: int, reason: str, body: bytes = b"",
+                  headers: dict[str, str] | None = None) -> bytes:
+    head = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}",
+            "Connection: close"]
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+@dataclass
+class Stats:
+    connections: int = 0
+    bytes_from_server: int = 0
+    requests: list[str] = field(default_factory=list)
+
+
+class FaultProxy:
+    def __init__(self, upstream_host: str, upstream_port: int, port: int = 0) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.faults: list[Fault] = []
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", port))
+        self.port = self._listener.getsockname()[1]
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add(self, fault: Fault) -> None:
+        with self._lock:
+            self.faults.append(fault)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.faults.clear()
+
+    def start(self) -> "FaultProxy":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _take_fault(self, request_line: str) -> Fault | None:
+        with self._lock:
+            self.stats.requests.append(request_line)
+            for fault in self.faults:
+                if fault.match in request_line and fault.times > 0:
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def _accept_loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.stats.connections += 1
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        """One client connection. Keep-alive connections carry several
+        requests: each request head is inspected for a fault before it is
+        forwarded."""
+        try:
+            upstream = socket.create_connection(self.upstream)
+        except OSError:
+            client.close()
+            return
+        state = {"fault": None, "sent": 0}
+        done = threading.Event()
+
+        def client_to_server() -> None:
+            buffer = b""
+            try:
+                while True:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    buffer += data
+                    if buffer.startswith((b"GET ", b"PUT ", b"POST ", b"HEAD ", b"PATCH ",
+                                          b"DELETE ")) and b"\r\n" in buffer:
+                        line = buffer.split(b"\r\n", 1)[0].decode("latin-1")
+                        fault = self._take_fault(line)
+                        if fault and fault.respond is not None:
+                            client.sendall(fault.respond)
+                            break
+                        if fault:
+                            state["fault"], state["sent"] = fault, 0
+                    buffer = b"" if b"\r\n\r\n" in buffer or len(buffer) > 65536 else buffer
+                    upstream.sendall(data)
+            except OSError:
+                pass
+            finally:
+                done.set()
+                _close(upstream)
+                _close(client)
+
+        def server_to_client() -> None:
+            try:
+                while True:
+                    data = upstream.recv(262144)
+                    if not data:
+                        break
+                    fault = state["fault"]
+                    if fault and fault.stall:
+                        time.sleep(fault.stall)
+                        fault.stall = 0.0
+                    if fault and fault.cut_after is not None:
+                        room = fault.cut_after - state["sent"]
+                        if room <= len(data):
+                            client.sendall(data[:max(room, 0)])
+                            self._count(max(room, 0))
+                            _reset(client)
+                            break
+                    client.sendall(data)
+                    state["sent"] += len(data)
+                    self._count(len(data))
+            except OSError:
+                pass
+            finally:
+                _close(upstream)
+                _close(client)
+
+        threading.Thread(target=client_to_server, daemon=True).start()
+        server_to_client()
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.stats.bytes_from_server += n
+
+
+def _reset(sock: socket.socket) -> None:
+    # SO_LINGER 0 makes close() send RST: the client sees a reset, not a clean end.
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    except OSError:
+        pass
+    _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass

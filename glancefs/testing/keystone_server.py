@@ -1,0 +1,671 @@
+"""Run a real Keystone (``keystone`` from PyPI) on 127.0.0.1 for tests and demos.
+
+Why a real one: token lifetimes, the catalog, keystonemiddleware's checks in
+front of Glance and keystoneauth's renewal are what the client must cope with;
+a fake would only encode our guesses. Facts measured are in
+shared/notes/real-glance.md:
+
+* Keystone lives in its own venv (``ensure_keystone_venv``), like Glance.
+* Keystone 30 has no ``keystone-wsgi-public`` script: gunicorn serves
+  ``keystone.wsgi.api:application``, which reads
+  ``$OS_KEYSTONE_CONFIG_DIR/keystone.conf``.
+* SQLite, fernet tokens; ``keystone-manage db_sync``, ``fernet_setup``,
+  ``credential_setup`` and ``bootstrap`` run once per data dir (about 9 s).
+* ``[token] expiration`` accepts any value >= 0 (seconds); tests use a few
+  seconds to see tokens expire. keystoneauth renews a token that has less
+  than 120 s left before each request, so with a lifetime that short it
+  authenticates for every request, and with the default hour only once.
+
+``register_glance`` then puts the image service in the catalog, creates the
+``glance`` service user that keystonemiddleware in Glance logs in with, and a
+``demo`` project and user (roles member and reader) to act as an ordinary
+user. It uses the standard library only, so this module runs under a bare
+python3: ``python3 glancefs/testing/keystone_server.py start DIR PORT``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import grp
+import json
+import os
+import pwd
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterator
+
+KEYSTONE_PINS: tuple[str, ...] = ("keystone==30.0.0", "gunicorn==27.0.1")
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+REGION = "RegionOne"
+ADMIN_USER = "admin"
+ADMIN_PROJECT = "admin"
+ACCESS_LOG = "access.log"
+
+_MARKER_NAME = ".glancefs-installed"
+_STATE_FILE = "glancefs-keystone.json"
+_WSGI_MODULE = "glancefs_keystone_wsgi"
+
+# Loaded by gunicorn: keystone's WSGI set-up parses sys.argv with oslo.config
+# and would choke on gunicorn's own arguments.
+_WSGI_SOURCE = '''\
+"""Keystone WSGI entry point (written by glancefs)."""
+import sys
+
+_argv, sys.argv = sys.argv, sys.argv[:1]
+try:
+    from keystone.wsgi.api import application  # noqa: F401
+finally:
+    sys.argv = _argv
+'''
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GLANCEFS_CACHE") or "/root/.cache/glancefs")
+
+
+def venv_dir() -> Path:
+    return cache_dir() / "venv-keystone"
+
+
+def keystone_bin(name: str) -> Path:
+    return venv_dir() / "bin" / name
+
+
+def ensure_keystone_venv() -> Path:
+    """Create the Keystone venv once; later calls only check the marker."""
+    venv = venv_dir()
+    marker = venv / _MARKER_NAME
+    wanted = "\n".join(KEYSTONE_PINS) + "\n"
+
+    def ready() -> bool:
+        try:
+            return marker.read_text() == wanted and (venv / "bin" / "gunicorn").exists() \
+                and (venv / "bin" / "keystone-manage").exists()
+        except OSError:
+            return False
+
+    if ready():
+        return venv
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / "venv-keystone.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ready():
+            return venv
+        if not (venv / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        proc = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+             "--disable-pip-version-check", *KEYSTONE_PINS],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pip install {' '.join(KEYSTONE_PINS)} failed in {venv}:\n"
+                               f"{proc.stdout[-4000:]}")
+        marker.write_text(wanted)
+    return venv
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _is_our_gunicorn(pid: int, data_dir: Path) -> bool:
+    """Guard against pid reuse: only signal a gunicorn running in this data dir."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return "gunicorn" in cmdline and Path(cwd) == Path(data_dir)
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+class KeystoneError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class KeystoneServer:
+    """One Keystone process with its own SQLite database and fernet keys under ``data_dir``.
+
+    ``admin_credentials`` are those of the bootstrap admin (project ``admin``,
+    domain ``default``); the password is made up once per data dir and kept in
+    it (mode 0600).
+    """
+
+    def __init__(self, data_dir: Path | str, port: int, token_expiration: int = 3600) -> None:
+        if token_expiration < 0:
+            raise ValueError("token_expiration must be >= 0 seconds")
+        self.data_dir = Path(data_dir).resolve()
+        self.port = int(port)
+        self.token_expiration = int(token_expiration)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- paths and credentials -----------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth_url(self) -> str:
+        return f"{self.url}/v3"
+
+    @property
+    def etc_dir(self) -> Path:
+        return self.data_dir / "etc"
+
+    @property
+    def config_file(self) -> Path:
+        return self.etc_dir / "keystone.conf"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "keystone.log"
+
+    @property
+    def access_log(self) -> Path:
+        """gunicorn's access log: one line per request, with the user agent."""
+        return self.data_dir / ACCESS_LOG
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "keystone.pid"
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def admin_password(self) -> str:
+        path = self.data_dir / "admin-password"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(18))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    @property
+    def admin_credentials(self) -> dict[str, str]:
+        return {"auth_url": self.auth_url, "username": ADMIN_USER,
+                "password": self.admin_password, "project_name": ADMIN_PROJECT,
+                "user_domain_id": "default", "project_domain_id": "default"}
+
+    def is_running(self) -> bool:
+        pid = self.pid
+        return pid is not None and _pid_alive(pid) and _is_our_gunicorn(pid, self.data_dir)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        d = self.data_dir
+        for sub in ("etc", "fernet-keys", "credential-keys"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        conf = [
+            "[DEFAULT]", "use_stderr = true", "",
+            "[database]", f"connection = sqlite:///{d / 'keystone.sqlite'}", "",
+            "[token]", "provider = fernet", f"expiration = {self.token_expiration}", "",
+            "[fernet_tokens]", f"key_repository = {d / 'fernet-keys'}", "",
+            "[fernet_receipts]", f"key_repository = {d / 'fernet-keys'}", "",
+            "[credential]", f"key_repository = {d / 'credential-keys'}", "",
+            "[cache]", "enabled = false", "",
+            # bcrypt's default cost makes every password login take most of a
+            # second; a test server wants them fast.
+            "[identity]", "password_hash_rounds = 4", "",
+        ]
+        self.config_file.write_text("\n".join(conf))
+        self.config_file.chmod(0o600)
+        (d / f"{_WSGI_MODULE}.py").write_text(_WSGI_SOURCE)
+
+    def _manage(self, *args: str) -> None:
+        cmd = [str(keystone_bin("keystone-manage")), "--config-file", str(self.config_file),
+               *args]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=self.data_dir, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise RuntimeError(f"keystone-manage {args[0]} failed:\n{proc.stdout[-4000:]}")
+
+    def _setup(self) -> None:
+        marker = self.data_dir / ".bootstrapped"
+        if marker.exists() and marker.read_text() == self.url:
+            return
+        user = pwd.getpwuid(os.getuid()).pw_name
+        group = grp.getgrgid(os.getgid()).gr_name
+        self._manage("db_sync")
+        self._manage("fernet_setup", "--keystone-user", user, "--keystone-group", group)
+        self._manage("credential_setup", "--keystone-user", user, "--keystone-group", group)
+        # The password travels in the environment, not in argv (ps shows argv).
+        env_password = self.admin_password
+        cmd = [str(keystone_bin("keystone-manage")), "--config-file", str(self.config_file),
+               "bootstrap", "--bootstrap-username", ADMIN_USER,
+               "--bootstrap-project-name", ADMIN_PROJECT, "--bootstrap-role-name", "admin",
+               "--bootstrap-service-name", "keystone", "--bootstrap-region-id", REGION,
+               "--bootstrap-admin-url", self.url, "--bootstrap-public-url", self.url,
+               "--bootstrap-internal-url", self.url]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=self.data_dir, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "OS_BOOTSTRAP_PASSWORD": env_password})
+        if proc.returncode != 0:
+            raise RuntimeError(f"keystone-manage bootstrap failed:\n{proc.stdout[-4000:]}")
+        marker.write_text(self.url)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "KeystoneServer":
+        if self.is_running():
+            raise RuntimeError(f"a Keystone already runs from {self.data_dir} (pid {self.pid})")
+        if _port_in_use(self.port):
+            raise RuntimeError(f"port {self.port} on 127.0.0.1 is already in use")
+        ensure_keystone_venv()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self._setup()
+        env = dict(os.environ)
+        env["OS_KEYSTONE_CONFIG_DIR"] = str(self.etc_dir)
+        env.pop("PYTHONPATH", None)
+        for key in [k for k in env if k.startswith("OS_") and k != "OS_KEYSTONE_CONFIG_DIR"]:
+            env.pop(key)
+        cmd = [
+            str(keystone_bin("gunicorn")),
+            "--workers", "1", "--threads", "4", "--timeout", "120",
+            "--graceful-timeout", "5",
+            "--bind", f"127.0.0.1:{self.port}",
+            "--access-logfile", str(self.access_log),
+            # gunicorn 23+ opens a control socket at one fixed path per user;
+            # several servers would fight over it.
+            "--no-control-socket",
+            "--pythonpath", str(self.data_dir),
+            "--name", f"keystone-{self.port}",
+            f"{_WSGI_MODULE}:application",
+        ]
+        with open(self.log_file, "ab") as log:
+            log.write(f"\n=== glancefs: starting {' '.join(cmd)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(cmd, cwd=self.data_dir, env=env,
+                                          stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid_file.write_text(f"{self._proc.pid}\n")
+        (self.data_dir / _STATE_FILE).write_text(json.dumps(
+            {"port": self.port, "pid": self._proc.pid,
+             "token_expiration": self.token_expiration}) + "\n")
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(f"keystone exited with {self._proc.returncode} while "
+                                   f"starting; log {self.log_file}:\n{_tail(self.log_file)}")
+            try:
+                with urllib.request.urlopen(self.auth_url, timeout=5) as r:
+                    if r.status == 200:
+                        return
+                    last = f"HTTP {r.status}"
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}"
+            except (OSError, ValueError) as e:
+                last = repr(e)
+            time.sleep(0.2)
+        raise RuntimeError(f"keystone did not answer GET /v3 within {START_TIMEOUT:.0f} s "
+                           f"(last: {last}); log {self.log_file}:\n{_tail(self.log_file)}")
+
+    def _signal_group(self, sig: int) -> bool:
+        pid = self.pid
+        if pid is None or not _pid_alive(pid) or not _is_our_gunicorn(pid, self.data_dir):
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        return True
+
+    def _wait_gone(self, timeout: float) -> bool:
+        pid = self.pid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=0.1)
+            if pid is None or not _pid_alive(pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _forget(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=5)
+            self._proc = None
+        self.pid_file.unlink(missing_ok=True)
+        deadline = time.monotonic() + 10
+        while _port_in_use(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._signal_group(signal.SIGTERM) and not self._wait_gone(STOP_TIMEOUT):
+            self._signal_group(signal.SIGKILL)
+            self._wait_gone(5)
+        self._forget()
+
+    def kill(self) -> None:
+        if self._signal_group(signal.SIGKILL):
+            self._wait_gone(5)
+        self._forget()
+
+    def restart(self, token_expiration: int | None = None) -> "KeystoneServer":
+        """Stop and start again, optionally with another token lifetime. Tokens
+        already issued stay valid (same fernet keys) until they expire."""
+        self.stop()
+        if token_expiration is not None:
+            self.token_expiration = int(token_expiration)
+        return self.start()
+
+    def __enter__(self) -> "KeystoneServer":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"KeystoneServer({str(self.data_dir)!r}, {self.port})"
+
+    # -- the identity API (standard library only) -------------------------------------------
+
+    def token_requests(self, user_agent: str | None = None) -> int:
+        """POST /v3/auth/tokens seen so far (optionally only from ``user_agent``)."""
+        try:
+            lines = self.access_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return 0
+        return sum(1 for line in lines if '"POST /v3/auth/tokens' in line
+                   and (user_agent is None or user_agent in line))
+
+    def authenticate(self, username: str, password: str, project_name: str,
+                     domain_id: str = "default") -> tuple[str, dict[str, Any]]:
+        """(token, token body) for a user scoped to a project."""
+        body = {"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": username, "domain": {"id": domain_id}, "password": password}}},
+            "scope": {"project": {"name": project_name, "domain": {"id": domain_id}}}}}
+        req = urllib.request.Request(f"{self.auth_url}/auth/tokens",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "User-Agent": "glancefs-keystone-server"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.headers["X-Subject-Token"], json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise KeystoneError(e.code, e.read().decode(errors="replace")[:300]) from None
+
+    def admin_token(self) -> str:
+        return self.authenticate(ADMIN_USER, self.admin_password, ADMIN_PROJECT)[0]
+
+    def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        """One identity API call as admin; ``path`` is relative to /v3."""
+        req = urllib.request.Request(
+            f"{self.auth_url}/{path.lstrip('/')}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json",
+                     "X-Auth-Token": token or self.admin_token(),
+                     "User-Agent": "glancefs-keystone-server"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as e:
+            raise KeystoneError(e.code, e.read().decode(errors="replace")[:300]) from None
+        return json.loads(raw) if raw else None
+
+
+def _find(ks: KeystoneServer, token: str, collection: str, **query: str) -> dict | None:
+    qs = "&".join(f"{k}={urllib.request.quote(v)}" for k, v in query.items())
+    found = ks.api("GET", f"{collection}?{qs}", token=token)[collection]
+    return found[0] if found else None
+
+
+def _ensure(ks: KeystoneServer, token: str, collection: str, single: str,
+            body: dict[str, Any], **query: str) -> dict[str, Any]:
+    existing = _find(ks, token, collection, **query)
+    if existing:
+        return existing
+    return ks.api("POST", collection, {single: body}, token=token)[single]
+
+
+def _ensure_role(ks: KeystoneServer, token: str, name: str) -> dict[str, Any]:
+    return _ensure(ks, token, "roles", "role", {"name": name}, name=name)
+
+
+def _ensure_user(ks: KeystoneServer, token: str, name: str, password: str,
+                 project_id: str) -> dict[str, Any]:
+    user = _find(ks, token, "users", name=name, domain_id="default")
+    if user:
+        ks.api("PATCH", f"users/{user['id']}", {"user": {"password": password}}, token=token)
+        return user
+    return ks.api("POST", "users", {"user": {
+        "name": name, "password": password, "domain_id": "default",
+        "default_project_id": project_id, "enabled": True}}, token=token)["user"]
+
+
+def register_glance(keystone: KeystoneServer, glance_url: str,
+                    service_password: str | None = None,
+                    demo_password: str | None = None) -> dict[str, Any]:
+    """Put Glance in Keystone's catalog and create the users tests need.
+
+    Creates (or updates, so it can run again): the ``image`` service named
+    ``glance`` with public/internal/admin endpoints at ``glance_url``; a
+    ``service`` project with a ``glance`` user (roles admin and service), the
+    user keystonemiddleware in Glance authenticates as; a ``demo`` project with
+    a ``demo`` user (roles member and reader).
+
+    Returns ``{"glance": <the keystone dict GlanceServer(auth="keystone")
+    takes>, "demo": <credentials>, "admin": <credentials>, "demo_project_id",
+    "service_project_id", "image_url"}``.
+    """
+    token = keystone.admin_token()
+    service_password = service_password or secrets.token_urlsafe(12)
+    demo_password = demo_password or secrets.token_urlsafe(12)
+    service = _ensure(keystone, token, "services", "service",
+                      {"type": "image", "name": "glance", "description": "Images (glancefs)",
+                       "enabled": True}, type="image")
+    endpoints = keystone.api("GET", f"endpoints?service_id={service['id']}",
+                             token=token)["endpoints"]
+    for interface in ("public", "internal", "admin"):
+        mine = [e for e in endpoints if e["interface"] == interface]
+        if mine:
+            for e in mine:
+                if e["url"] != glance_url:
+                    keystone.api("PATCH", f"endpoints/{e['id']}",
+                                 {"endpoint": {"url": glance_url}}, token=token)
+        else:
+            keystone.api("POST", "endpoints", {"endpoint": {
+                "service_id": service["id"], "interface": interface, "url": glance_url,
+                "region_id": REGION, "enabled": True}}, token=token)
+    roles = {name: _ensure_role(keystone, token, name)
+             for name in ("admin", "service", "member", "reader")}
+    service_project = _ensure(keystone, token, "projects", "project",
+                              {"name": "service", "domain_id": "default",
+                               "description": "Service users"},
+                              name="service", domain_id="default")
+    demo_project = _ensure(keystone, token, "projects", "project",
+                           {"name": "demo", "domain_id": "default",
+                            "description": "An ordinary user's project"},
+                           name="demo", domain_id="default")
+    glance_user = _ensure_user(keystone, token, "glance", service_password,
+                               service_project["id"])
+    demo_user = _ensure_user(keystone, token, "demo", demo_password, demo_project["id"])
+    for project, user, names in ((service_project, glance_user, ("admin", "service")),
+                                 (demo_project, demo_user, ("member", "reader"))):
+        for name in names:
+            keystone.api("PUT", f"projects/{project['id']}/users/{user['id']}/roles/"
+                                f"{roles[name]['id']}", token=token)
+    return {
+        "glance": {"auth_url": keystone.auth_url, "www_authenticate_uri": keystone.auth_url,
+                   "username": "glance", "password": service_password,
+                   "project_name": "service", "user_domain_id": "default",
+                   "project_domain_id": "default"},
+        "demo": {"auth_url": keystone.auth_url, "username": "demo", "password": demo_password,
+                 "project_name": "demo", "user_domain_id": "default",
+                 "project_domain_id": "default"},
+        "admin": keystone.admin_credentials,
+        "demo_project_id": demo_project["id"],
+        "service_project_id": service_project["id"],
+        "image_url": glance_url,
+    }
+
+
+@contextlib.contextmanager
+def running_keystone(data_dir: Path, port: int | None = None,
+                     **kwargs: Any) -> Iterator[KeystoneServer]:
+    server = KeystoneServer(data_dir, port or free_port(), **kwargs)
+    with server:
+        yield server
+
+
+class KeystoneCloud:
+    """A Keystone with a real Glance behind keystonemiddleware, as tests use them.
+
+    ``info`` is what :func:`register_glance` returned (``info["demo"]`` are
+    an ordinary user's credentials, ``info["admin"]`` the admin's).
+    """
+
+    def __init__(self, data_dir: Path | str, token_expiration: int = 3600) -> None:
+        from glancefs.testing.glance_server import GlanceServer
+
+        self.data_dir = Path(data_dir)
+        self.keystone = KeystoneServer(self.data_dir / "keystone", free_port(),
+                                       token_expiration=token_expiration)
+        self._glance_port = free_port()
+        self.glance: GlanceServer | None = None
+        self.info: dict[str, Any] = {}
+
+    @property
+    def image_url(self) -> str:
+        return f"http://127.0.0.1:{self._glance_port}"
+
+    def start(self) -> "KeystoneCloud":
+        from glancefs.testing.glance_server import GlanceServer
+
+        self.keystone.start()
+        try:
+            self.info = register_glance(self.keystone, self.image_url)
+            self.glance = GlanceServer(self.data_dir / "glance", self._glance_port,
+                                       auth="keystone", keystone=self.info["glance"])
+            self.glance.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.glance is not None:
+            self.glance.stop()
+        self.keystone.stop()
+
+    def os_env(self, who: str = "demo") -> dict[str, str]:
+        """OS_* variables logging in as ``who`` (demo or admin)."""
+        creds = self.info[who]
+        return {"OS_AUTH_URL": creds["auth_url"], "OS_USERNAME": creds["username"],
+                "OS_PASSWORD": creds["password"], "OS_PROJECT_NAME": creds["project_name"],
+                "OS_USER_DOMAIN_ID": creds["user_domain_id"],
+                "OS_PROJECT_DOMAIN_ID": creds["project_domain_id"]}
+
+    def __enter__(self) -> "KeystoneCloud":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+
+def _server_from_dir(data_dir: Path) -> KeystoneServer:
+    state: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        state = json.loads((Path(data_dir) / _STATE_FILE).read_text())
+    return KeystoneServer(Path(data_dir), int(state.get("port", 0)),
+                          int(state.get("token_expiration", 3600)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="keystone-server",
+                                     description="Run a real Keystone on 127.0.0.1.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_start = sub.add_parser("start", help="start keystone in the background")
+    p_start.add_argument("dir", type=Path)
+    p_start.add_argument("port", type=int)
+    p_start.add_argument("--token-expiration", type=int, default=3600,
+                         help="token lifetime in seconds (default 3600)")
+    p_start.add_argument("--glance-url", default=None,
+                         help="register the image service at this URL, with the glance "
+                              "service user and a demo project/user; prints their "
+                              "credentials as JSON")
+    for name, text in (("stop", "stop the server started from DIR"),
+                       ("status", "say whether the server of DIR runs")):
+        sub.add_parser(name, help=text).add_argument("dir", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "start":
+        server = KeystoneServer(args.dir, args.port, token_expiration=args.token_expiration)
+        try:
+            server.start()
+        except RuntimeError as e:
+            print(f"keystone-server: {e}", file=sys.stderr)
+            return 1
+        server._proc = None  # detach: the server outlives this command
+        print(f"keystone running: {server.auth_url} (pid {server.pid}, log {server.log_file}; "
+              f"admin password in {server.data_dir / 'admin-password'})")
+        if args.glance_url:
+            print(json.dumps(register_glance(server, args.glance_url), indent=2))
+        return 0
+    server = _server_from_dir(args.dir)
+    if args.command == "stop":
+        was_running = server.is_running()
+        server.stop()
+        print("stopped" if was_running else "not running")
+        return 0
+    if server.is_running():
+        print(f"running: {server.auth_url} (pid {server.pid})")
+        return 0
+    print("not running")
+    return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

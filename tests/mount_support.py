@@ -1,0 +1,209 @@
+"""Helpers for the tests that mount glancefs through the real kernel.
+
+The mount runs as a separate process (``python -m glancefs.cli.mount_helper
+... -f``), as a user would run it, and is always unmounted afterwards, even
+when a test fails. Without /dev/fuse the mount tests fail (CI has it and runs
+as root) unless ``GLANCEFS_ALLOW_SKIP_MOUNT=1`` asks to skip them.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MOUNT_TIMEOUT = 30.0
+
+
+def require_fuse() -> None:
+    if os.path.exists("/dev/fuse") and os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return
+    if os.environ.get("GLANCEFS_ALLOW_SKIP_MOUNT") == "1":
+        pytest.skip("/dev/fuse is not usable here (GLANCEFS_ALLOW_SKIP_MOUNT=1)")
+    pytest.fail("/dev/fuse is not usable: the mount tests need it "
+                "(set GLANCEFS_ALLOW_SKIP_MOUNT=1 to skip them outside CI)")
+
+
+def mount_env(endpoint: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env["OS_IMAGE_URL"] = endpoint
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == target for line in mounts)
+
+
+def unmount(path: Path) -> None:
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", str(path)], capture_output=True)
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
+
+
+@dataclass
+class Mounted:
+    path: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        unmount(self.path)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            return None
+        finally:
+            unmount(self.path)
+
+
+@contextlib.contextmanager
+def mounted(endpoint: str, where: Path, options: str = "", api_version: str = "2",
+            source: str = "glance", env: dict[str, str] | None = None) -> Iterator[Mounted]:
+    """Mount ``endpoint`` at ``where`` in the foreground in a child process."""
+    require_fuse()
+    where.mkdir(parents=True, exist_ok=True)
+    log = where.parent / f"{where.name}.log"
+    opts = ",".join(filter(None, [f"api_version={api_version}", f"log={log}", options]))
+    cmd = [sys.executable, "-m", "glancefs.cli.mount_helper", source, str(where), "-f",
+           "-o", opts]
+    proc = subprocess.Popen(cmd, env=env or mount_env(endpoint), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    mount = Mounted(where, proc, log)
+    try:
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not is_mounted(where):
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                raise AssertionError(f"mount exited with {proc.returncode}: {out}\n"
+                                     f"{mount.log_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not mounted after {MOUNT_TIMEOUT}s\n{mount.log_text()}")
+            time.sleep(0.05)
+        yield mount
+    finally:
+        mount.stop()
+
+
+# -- images ----------------------------------------------------------------------------
+
+
+@dataclass
+class Image:
+    id: str
+    name: str | None
+    data: bytes
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def make_image(client: object, name: str | None, data: bytes, disk_format: str = "raw",
+               properties: dict[str, str] | None = None) -> Image:
+    """Create and upload an image with either API version."""
+    props = dict(properties or {})
+    fields: dict[str, object] = {"disk_format": disk_format, "container_format": "bare"}
+    if name is not None:
+        fields["name"] = name
+    if client.version == "2":  # type: ignore[attr-defined]
+        image = client.images.create(**fields, **props)  # type: ignore[attr-defined]
+        client.images.upload(image["id"], data)  # type: ignore[attr-defined]
+    else:
+        image = client.images.create(data=data, properties=props,  # type: ignore[attr-defined]
+                                     **fields)
+    return Image(image["id"], name, data, props)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- a byte-counting TCP proxy -----------------------------------------------------------
+
+
+class CountingProxy:
+    """Forwards 127.0.0.1:port to an upstream port and counts the bytes the
+    server sent back (headers included), to see what a read transferred."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.bytes_down = 0
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def reset(self) -> None:
+        with self._lock:
+            self.bytes_down = 0
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._pipe, args=(client, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True),
+                             daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if count:
+                    with self._lock:
+                        self.bytes_down += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._listener.close()
