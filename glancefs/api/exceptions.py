@@ -177,6 +177,9 @@ _BY_STATUS: dict[int, type[HTTPException]] = {
 }
 
 _TAG = re.compile(r"<[^>]+>")
+# Glance's HTML error pages repeat the status in <title> and <h1>; the
+# message is what follows.
+_HEADING = re.compile(r"<head\b.*?</head>|<h1\b.*?</h1>", re.I | re.S)
 
 
 def server_message(body: bytes | str, content_type: str = "") -> str:
@@ -198,7 +201,10 @@ def server_message(body: bytes | str, content_type: str = "") -> str:
             for key in ("message", "title", "explanation"):
                 if isinstance(doc.get(key), str):
                     return _one_line(doc[key])
-    return _one_line(html.unescape(_TAG.sub(" ", text)))
+    stripped = _TAG.sub(" ", _HEADING.sub(" ", text))
+    if not stripped.strip():
+        stripped = _TAG.sub(" ", text)
+    return _one_line(html.unescape(stripped))
 
 
 def _one_line(text: str, limit: int = 500) -> str:

@@ -94,7 +94,8 @@ def set_readahead(mountpoint: str, size: int) -> None:
     """
     if size <= 0:
         return
-    target = os.path.realpath(mountpoint)
+    # Not realpath(): it would lstat the mount point itself.
+    target = os.path.abspath(mountpoint)
     device = None
     try:
         with open("/proc/self/mountinfo") as info:

@@ -174,15 +174,23 @@ class FaultProxy:
 
 
 def _reset(sock: socket.socket) -> None:
-    # SO_LINGER 0 makes close() send RST: the client sees a reset, not a clean end.
+    # SO_LINGER 0 makes the last close send RST: the client sees a reset,
+    # not a clean end. SHUT_RD wakes the other pump thread blocked in recv()
+    # on this socket; until it lets go, the kernel would not close it at all.
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
-    _close(sock)
+    _close(sock, shutdown=False)
 
 
-def _close(sock: socket.socket) -> None:
+def _close(sock: socket.socket, shutdown: bool = True) -> None:
+    try:
+        if shutdown:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
     try:
         sock.close()
     except OSError:

@@ -50,7 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Iterator, Mapping
 
-GLANCE_PINS: tuple[str, ...] = ("glance==33.0.0", "gunicorn", "python-glanceclient==4.13.0")
+GLANCE_PINS: tuple[str, ...] = ("glance==33.0.0", "gunicorn==27.0.1", "python-glanceclient==4.13.0")
 AUTH_MODES: tuple[str, ...] = ("noauth", "headers", "keystone")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -88,6 +88,24 @@ def _glancefs_sqlite_begin(conn):
 @event.listens_for(Engine, "rollback")
 def _glancefs_sqlite_end(conn):
     conn.info.pop("in_transaction", None)
+
+
+def default_identity_filter(global_conf, **local_conf):
+    """noauth mode: requests without identity headers act as an admin of one
+    project, so everything that needs an owner (import tasks, usage) works."""
+    project = local_conf.get("project_id", "glancefs-local")
+
+    def make(app):
+        def middleware(environ, start_response):
+            if "HTTP_X_PROJECT_ID" not in environ:
+                environ["HTTP_X_IDENTITY_STATUS"] = "Confirmed"
+                environ["HTTP_X_PROJECT_ID"] = project
+                environ["HTTP_X_TENANT_ID"] = project
+                environ["HTTP_X_USER_ID"] = "glancefs-local-admin"
+                environ["HTTP_X_ROLES"] = "admin,member,reader"
+            return app(environ, start_response)
+        return middleware
+    return make
 
 
 from glance.wsgi.api import application  # noqa: E402
@@ -303,7 +321,7 @@ class GlanceServer:
         self.config_file.write_text("\n".join(conf))
         self.config_file.chmod(0o600)
 
-        context = {"noauth": "unauthenticated-context", "headers": "context",
+        context = {"noauth": "default-identity context", "headers": "context",
                    "keystone": "authtoken context"}[self.auth]
         paste = f"""\
 [pipeline:glance-api]
@@ -328,6 +346,9 @@ paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
 
 [filter:unauthenticated-context]
 paste.filter_factory = glance.api.middleware.context:UnauthenticatedContextMiddleware.factory
+
+[filter:default-identity]
+paste.filter_factory = {_WSGI_MODULE}:default_identity_filter
 
 [filter:authtoken]
 paste.filter_factory = keystonemiddleware.auth_token:filter_factory
@@ -382,6 +403,9 @@ delay_auth_decision = true
             str(glance_bin("gunicorn")),
             "--workers", "1", "--threads", "8", "--timeout", "600",
             "--graceful-timeout", "5",
+            # gunicorn 27 otherwise opens one control socket per user at a
+            # fixed path, which several servers at once fight over.
+            "--no-control-socket",
             "--bind", f"127.0.0.1:{self.port}",
             "--pythonpath", str(self.data_dir),
             "--access-logfile", "-",
