@@ -309,3 +309,21 @@ def test_one_record_shape_from_both_versions(api) -> None:
     service.delete(made.id)
     with pytest.raises(exc.HTTPNotFound):
         service.get(made.id)
+
+
+@pytest.mark.parametrize("status,reason,cls", [
+    (500, "Internal Server Error", exc.HTTPInternalServerError),
+    (502, "Bad Gateway", exc.HTTPBadGateway),
+    (504, "Gateway Timeout", exc.HTTPGatewayTimeout),
+])
+def test_server_errors_map_to_their_exception_with_the_message(glance_v2, status: int,
+                                                               reason: str, cls: type) -> None:
+    page = (f"<html><head><title>{status} {reason}</title></head><body><h1>{status} "
+            f"{reason}</h1>The backend store is on fire.</body></html>").encode()
+    with FaultProxy("127.0.0.1", glance_v2.port) as proxy:
+        proxy.add(Fault(match="POST /v2/images", respond=http_response(
+            status, reason, page, {"Content-Type": "text/html"})))
+        with pytest.raises(cls) as raised:
+            Client("2", endpoint=proxy.endpoint).images.create(name="x")
+    assert raised.value.code == status
+    assert raised.value.details == "The backend store is on fire."

@@ -267,12 +267,12 @@ class Images:
                                length=length, expected=expected, verify=do_checksum,
                                chunk_size=chunk_size)
 
-    # -- info ----------------------------------------------------------------
+    # -- info (python-glanceclient has these on images too) -----------------
     def get_import_info(self) -> Resource:
-        return Resource(self.http.json_request("GET", "/v2/info/import"))
+        return Info(self.http).get_import_info()
 
     def get_stores_info(self) -> Resource:
-        return Resource(self.http.json_request("GET", "/v2/info/stores"))
+        return Info(self.http).get_stores_info()
 
 
 CORE_FIELDS = READ_ONLY_FIELDS | {

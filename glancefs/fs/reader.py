@@ -25,6 +25,7 @@ Why it is shaped this way:
 """
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import logging
@@ -227,6 +228,10 @@ class Reader:
         self.nursery: trio.Nursery | None = None
         self.on_corrupt: Callable[[str], None] | None = None
         self._serial = 0
+        # Blocks handed over by fetch threads, delivered in trio (deque: thread-safe).
+        self._arrivals: collections.deque[tuple[ImageData, int, bytes, bool]] = \
+            collections.deque()
+        self._wake_pending = False
         self._sequential = 0          # handles with an open prefetch window
         # Images whose last full read did not match their hash: reads of their
         # final block keep failing (the kernel retries a failed readahead
@@ -464,11 +469,12 @@ class Reader:
         finally:
             job.done = True
             image.jobs.discard(job)
-            if error is None:
-                error = FsError(errno.EIO, f"image {image.id}: the server sent fewer bytes "
-                                           "than its size")
             for index, pending in list(image.pending.items()):
                 if pending.job is job:
+                    if error is None:
+                        error = FsError(errno.EIO, f"image {image.id}: blocks {job.first}-"
+                                        f"{job.last - 1} ended at {job.position}, short of "
+                                        f"block {index}")
                     del image.pending[index]
                     pending.error = error
                     pending.event.set()
@@ -523,11 +529,21 @@ class Reader:
         if job.cancelled:
             raise _Stop()
         job.position = index + 1
-        try:
-            # Not waiting for trio to take it: the thread keeps reading the socket.
-            token.run_sync_soon(self._deliver, image, index, data, from_disk)
-        except trio.RunFinishedError:
-            raise _Stop() from None
+        # Not waiting for trio to take it: the thread keeps reading the socket.
+        # One wake-up serves every block that arrived meanwhile, so a busy
+        # trio thread is not interrupted once per block.
+        self._arrivals.append((image, index, data, from_disk))
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                token.run_sync_soon(self._drain_arrivals)
+            except trio.RunFinishedError:
+                raise _Stop() from None
+
+    def _drain_arrivals(self) -> None:
+        self._wake_pending = False
+        while self._arrivals:
+            self._deliver(*self._arrivals.popleft())
 
     def _disk_get_many(self, image: ImageData, indexes: list[int]) -> dict[int, bytes]:
         assert self.disk is not None and image.disk_tag

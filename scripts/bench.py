@@ -1,0 +1,961 @@
+"""glancefs benchmark: figures and ratios against references measured in the same run.
+
+One local real Glance (``glance`` from PyPI, gunicorn, SQLite, file store) is started on a free
+port of 127.0.0.1 in a temporary directory and stopped at the end. Every target is a ratio to a
+reference measured here, on this machine, against that same server, so the figures mean the
+same on a laptop and on a CI runner. Times are never asserted: the exit status is 0 whatever
+the figures are, and non-zero only when a step crashed.
+
+Sections (``--only``; all by default):
+
+* ``client``: the embedded client's download and upload vs ``curl`` vs python-glanceclient
+  (its Python API in the Glance venv, so its start-up is not counted against it), and the
+  client's peak RSS (VmHWM) during a whole upload and download.
+* ``read``: sequential read through the mount, cold (fresh mount, caches dropped) and warm,
+  with verification on and off; random 4 KiB reads counted through a TCP proxy; the mount's
+  peak RSS against its memory budget.
+* ``write``: ``cp`` into the mount vs glanceclient's upload vs ``curl -T``, the mount's peak RSS
+  during the copy.
+* ``list``: ``ls -l`` of N images through the mount, cold and warm, vs ``glance image-list``.
+
+The hash rates (sha512 and md5, one core) are always measured: they are the ceiling of any
+verified read, since the hash of one stream cannot be split across cores.
+
+Usage: ``scripts/bench [--size-mib N] [--images N] [--only read,write,list,client]
+[--repeat N] [--json PATH] [--workdir DIR] [--keep]``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from glancefs import Client  # noqa: E402
+from glancefs.testing.faultproxy import FaultProxy, Stats  # noqa: E402
+from glancefs.testing.glance_server import (  # noqa: E402
+    GlanceServer, ensure_glance_venv, free_port, glance_bin)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+SECTIONS = ("client", "read", "write", "list")
+STEP_TIMEOUT = 900          # seconds any one subprocess may take
+MOUNT_TIMEOUT = 120         # seconds until a mount must be ready (5,000 images listed first)
+CLIENT_RSS_BUDGET = 64 * MiB  # issue 2: a 1 GiB transfer holds a few chunks, not the image
+
+
+def log(text: str) -> None:
+    print(f"== {text}", file=sys.stderr, flush=True)
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    key: str
+    label: str
+    value: float | None
+    unit: str = ""
+    target: str | None = None          # e.g. ">= 0.9"
+    note: str = ""
+
+    @property
+    def result(self) -> str:
+        if self.target is None or self.value is None:
+            return ""
+        op, threshold = self.target.split()
+        limit = float(threshold)
+        ok = {">=": self.value >= limit, "<=": self.value <= limit,
+              "<": self.value < limit, ">": self.value > limit}[op]
+        return "PASS" if ok else "MISS"
+
+    def text(self) -> str:
+        if self.value is None:
+            return "n/a"
+        v = self.value
+        if self.unit in ("MiB/s", "MiB"):
+            return f"{v:,.0f} {self.unit}" if v >= 100 else f"{v:,.1f} {self.unit}"
+        if self.unit == "s":
+            return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+        if self.unit == "x":
+            return f"{v:.2f}x"
+        if self.unit == "ms":
+            return f"{v:.2f} ms"
+        if self.unit == "KiB":
+            return f"{v:,.1f} KiB"
+        if isinstance(v, float) and not v.is_integer():
+            return f"{v:,.2f} {self.unit}".strip()
+        return f"{v:,.0f} {self.unit}".strip()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"label": self.label, "value": self.value, "unit": self.unit,
+                "target": self.target, "result": self.result or None, "note": self.note}
+
+
+@dataclass
+class Report:
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    sections: list[tuple[str, int]] = field(default_factory=list)   # (title, first figure)
+
+    def section(self, title: str) -> None:
+        self.sections.append((title, len(self.figures)))
+
+    def add(self, key: str, label: str, value: float | None, unit: str = "",
+            target: str | None = None, note: str = "") -> Figure:
+        fig = Figure(key, label, value, unit, target, note)
+        self.figures.append(fig)
+        shown = fig.text() + (f"  (target {target}: {fig.result})" if fig.result else "")
+        log(f"   {label}: {shown}")
+        return fig
+
+    def get(self, key: str) -> float | None:
+        for fig in self.figures:
+            if fig.key == key:
+                return fig.value
+        return None
+
+    def ratio(self, key: str, label: str, num: str, den: str, target: str | None = None,
+              note: str = "") -> None:
+        a, b = self.get(num), self.get(den)
+        value = a / b if a is not None and b else None
+        self.add(key, label, value, "x", target, note)
+
+    def note(self, text: str) -> None:
+        log(text)
+        self.notes.append(text)
+
+    def table(self) -> str:
+        width = max([len(f.label) for f in self.figures] + [20])
+        lines = [f"{'figure'.ljust(width)}  {'value':>16}  {'target':<9} result",
+                 "-" * (width + 36)]
+        starts = dict((start, title) for title, start in self.sections)
+        for i, fig in enumerate(self.figures):
+            if i in starts:
+                lines.append(f"[{starts[i]}]")
+            lines.append(f"{fig.label.ljust(width)}  {fig.text():>16}  "
+                         f"{(fig.target or ''):<9} {fig.result}")
+        for title, start in self.sections:
+            if start == len(self.figures):
+                lines.append(f"[{title}]")
+        for text in self.notes:
+            lines.append(f"note: {text}")
+        for text in self.errors:
+            lines.append(f"ERROR: {text}")
+        return "\n".join(lines)
+
+
+# -- small helpers -------------------------------------------------------------------------
+
+
+def rate(nbytes: int, seconds: float) -> float:
+    return nbytes / MiB / seconds if seconds > 0 else float("inf")
+
+
+def run(cmd: list[str], timeout: float = STEP_TIMEOUT, **kwargs: Any
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def timed(cmd: list[str], timeout: float = STEP_TIMEOUT, **kwargs: Any
+          ) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=timeout, **kwargs)
+    return time.perf_counter() - start, done
+
+
+def status_kib(pid: int | str, field_name: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def drop_caches() -> bool:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def read_through(path: Path) -> None:
+    """Bring a file into the page cache (the server's store after a cache drop)."""
+    with open(path, "rb", buffering=0) as f:
+        while f.read(8 * MiB):
+            pass
+
+
+def make_source(path: Path, size: int) -> tuple[str, str]:
+    """A file of ``size`` bytes where every MiB differs (nothing compresses or dedups)."""
+    md5, sha512 = hashlib.md5(), hashlib.sha512()
+    block = bytearray(os.urandom(MiB))
+    with open(path, "wb") as f:
+        left, i = size, 0
+        while left > 0:
+            block[:8] = i.to_bytes(8, "little")
+            piece = memoryview(block)[:min(MiB, left)]
+            md5.update(piece)
+            sha512.update(piece)
+            f.write(piece)
+            left -= len(piece)
+            i += 1
+    return md5.hexdigest(), sha512.hexdigest()
+
+
+def hash_rate(name: str, total: int = GiB) -> float:
+    block = os.urandom(MiB)
+    digest = hashlib.new(name)
+    start = time.perf_counter()
+    for _ in range(total // MiB):
+        digest.update(block)
+    digest.hexdigest()
+    return rate(total, time.perf_counter() - start)
+
+
+# -- subprocess programs -------------------------------------------------------------------
+
+# The embedded client in its own process, so its VmHWM is its own.
+GLANCEFS_CLIENT = r'''
+import json, sys, time
+from glancefs import Client
+
+def status(name):
+    for line in open("/proc/self/status"):
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) * 1024
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+endpoint, path, name, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+glance = Client("2", endpoint=endpoint)
+glance.images.list(limit=1)          # import and connect before the baseline
+baseline = status("VmRSS")
+reset_peak()
+start = time.perf_counter()
+with open(path, "rb") as f:
+    image = glance.images.create(name=name, disk_format="raw", container_format="bare")
+    image.update(data=f)
+upload = time.perf_counter() - start
+upload_peak = status("VmHWM")
+downloads, download_peak = [], 0
+for _ in range(repeat):
+    reset_peak()
+    start = time.perf_counter()
+    size = 0
+    for chunk in glance.images.data(image["id"]):
+        size += len(chunk)
+    downloads.append(time.perf_counter() - start)
+    download_peak = max(download_peak, status("VmHWM"))
+    assert size == image["size"], (size, image["size"])
+print(json.dumps({"id": image["id"], "status": image["status"], "checksum": image["checksum"],
+                  "upload": upload, "downloads": downloads, "baseline": baseline,
+                  "upload_peak": upload_peak, "download_peak": download_peak}))
+'''
+
+# python-glanceclient's Python API in the Glance venv: what `glance image-download` and
+# `glance image-create --file` run, timed without the command's start-up.
+GLANCECLIENT = r'''
+import json, sys, time
+from glanceclient import Client
+
+mode, endpoint = sys.argv[1], sys.argv[2]
+gc = Client("2", endpoint=endpoint, token="bench")
+if mode == "download":
+    image_id, repeat = sys.argv[3], int(sys.argv[4])
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        size = 0
+        for chunk in gc.images.data(image_id):       # verified (os_hash_value) by default
+            size += len(chunk)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"times": times, "size": size}))
+else:
+    path, name = sys.argv[3], sys.argv[4]
+    start = time.perf_counter()
+    image = gc.images.create(name=name, disk_format="raw", container_format="bare")
+    with open(path, "rb") as f:
+        gc.images.upload(image["id"], f)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"id": image["id"], "seconds": seconds}))
+'''
+
+
+# -- the mount -----------------------------------------------------------------------------
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == target for line in mounts)
+
+
+class Mount:
+    """``python -m glancefs.cli.mount_helper glance MNT -f -o ...`` as tests/mount_support.py
+    runs it: in the foreground, so the child's pid is the mount daemon."""
+
+    def __init__(self, endpoint: str, where: Path, options: str = "") -> None:
+        self.endpoint = endpoint
+        self.path = where
+        self.log = where.parent / f"{where.name}.log"
+        self.options = options
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start_seconds = 0.0
+        self.baseline_rss: int | None = None
+
+    def start(self) -> Mount:
+        self.path.mkdir(parents=True, exist_ok=True)
+        opts = ",".join(filter(None, ["api_version=2", f"log={self.log}", self.options]))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        env["OS_IMAGE_URL"] = self.endpoint
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        cmd = [sys.executable, "-m", "glancefs.cli.mount_helper", "glance", str(self.path),
+               "-f", "-o", opts]
+        start = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not is_mounted(self.path):
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                raise RuntimeError(f"mount exited with {self.proc.returncode}: "
+                                   f"{out.strip()[-800:]} {self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"not mounted after {MOUNT_TIMEOUT} s {self.log_tail()}")
+            time.sleep(0.02)
+        self.start_seconds = time.perf_counter() - start
+        self.baseline_rss = status_kib(self.proc.pid, "VmRSS")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def peak_rss(self) -> int | None:
+        return status_kib(self.pid, "VmHWM") if self.proc else None
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "| log: " + " / ".join(text) if text else ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        for args in (["-u"], ["-uz"]):
+            if is_mounted(self.path):
+                subprocess.run(["fusermount3", *args, str(self.path)], capture_output=True,
+                               timeout=60)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def __enter__(self) -> Mount:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- the benchmark -------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path, report: Report) -> None:
+        self.args = args
+        self.size = args.size_mib * MiB
+        self.repeat = max(1, args.repeat)
+        self.work = workdir
+        self.report = report
+        self.server: GlanceServer | None = None
+        self.source = workdir / f"source-{args.size_mib}MiB.raw"
+        self.source_md5 = ""
+        self.image_id: str | None = None
+        self.image_name = f"bench-{args.size_mib}MiB.raw"
+        self.mounts: list[Mount] = []
+        self.proxies: list[FaultProxy] = []
+        self._mount_error: str | None = None
+        self._mount_checked = False
+        self._cache: dict[str, Any] = {}
+        self._made = 0
+
+    # -- set-up -------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        assert self.server is not None
+        return self.server.endpoint
+
+    def start(self) -> None:
+        log(f"work directory {self.work}")
+        log(f"writing the {self.args.size_mib} MiB source file")
+        self.source_md5, _ = make_source(self.source, self.size)
+        ensure_glance_venv()
+        self.server = GlanceServer(self.work / "glance", free_port())
+        log(f"starting Glance on {self.server.endpoint}")
+        self.server.start()
+        self.client = Client("2", endpoint=self.endpoint)
+
+    def stop(self) -> None:
+        for mount in self.mounts:
+            with contextlib.suppress(Exception):
+                mount.stop()
+        for proxy in self.proxies:
+            with contextlib.suppress(Exception):
+                proxy.stop()
+        if self.server is not None:
+            log("stopping Glance")
+            self.server.stop()
+
+    def unique(self, stem: str) -> str:
+        self._made += 1
+        return f"{stem}-{self._made}.raw"
+
+    def check_image(self, image_id: str, what: str) -> None:
+        image = self.client.images.get(image_id)
+        if image["status"] != "active" or image.get("checksum") != self.source_md5:
+            raise RuntimeError(f"{what}: image {image_id} is {image['status']} with checksum "
+                               f"{image.get('checksum')}, expected active {self.source_md5}")
+
+    def delete(self, image_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client.images.delete(image_id)
+
+    def store_file(self, image_id: str) -> Path:
+        assert self.server is not None
+        return self.server.images_dir / image_id
+
+    def main_image(self) -> str:
+        """The image every read is measured on (uploaded by the client section, or here)."""
+        if self.image_id is None:
+            log("uploading the benchmark image")
+            with open(self.source, "rb") as f:
+                image = self.client.images.create(name=self.image_name, disk_format="raw",
+                                                  container_format="bare")
+                image.update(data=f)
+            self.image_id = image["id"]
+            self.check_image(self.image_id, "benchmark image")
+        return self.image_id
+
+    # -- references (measured once, shared by the sections) ------------------------------
+
+    def once(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def curl_download(self) -> float:
+        def measure() -> float:
+            image_id = self.main_image()
+            best = float("inf")
+            for _ in range(self.repeat):
+                seconds, done = timed(["curl", "-s", "--fail", "-o", "/dev/null",
+                                       f"{self.endpoint}/v2/images/{image_id}/file"])
+                if done.returncode:
+                    raise RuntimeError(f"curl download: exit {done.returncode} "
+                                       f"{done.stderr.decode()[-300:]}")
+                best = min(best, seconds)
+            return rate(self.size, best)
+        return self.once("curl_download", measure)
+
+    def glanceclient_download(self) -> float:
+        def measure() -> float:
+            done = run([str(glance_bin("python")), "-c", GLANCECLIENT, "download",
+                        self.endpoint, self.main_image(), str(self.repeat)])
+            if done.returncode:
+                raise RuntimeError(f"glanceclient download: {done.stderr[-800:]}")
+            out = json.loads(done.stdout)
+            if out["size"] != self.size:
+                raise RuntimeError(f"glanceclient download: {out['size']} bytes, "
+                                   f"expected {self.size}")
+            return rate(self.size, min(out["times"]))
+        return self.once("glanceclient_download", measure)
+
+    def curl_upload(self) -> float:
+        def measure() -> float:
+            image = self.client.images.create(name=self.unique("bench-curl"),
+                                              disk_format="raw", container_format="bare")
+            # No "Expect: 100-continue" pause: curl would wait up to 1 s for a 100 answer.
+            seconds, done = timed(
+                ["curl", "-s", "--fail", "-o", "/dev/null", "-T", str(self.source), "-X", "PUT",
+                 "-H", "Content-Type: application/octet-stream", "-H", "Expect:",
+                 f"{self.endpoint}/v2/images/{image['id']}/file"])
+            if done.returncode:
+                raise RuntimeError(f"curl upload: exit {done.returncode} "
+                                   f"{done.stderr.decode()[-300:]}")
+            self.check_image(image["id"], "curl upload")
+            self.delete(image["id"])
+            return rate(self.size, seconds)
+        return self.once("curl_upload", measure)
+
+    def glanceclient_upload(self) -> float:
+        def measure() -> float:
+            done = run([str(glance_bin("python")), "-c", GLANCECLIENT, "upload",
+                        self.endpoint, str(self.source), self.unique("bench-glanceclient")])
+            if done.returncode:
+                raise RuntimeError(f"glanceclient upload: {done.stderr[-800:]}")
+            out = json.loads(done.stdout)
+            self.check_image(out["id"], "glanceclient upload")
+            self.delete(out["id"])
+            return rate(self.size, out["seconds"])
+        return self.once("glanceclient_upload", measure)
+
+    def glance_cli_startup(self) -> float:
+        def measure() -> float:
+            seconds, done = timed([str(glance_bin("glance")), "--os-image-url", self.endpoint,
+                                   "--os-auth-token", "bench", "image-list", "--limit", "1"])
+            if done.returncode:
+                raise RuntimeError(f"glance image-list: {done.stderr.decode()[-500:]}")
+            return seconds
+        return self.once("glance_cli_startup", measure)
+
+    # -- hash ceiling --------------------------------------------------------------------
+
+    def hashes(self) -> None:
+        r = self.report
+        r.section("hash rates (one core, 1 GiB in 1 MiB chunks)")
+        log("hashing 1 GiB with sha512 and md5")
+        r.add("sha512_rate", "sha512 rate", hash_rate("sha512"), "MiB/s",
+              note="ceiling of a verified read (Glance's os_hash_algo)")
+        r.add("md5_rate", "md5 rate", hash_rate("md5"), "MiB/s")
+
+    # -- client section ------------------------------------------------------------------
+
+    def section_client(self) -> None:
+        r = self.report
+        r.section(f"client: {self.args.size_mib} MiB image, whole, verified")
+        log("glancefs client: upload then download in a subprocess")
+        done = run([sys.executable, "-c", GLANCEFS_CLIENT, self.endpoint, str(self.source),
+                    self.image_name, str(self.repeat)],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if done.returncode:
+            raise RuntimeError(f"glancefs client: {done.stderr[-1500:]}")
+        out = json.loads(done.stdout)
+        if self.image_id is None:
+            self.image_id = out["id"]
+            self.check_image(self.image_id, "glancefs client upload")
+        else:
+            self.delete(out["id"])
+        r.add("dl_glancefs", "download: glancefs client", rate(self.size, min(out["downloads"])),
+              "MiB/s")
+        r.add("dl_curl", "download: curl -o /dev/null", self.curl_download(), "MiB/s")
+        r.add("dl_glanceclient", "download: glanceclient (Python API)",
+              self.glanceclient_download(), "MiB/s")
+        r.ratio("dl_glancefs_curl", "download ratio glancefs/curl", "dl_glancefs", "dl_curl")
+        r.ratio("dl_glancefs_glanceclient", "download ratio glancefs/glanceclient",
+                "dl_glancefs", "dl_glanceclient")
+        r.ratio("dl_glancefs_sha512", "download ratio glancefs/sha512 rate", "dl_glancefs",
+                "sha512_rate")
+        r.add("up_glancefs", "upload: glancefs client", rate(self.size, out["upload"]), "MiB/s")
+        r.add("up_curl", "upload: curl -T", self.curl_upload(), "MiB/s")
+        r.add("up_glanceclient", "upload: glanceclient (Python API)",
+              self.glanceclient_upload(), "MiB/s")
+        r.ratio("up_glancefs_curl", "upload ratio glancefs/curl", "up_glancefs", "up_curl")
+        r.ratio("up_glancefs_glanceclient", "upload ratio glancefs/glanceclient",
+                "up_glancefs", "up_glanceclient")
+        r.add("glance_cli_startup", "glance CLI start-up (image-list --limit 1)",
+              self.glance_cli_startup(), "s", note="not counted in the glanceclient rates")
+        base = out["baseline"]
+        budget = f"<= {CLIENT_RSS_BUDGET / MiB:.0f}"
+        r.add("client_rss_baseline", "client RSS at start", base / MiB, "MiB")
+        r.add("client_rss_upload", "client peak RSS growth, upload",
+              (out["upload_peak"] - base) / MiB, "MiB", budget)
+        r.add("client_rss_download", "client peak RSS growth, download",
+              (out["download_peak"] - base) / MiB, "MiB", budget)
+
+    # -- mount helpers ------------------------------------------------------------------
+
+    def mount_available(self) -> bool:
+        if self._mount_checked:
+            return self._mount_error is None
+        self._mount_checked = True
+        if importlib.util.find_spec("glancefs.cli.mount") is None:
+            self._mount_error = "glancefs.cli.mount does not exist"
+        elif not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            self._mount_error = "/dev/fuse is not usable"
+        elif shutil.which("fusermount3") is None:
+            self._mount_error = "fusermount3 is missing (apt-get install fuse3)"
+        else:
+            try:
+                with self.mount():
+                    pass
+            except Exception as error:  # noqa: BLE001 - reported, then skipped
+                self._mount_error = " ".join(str(error).split())[:600]
+        if self._mount_error:
+            self.report.note(f"mount: not available ({self._mount_error})")
+        return self._mount_error is None
+
+    @contextlib.contextmanager
+    def mount(self, options: str = "", endpoint: str | None = None) -> Iterator[Mount]:
+        where = self.work / f"mnt{len(self.mounts)}"
+        m = Mount(endpoint or self.endpoint, where, options)
+        self.mounts.append(m)
+        with m:
+            yield m
+
+    def cold_mount(self, options: str = "", endpoint: str | None = None
+                   ) -> contextlib.AbstractContextManager[Mount]:
+        """A fresh mount with the page cache dropped, and the server's stored file read
+        back into it (so the server is in the same state as for the curl reference)."""
+        if not drop_caches() and "drop_caches" not in self._cache:
+            self._cache["drop_caches"] = False
+            self.report.note("cannot write /proc/sys/vm/drop_caches (not root?): "
+                             "'cold' means a fresh mount only")
+        read_through(self.store_file(self.main_image()))
+        return self.mount(options, endpoint)
+
+    def cat(self, path: Path) -> float:
+        seconds, done = timed(["cat", str(path)])
+        if done.returncode:
+            raise RuntimeError(f"cat {path}: exit {done.returncode}: "
+                               f"{done.stderr.decode().strip()[-300:]}")
+        return seconds
+
+    def image_path(self, mount: Mount) -> Path:
+        path = mount.path / self.image_name
+        return path if path.exists() else mount.path / ".by-id" / self.main_image()
+
+    # -- read section --------------------------------------------------------------------
+
+    def section_read(self) -> None:
+        r = self.report
+        r.section(f"mount read: {self.args.size_mib} MiB image")
+        if not self.mount_available():
+            return
+        self.main_image()
+        from glancefs.fs.options import MountOptions
+        budget = MountOptions().memory
+        peaks: list[float] = []
+        for verify in ("on", "off"):
+            cold, warm = float("inf"), float("inf")
+            for i in range(self.repeat):
+                with self.cold_mount(f"verify={verify}") as m:
+                    log(f"cold read, verify={verify} ({i + 1}/{self.repeat})")
+                    path = self.image_path(m)
+                    cold = min(cold, self.cat(path))
+                    if i == self.repeat - 1:
+                        for _ in range(self.repeat):
+                            warm = min(warm, self.cat(path))
+                    peak, base = m.peak_rss(), m.baseline_rss
+                    if peak and base:
+                        peaks.append((peak - base) / MiB)
+                        if verify == "on":
+                            self._cache["mount_rss_peak"] = max(
+                                self._cache.get("mount_rss_peak", 0), peak / MiB)
+            r.add(f"mount_cold_verify_{verify}", f"mount cold read, verify {verify}",
+                  rate(self.size, cold), "MiB/s")
+            r.add(f"mount_warm_verify_{verify}", f"mount warm read, verify {verify}",
+                  rate(self.size, warm), "MiB/s")
+        self.curl_download()
+        self.glanceclient_download()
+        if r.get("dl_curl") is None:
+            r.add("dl_curl", "download: curl -o /dev/null", self.curl_download(), "MiB/s")
+        if r.get("dl_glanceclient") is None:
+            r.add("dl_glanceclient", "download: glanceclient (Python API)",
+                  self.glanceclient_download(), "MiB/s")
+        if r.get("sha512_rate") is not None:
+            r.ratio("mount_read_sha512", "mount read (verify on) / sha512 rate",
+                    "mount_cold_verify_on", "sha512_rate", ">= 0.9")
+        r.ratio("mount_read_glanceclient", "mount read (verify on) / glanceclient",
+                "mount_cold_verify_on", "dl_glanceclient", ">= 2")
+        r.ratio("mount_read_noverify_curl", "mount read (verify off) / curl",
+                "mount_cold_verify_off", "dl_curl", ">= 0.8")
+        self.random_reads()
+        if peaks:
+            r.add("mount_rss_peak", "mount peak RSS (sequential reads)",
+                  self._cache.get("mount_rss_peak"), "MiB")
+            r.add("mount_rss_growth_read", "mount peak RSS growth / memory budget",
+                  max(peaks) * MiB / budget, "x", "<= 1",
+                  note=f"budget {budget / MiB:.0f} MiB (default memory= option)")
+
+    def random_reads(self, count: int = 200, size: int = 4096) -> None:
+        r = self.report
+        assert self.server is not None
+        proxy = FaultProxy("127.0.0.1", self.server.port).start()
+        self.proxies.append(proxy)
+        rng = random.Random(20240601)
+        offsets = [rng.randrange(0, max(1, self.size - size)) for _ in range(count)]
+        log(f"{count} random {size}-byte reads through a counting proxy")
+        with self.cold_mount(endpoint=proxy.endpoint) as m, open(self.source, "rb") as src:
+            path = self.image_path(m)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                proxy.stats = Stats()
+                start = time.perf_counter()
+                for off in offsets:
+                    got = os.pread(fd, size, off)
+                    if got != os.pread(src.fileno(), size, off):
+                        raise RuntimeError(f"random read at {off}: wrong bytes through the mount")
+                seconds = time.perf_counter() - start
+            finally:
+                os.close(fd)
+            stats = proxy.stats
+        gets = [line for line in stats.requests if line.startswith("GET") and "/file" in line]
+        r.add("random_requests_per_read", f"random {size // 1024} KiB reads: data GETs per read",
+              len(gets) / count, "")
+        r.add("random_requests_all_per_read", "random reads: all requests per read",
+              len(stats.requests) / count, "")
+        r.add("random_kib_per_read", "random reads: KiB from the server per read",
+              stats.bytes_from_server / count / 1024, "KiB")
+        r.add("random_ms_per_read", "random reads: latency per read", seconds / count * 1000, "ms")
+        r.add("random_fraction", "random reads: bytes fetched / image size",
+              stats.bytes_from_server / self.size, "x",
+              note=f"{count} reads over {self.args.size_mib} MiB")
+
+    # -- write section --------------------------------------------------------------------
+
+    def section_write(self) -> None:
+        r = self.report
+        r.section(f"mount write: cp of {self.args.size_mib} MiB into the mount")
+        if not self.mount_available():
+            return
+        name = self.unique("bench-cp")
+        with self.mount() as m:
+            reset_peak_rss(m.pid)
+            base = status_kib(m.pid, "VmRSS")
+            log("cp into the mount")
+            seconds, done = timed(["cp", str(self.source), str(m.path / name)])
+            peak = m.peak_rss()
+            if done.returncode:
+                r.note(f"write: not available (cp exit {done.returncode}: "
+                       f"{done.stderr.decode().strip()[-300:]})")
+                return
+        found = [img for img in self.client.images.list(filters={"name": name})]
+        if len(found) != 1:
+            r.note(f"write: not available (cp succeeded but {len(found)} images named {name})")
+            return
+        try:
+            self.check_image(found[0]["id"], "cp into the mount")
+        except RuntimeError as error:
+            r.note(f"write: wrong result ({error})")
+            return
+        finally:
+            self.delete(found[0]["id"])
+        r.add("cp_mount", "upload: cp into the mount", rate(self.size, seconds), "MiB/s")
+        if r.get("up_glanceclient") is None:
+            r.add("up_glanceclient", "upload: glanceclient (Python API)",
+                  self.glanceclient_upload(), "MiB/s")
+        if r.get("up_curl") is None:
+            r.add("up_curl", "upload: curl -T", self.curl_upload(), "MiB/s")
+        r.ratio("cp_glanceclient", "cp / glanceclient upload", "cp_mount", "up_glanceclient",
+                ">= 0.95")
+        r.ratio("cp_curl", "cp / curl upload", "cp_mount", "up_curl")
+        if peak and base:
+            from glancefs.fs.options import MountOptions
+            budget = MountOptions().memory
+            r.add("mount_rss_peak_cp", "mount peak RSS during cp", peak / MiB, "MiB")
+            r.add("mount_rss_growth_cp", "mount peak RSS growth during cp / budget",
+                  (peak - base) / budget, "x", "<= 1")
+
+    # -- list section ---------------------------------------------------------------------
+
+    def create_images(self, count: int) -> float:
+        local = threading.local()
+        url = f"{self.endpoint}/v2/images"
+
+        def one(i: int) -> None:
+            session = getattr(local, "session", None)
+            if session is None:
+                session = local.session = requests.Session()
+            body = {"name": f"bench-list-{i:05d}", "disk_format": "raw",
+                    "container_format": "bare"}
+            for attempt in range(5):
+                resp = session.post(url, json=body, timeout=60)
+                if resp.status_code == 201:
+                    return
+                time.sleep(0.2 * (attempt + 1))
+            raise RuntimeError(f"creating image {i}: HTTP {resp.status_code} {resp.text[:200]}")
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(one, range(count)))
+        return time.perf_counter() - start
+
+    def section_list(self) -> None:
+        r = self.report
+        n = self.args.images
+        r.section(f"listing: {n} images")
+        log(f"creating {n} images (16 concurrent POSTs)")
+        seconds = self.create_images(n)
+        r.add("list_create_rate", "image records created per second", n / seconds, "/s")
+        total = sum(1 for _ in self.client.images.list())
+        best = float("inf")
+        for _ in range(2):
+            t, done = timed([str(glance_bin("glance")), "--os-image-url", self.endpoint,
+                             "--os-auth-token", "bench", "image-list"])
+            if done.returncode:
+                raise RuntimeError(f"glance image-list: {done.stderr.decode()[-500:]}")
+            best = min(best, t)
+        r.add("list_glance_cli", "glance image-list (whole command)", best, "s")
+        if r.get("glance_cli_startup") is None:
+            r.add("glance_cli_startup", "glance CLI start-up (image-list --limit 1)",
+                  self.glance_cli_startup(), "s")
+        if not self.mount_available():
+            return
+        drop_caches()
+        with self.mount() as m:
+            r.add("list_mount_start", f"mount start-up with {total} images", m.start_seconds, "s")
+            times = []
+            for _ in range(1 + self.repeat):
+                start = time.perf_counter()
+                done = run(["ls", "-l", str(m.path)])
+                times.append(time.perf_counter() - start)
+                if done.returncode:
+                    raise RuntimeError(f"ls -l: {done.stderr[-300:]}")
+                shown = sum(1 for line in done.stdout.splitlines()
+                            if line and not line.startswith("total"))
+                if shown < total:
+                    raise RuntimeError(f"ls -l shows {shown} entries, the server has {total}")
+            peak = m.peak_rss()
+        r.add("list_ls_cold", "ls -l, first after mount", times[0], "s")
+        r.add("list_ls_warm", "ls -l, warm", min(times[1:]), "s", "< 0.5")
+        r.ratio("list_ls_vs_glance", "ls -l cold / glance image-list", "list_ls_cold",
+                "list_glance_cli")
+        if peak:
+            r.add("list_mount_rss", f"mount peak RSS with {total} images", peak / MiB, "MiB")
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmark glancefs against curl and python-glanceclient on one local "
+                    "Glance. Prints figures and ratios; never fails on a figure.")
+    parser.add_argument("--size-mib", type=int, default=1024,
+                        help="size of the image read and written (default 1024 = 1 GiB)")
+    parser.add_argument("--images", type=int, default=5000,
+                        help="images for the listing figures (default 5000)")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections: {','.join(SECTIONS)} (default all)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each download/read; the best counts (default 3)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="directory for the server, the source file and the mounts "
+                             "(default: a new temporary directory, removed at the end)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {','.join(unknown)}; choose from {','.join(SECTIONS)}")
+    if args.size_mib < 1 or args.images < 0:
+        parser.error("--size-mib must be >= 1 and --images >= 0")
+    args.sections = [s for s in SECTIONS if s in only]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def terminate(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, terminate)
+
+    base = Path(args.workdir) if args.workdir else None
+    if base:
+        base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="glancefs-bench-", dir=base or "/var/tmp"))
+    report = Report()
+    bench = Bench(args, work, report)
+    started = time.perf_counter()
+    crashed = False
+    try:
+        bench.start()
+        steps: list[tuple[str, Callable[[], None]]] = [("hash", bench.hashes)]
+        steps += [(name, getattr(bench, f"section_{name}")) for name in args.sections]
+        for name, step in steps:
+            try:
+                step()
+            except Exception as error:  # noqa: BLE001 - one crash must not hide the others
+                crashed = True
+                traceback.print_exc()
+                report.errors.append(f"{name}: {type(error).__name__}: "
+                                     f"{' '.join(str(error).split())[:500]}")
+    except KeyboardInterrupt as error:
+        crashed = True
+        report.errors.append(f"interrupted ({error})")
+    except Exception as error:  # noqa: BLE001
+        crashed = True
+        traceback.print_exc()
+        report.errors.append(f"set-up: {type(error).__name__}: {error}")
+    finally:
+        bench.stop()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    print()
+    print(f"glancefs benchmark: {args.size_mib} MiB image, {args.images} images for listing, "
+          f"sections {','.join(args.sections)}, best of {max(1, args.repeat)}, "
+          f"{os.cpu_count()} CPUs, {elapsed:.0f} s")
+    print(report.table())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "size_mib": args.size_mib, "images": args.images, "sections": args.sections,
+            "repeat": args.repeat, "cpus": os.cpu_count(), "seconds": round(elapsed, 1),
+            "figures": {f.key: f.as_json() for f in report.figures},
+            "notes": report.notes, "errors": report.errors,
+        }, indent=2) + "\n")
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
