@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,14 +75,15 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
         end = None if length is None else offset + length
     whole = offset == 0 and length is None or (offset == 0 and size is not None and end == size)
     check = expected.hasher() if verify and whole else None
+    hashing = BackgroundHash(check[2]) if check else None
     attempts_left = http.retries if resume_attempts is None else resume_attempts
     pos = offset
     while True:
         try:
             for chunk in _one_response(http, path, pos, end, whole and pos == 0, chunk_size):
                 pos += len(chunk)
-                if check:
-                    check[2].update(chunk)
+                if hashing:
+                    hashing.update(chunk)
                 attempts_left = http.retries if resume_attempts is None else resume_attempts
                 yield chunk
             break
@@ -94,13 +97,54 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
             time.sleep(0.2)
     if end is not None and pos != end:
         raise exc.InvalidResponse(f"download of {path} ended at byte {pos}, expected {end}")
-    if check:
-        algo, want, hasher = check
-        got = hasher.hexdigest()
+    if check and hashing:
+        algo, want, _ = check
+        got = hashing.hexdigest()
         if got != want:
             LOG.error("%s of %s is %s, the server published %s", algo, path, got, want)
             raise exc.HashMismatch(f"{algo} mismatch for {path}: got {got}, expected {want}")
         LOG.debug("%s verified for %s", algo, path)
+
+
+class BackgroundHash:
+    """Hashes chunks in a worker thread while the caller fetches the next.
+
+    hashlib releases the GIL on large buffers, so a download costs the slower
+    of the network and the hash rather than their sum; the queue bound keeps
+    memory at a few chunks.
+    """
+
+    _DONE = b""
+
+    def __init__(self, hasher: "hashlib._Hash", depth: int = 8) -> None:
+        self._hasher = hasher
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=depth)
+        self._abandoned = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._abandoned.is_set():
+            try:
+                chunk = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if chunk is self._DONE:
+                return
+            self._hasher.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        if chunk:
+            self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        self._queue.put(self._DONE)
+        self._thread.join()
+        return self._hasher.hexdigest()
+
+    def __del__(self) -> None:
+        # A download closed early must not leave its thread waiting forever.
+        self._abandoned.set()
 
 
 def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
