@@ -1,0 +1,45 @@
+"""scripts/bench runs end to end with tiny sizes and reports every figure it promises.
+
+Times are never asserted (they belong to the benchmark's report, not to the suite): this only
+shows the benchmark still works, so the README's command does not rot between full runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_bench_runs_with_small_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--size-mib", "4",
+         "--images", "30", "--repeat", "1", "--hash-mib", "16", "--json", str(out),
+         "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["errors"] == []
+    figures = report["figures"]
+    for key in ("sha512_rate", "md5_rate", "dl_glancefs", "dl_curl", "dl_glanceclient",
+                "up_glancefs", "up_curl", "up_glanceclient", "client_rss_download",
+                "list_glance_cli"):
+        assert figures[key]["value"] is not None and figures[key]["value"] > 0, key
+    # The mount figures, when the mount works here (a note says why otherwise).
+    if not any(note.startswith("mount: not available") for note in report["notes"]):
+        for key in ("mount_cold_verify_on", "mount_cold_verify_off", "random_kib_per_read",
+                    "list_ls_warm"):
+            assert figures[key]["value"] is not None, key
+    assert "figure" in done.stdout and "sha512 rate" in done.stdout
+    # Nothing is left behind: no mount, and the work directory is removed.
+    with open("/proc/self/mounts") as mounts:
+        assert str(tmp_path) not in mounts.read()
+    assert not any((tmp_path / "work").iterdir())
