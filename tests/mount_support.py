@@ -153,8 +153,9 @@ class CountingProxy:
     """Forwards 127.0.0.1:port to an upstream port and counts the bytes the
     server sent back (headers included), to see what a read transferred."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, strip_range: bool = False) -> None:
         self.upstream_port = upstream_port
+        self.strip_range = strip_range      # act like a server that ignores Range
         self.bytes_down = 0
         self.connections = 0
         self._lock = threading.Lock()
@@ -194,6 +195,9 @@ class CountingProxy:
                 if count:
                     with self._lock:
                         self.bytes_down += len(data)
+                elif self.strip_range and b"\r\nRange: " in data:
+                    head, _, rest = data.partition(b"\r\nRange: ")
+                    data = head + rest[rest.index(b"\r\n"):]
                 dst.sendall(data)
         except OSError:
             pass

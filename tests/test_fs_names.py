@@ -12,7 +12,7 @@ from glancefs.fs.names import NameEntry, assign_names, escape, is_valid_entry, u
 # Any JSON string: every code point, lone surrogates included.
 any_name = st.one_of(st.none(), st.text(alphabet=st.characters(min_codepoint=0), max_size=300),
                      st.sampled_from(["", ".", "..", "/", "%", "%25", "a/b", "\0", "x" * 300,
-                                      "é" * 200, "%" * 100]))
+                                      "é" * 200, "%" * 100, ".by-id"]))
 ids = st.uuids().map(str)
 
 
@@ -42,6 +42,7 @@ def test_specials() -> None:
     assert escape(".") == b"%2E" and escape("..") == b"%2E%2E"
     assert escape("a/b%c") == b"a%2Fb%25c"
     assert escape("...") == b"..."
+    assert escape(".by-id") == b"%2Eby-id" and unescape(b"%2Eby-id") == ".by-id"
     assert unescape(b"50%") == "50%"          # a lone % typed by a user is literal
     assert unescape(b"%zz") == "%zz"
 

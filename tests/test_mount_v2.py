@@ -345,3 +345,38 @@ def test_bad_mount_point_and_secret_options(glance_v2: GlanceServer, tmp_path: P
                    mount_env(glance_v2.endpoint))
     assert done.returncode != 0 and "secret" in done.stderr
     assert "hunter2" not in done.stderr
+
+
+def test_disk_cache_serves_a_second_mount(glance_v2: GlanceServer, client: Client,
+                                          tmp_path: Path) -> None:
+    data = random.Random(19).randbytes(6 * MiB + 100)
+    image = make_image(client, "mnt-cached.raw", data)
+    proxy = CountingProxy(glance_v2.port)
+    cache = tmp_path / "cache"
+    try:
+        for round_ in range(2):
+            with mounted(proxy.endpoint, tmp_path / f"mnt{round_}", env=mount_env(
+                    proxy.endpoint), options=f"cache_dir={cache},cache_size=64M") as mount:
+                proxy.reset()
+                assert sha256_file(by_id(mount.path, image)) == hashlib.sha256(data).hexdigest()
+                if round_ == 0:
+                    assert proxy.bytes_down >= len(data)
+                else:
+                    # Only the image's metadata (GET of the one image) went over the wire.
+                    assert proxy.bytes_down < 64 * 1024, proxy.bytes_down
+    finally:
+        proxy.stop()
+    assert sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) >= len(data)
+
+
+def test_owner_and_mode_options(glance_v2: GlanceServer, images: dict[str, Image],
+                                tmp_path: Path) -> None:
+    with mounted(glance_v2.endpoint, tmp_path / "mnt",
+                 options="uid=1234,gid=4321,umask=027,ro") as mount:
+        st = os.stat(by_id(mount.path, images["medium"]))
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1234, 4321, 0o440)
+        root = os.stat(mount.path)
+        assert root.st_mode & 0o777 == 0o550
+        with pytest.raises(OSError) as refused:
+            (mount.path / "x").write_bytes(b"")
+        assert refused.value.errno in (errno.EROFS, errno.EACCES)

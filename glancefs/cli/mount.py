@@ -19,6 +19,7 @@ import argparse
 import logging
 import logging.handlers
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -34,9 +35,7 @@ _SECRET_ARGS = ("os_password", "os_auth_token", "os_application_credential_secre
 
 def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     """The mount command's own arguments (credentials are the caller's --os-*)."""
-    parser.add_argument("paths", nargs="+", metavar="[SOURCE] MOUNTPOINT",
-                        help="where to mount; SOURCE (optional) is an Images API URL, a "
-                             "clouds.yaml cloud name, or 'glance' for the OS_* variables")
+    add_path_arguments(parser)
     parser.add_argument("-o", dest="mount_options", action="append", default=[],
                         metavar="OPT[,OPT...]",
                         help="mount options: ttl=SECONDS (30), prefetch_max=SIZE (64M), "
@@ -64,6 +63,14 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let other users see the mount")
     parser.add_argument("--log-file", dest="log", default=None,
                         help="log file (default: syslog when in the background)")
+
+
+def add_path_arguments(parser: argparse.ArgumentParser) -> None:
+    # Two optional positionals: one given is the mount point, two are SOURCE MOUNTPOINT.
+    parser.add_argument("first", nargs="?", metavar="SOURCE",
+                        help="optional: an Images API URL, a clouds.yaml cloud name, or "
+                             "'glance' to use the OS_* variables")
+    parser.add_argument("second", nargs="?", metavar="MOUNTPOINT", help="where to mount")
 
 
 def mount_options_from_args(args: argparse.Namespace) -> MountOptions:
@@ -117,8 +124,8 @@ def api_version_for(args: argparse.Namespace, opts: MountOptions, auth: Any) -> 
 
 def setup_logging(opts: MountOptions, background: bool) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if opts.log:
         handler = logging.FileHandler(opts.log)
@@ -154,8 +161,12 @@ def failure_text(error: BaseException, endpoint: str | None = None) -> str:
     if isinstance(error, exc.HTTPForbidden):
         return f"not allowed to list images: {text}"
     if isinstance(error, exc.CommunicationError):
-        where = f" at {endpoint}" if endpoint else ""
-        return f"cannot reach the Images API{where}: {text}"
+        url = getattr(error, "url", None) or endpoint or ""
+        target = url.split("/v")[0] if url else "the server"
+        # keystoneauth's text repeats the URL and urllib3's retry story; the
+        # errno line is what the user needs.
+        cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+        return f"cannot reach {target}: {cause.group(1) if cause else text}"
     if isinstance(error, exc.HTTPMultipleChoices):
         return f"the server does not offer this Images API version: {text}"
     if isinstance(error, MountError):
@@ -171,9 +182,9 @@ def run_mount(args: argparse.Namespace) -> int:
     """Mount as ``args`` say; returns the exit status."""
     from glancefs.fs.session import MountError, check_mountpoint
 
-    paths = list(args.paths)
-    if len(paths) > 2:
-        print(f"{PROG}: mount: give [SOURCE] MOUNTPOINT, not {len(paths)} paths",
+    paths = [p for p in (getattr(args, "first", None), getattr(args, "second", None)) if p]
+    if not paths:
+        print(f"{PROG}: mount: give the mount point: mount [SOURCE] MOUNTPOINT",
               file=sys.stderr)
         return 2
     source = paths[0] if len(paths) == 2 else None

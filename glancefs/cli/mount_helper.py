@@ -24,7 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from glancefs.cli.mount import run_mount
+from glancefs.cli.mount import add_path_arguments, run_mount
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mount.glancefs",
         usage="mount.glancefs [SOURCE] MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]",
         description="Mount OpenStack Images (Glance) as a directory.")
-    parser.add_argument("paths", nargs="+", metavar="[SOURCE] MOUNTPOINT")
+    add_path_arguments(parser)
     parser.add_argument("-o", dest="mount_options", action="append", default=[],
                         metavar="OPT[,OPT...]", help="mount options (see README.rst)")
     parser.add_argument("-f", "--foreground", action="store_true",

@@ -54,11 +54,10 @@ class BlockCache:
             _, evicted = self._blocks.popitem(last=False)
             self.used -= len(evicted)
 
-    def demote(self, key: BlockKey) -> None:
-        """Make ``key`` the first to go: a sequential reader is done with it and
-        the kernel's page cache holds it now."""
-        if key in self._blocks:
-            self._blocks.move_to_end(key, last=False)
+    def discard(self, key: BlockKey) -> None:
+        data = self._blocks.pop(key, None)
+        if data is not None:
+            self.used -= len(data)
 
     def drop_image(self, image_id: str) -> None:
         for key in [k for k in self._blocks if k[0] == image_id]:
@@ -99,6 +98,10 @@ class DiskCache:
 
     def _path(self, image_id: str, tag: str, index: int) -> Path:
         return self.root / f"{image_id}-{tag}" / str(index)
+
+    def has(self, image_id: str, tag: str, index: int) -> bool:
+        with self._lock:
+            return self._path(image_id, tag, index) in self._files
 
     def get(self, image_id: str, tag: str, index: int) -> bytes | None:
         path = self._path(image_id, tag, index)

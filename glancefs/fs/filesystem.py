@@ -68,6 +68,7 @@ class GlanceFS:
             prefetch_max=options.prefetch_max, memory=options.memory, verify=options.verify,
             range_supported=service.version != "1"), disk)
         self.handles: dict[int, Handle] = {}
+        self._xattrs: dict[str, tuple[ImageRecord, dict[bytes, bytes]]] = {}
         self._next_fh = 1
         self._usage: tuple[float, tuple[int, int | None] | None] | None = None
         self.started_wall = time.time()   # directory times: when mounted
@@ -182,10 +183,18 @@ class GlanceFS:
                           else errno.ENODATA, "no such image")
         return record
 
+    def _attributes(self, record: ImageRecord) -> dict[bytes, bytes]:
+        """The xattrs of a record, built once per record (records are immutable)."""
+        cached = self._xattrs.get(record.id)
+        if cached is None or cached[0] is not record:
+            cached = (record, xattrs.attributes(record))
+            self._xattrs[record.id] = cached
+        return cached[1]
+
     async def getxattr(self, inode: int, name: bytes) -> bytes:
         if inode in (ROOT_INODE, BY_ID_INODE):
             raise FsError(errno.ENODATA, "directories have no attributes")
-        values = xattrs.attributes(await self._record(inode))
+        values = self._attributes(await self._record(inode))
         value = values.get(name)
         if value is None:
             raise FsError(errno.ENODATA, f"no attribute {name!r}")
@@ -194,7 +203,7 @@ class GlanceFS:
     async def listxattr(self, inode: int) -> list[bytes]:
         if inode in (ROOT_INODE, BY_ID_INODE):
             return []
-        return list(xattrs.attributes(await self._record(inode)))
+        return list(self._attributes(await self._record(inode)))
 
     # -- the filesystem --------------------------------------------------------------
 

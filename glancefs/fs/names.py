@@ -7,7 +7,8 @@ contract README.rst documents:
 
 Escape (reversible, :func:`escape` / :func:`unescape`)
     ``%`` -> ``%25``, ``/`` -> ``%2F``, NUL -> ``%00``; a name that is exactly
-    ``.`` or ``..`` -> ``%2E`` / ``%2E%2E``; no name (None) or an empty name ->
+    ``.`` or ``..`` -> ``%2E`` / ``%2E%2E`` (and ``.by-id``, the name of the
+    directory of all images by id, -> ``%2Eby-id``); no name (None) or an empty name ->
     ``%`` alone (which no other name escapes to, because a literal ``%`` is
     always ``%25``). Characters that are not valid UTF-8 on their own (lone
     surrogates, which JSON can carry) are written as ``%XX`` of their
@@ -33,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 NAME_MAX = 255
+RESERVED = ".by-id"   # the directory of every image by id
 UNNAMED = b"%"
 SUFFIX_SEP = b"~"
 SHORT_ID = 8
@@ -49,6 +51,8 @@ def escape(name: str | None) -> bytes:
         return b"%2E"
     if name == "..":
         return b"%2E%2E"
+    if name == RESERVED:
+        return b"%2E" + RESERVED[1:].encode()
     out = bytearray()
     for char in name:
         special = _ALWAYS.get(char)
@@ -90,7 +94,7 @@ def unescape(shown: bytes) -> str | None:
 
 def is_valid_entry(shown: bytes) -> bool:
     return (0 < len(shown) <= NAME_MAX and b"/" not in shown and b"\0" not in shown
-            and shown not in (b".", b".."))
+            and shown not in (b".", b"..", RESERVED.encode()))
 
 
 def _cut(shown: bytes, limit: int) -> bytes:

@@ -154,6 +154,9 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes --------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if not name.startswith(b"user."):
+            # ls -l asks for security.selinux and ACLs of every file: answer at once.
+            raise pyfuse3.FUSEError(errno.ENODATA)
         with fuse_errors("getxattr", self.fs.catalog.record(inode)):
             return await self.fs.getxattr(inode, name)
 

@@ -49,7 +49,7 @@ class MountOptions:
     prefetch_start: int = 1 * MiB      # first prefetch window of a sequential reader
     prefetch_max: int = 64 * MiB       # largest prefetch window per open file
     memory: int = 256 * MiB            # RAM for cached and prefetched blocks, all files
-    readahead: int = 1 * MiB           # kernel read-ahead (FUSE read size), root only
+    readahead: int = 8 * MiB           # kernel read-ahead of the mount (root only)
     cache_dir: str | None = None       # on-disk data cache (off when None)
     cache_size: int = 4 * GiB          # limit of the on-disk cache
     verify: bool = True                # hash-check full in-order reads
@@ -100,13 +100,13 @@ _ALIASES = {
     "prefetch": "prefetch_max", "max_prefetch": "prefetch_max", "memory_budget": "memory",
     "mem": "memory", "cache": "cache_dir", "logfile": "log", "log_file": "log",
     "cloud": "os_cloud", "image_url": "os_image_url", "os_image_api_version": "api_version",
-    "region": "os_region_name", "rw": "ro", "noverify": "verify",
+    "region": "os_region_name",
 }
 # Generic flags mount(8) or fstab may hand us; they belong to the kernel or to mount.
 KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime",
                 "suid", "dev", "exec", "atime", "sync", "async", "dirsync"}
 IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev",
-           "nofail", "nofail", "loud", "silent", "nosymfollow", "lazytime"}
+           "nofail", "loud", "silent", "nosymfollow", "lazytime"}
 SECRET_WORDS = ("password", "token", "secret", "os_key", "credential_secret")
 
 

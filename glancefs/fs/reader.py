@@ -31,6 +31,7 @@ import hashlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,7 @@ from glancefs.fs.errors import FsError
 LOG = logging.getLogger("glancefs.fs.reader")
 
 MiB = 1024 * 1024
-PIECES = 1
+STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 
 
 @dataclass
@@ -54,7 +55,6 @@ class ReadConfig:
     prefetch_max: int = 64 * MiB
     memory: int = 256 * MiB
     verify: bool = True
-    max_request: int = 64 * MiB
     fetch_threads: int = 32          # HTTP requests in flight, all files
     range_supported: bool = True     # False for servers that ignore Range (v1)
 
@@ -83,8 +83,9 @@ class Pending:
 
 @dataclass(eq=False)   # identity, so jobs can live in sets
 class Job:
-    """One fetch thread: a ranged GET of blocks [first, last), or (no Range
-    support) a stream from block 0 gated by ``want_until``."""
+    """One fetch thread: a ranged GET of blocks [first, last), or a stream from
+    ``first`` to the end of the image that pauses before ``want_until``
+    (``first`` is 0 for servers without Range support)."""
     first: int
     last: int
     stream: bool = False
@@ -93,6 +94,10 @@ class Job:
     want_until: int = 0          # streams pause before delivering this block
     gate: threading.Condition = field(default_factory=threading.Condition)
     done: bool = False
+
+    @property
+    def live(self) -> bool:
+        return not (self.done or self.cancelled)
 
     def cancel(self) -> None:
         with self.gate:
@@ -208,8 +213,32 @@ class Handle:
         self.next_off: int | None = None
         self.last_block = -1
         self.window = 0
-        self.frontier = 0            # blocks below this were already requested
-        self.stream: Job | None = None
+        self.streams: list[Job] = []     # sequential GETs in flight, oldest first
+
+
+def watch_range_support(service: ImageService, on_ignored: Callable[[], None]) -> bool:
+    """Call ``on_ignored`` when a ranged GET is answered 200 (whole body).
+
+    glancefs.api adapts to such servers by skipping to the offset, which is
+    right but costs a whole download per block; the read path must know, to
+    stream instead. The API does not report it yet, so this watches the
+    responses of the client's HTTP session (read-only). Returns False when the
+    client has no such session to watch.
+    """
+    http = getattr(service.client, "http", None)
+    session = getattr(getattr(http, "session", None), "session", None)
+    hooks = getattr(session, "hooks", None)
+    if not isinstance(hooks, dict):
+        return False
+
+    def check(response: Any, *args: Any, **kwargs: Any) -> None:
+        request = getattr(response, "request", None)
+        if response.status_code == 200 and request is not None and \
+                "Range" in request.headers and "/file" in request.url:
+            on_ignored()
+
+    hooks.setdefault("response", []).append(check)
+    return True
 
 
 class Reader:
@@ -238,6 +267,15 @@ class Reader:
         # synchronously) until a new read from offset 0 verifies again.
         self.mismatched: set[str] = set()
         self.stats = {"requests": 0, "bytes": 0}
+        if config.range_supported:
+            watch_range_support(service, self._range_ignored)
+
+    def _range_ignored(self) -> None:
+        """From a fetch thread: the server sent a whole image for a range."""
+        if self.config.range_supported:
+            self.config.range_supported = False
+            LOG.warning("the Images API ignores Range requests; reading images as one "
+                        "stream per open file from now on")
 
     # -- open / release ---------------------------------------------------
 
@@ -253,8 +291,8 @@ class Reader:
 
     def release(self, handle: Handle) -> None:
         image = handle.image
-        if handle.stream:
-            handle.stream.cancel()
+        for job in handle.streams:
+            job.cancel()
         if handle.window:
             self._sequential -= 1
             handle.window = 0
@@ -299,12 +337,17 @@ class Reader:
                     verifier.served[index] = 1
         finally:
             del image.inflight[serial]
-            done, image.read_done = image.read_done, trio.Event()
-            done.set()
+            finished, image.read_done = image.read_done, trio.Event()
+            finished.set()
         if handle.window:
             self._prefetch(handle, end)
             if first > 0:
-                self.cache.demote((image.id, first - 1))
+                # A sequential reader is done with the block before: the kernel's
+                # page cache has it now (keep_cache), so ours need not.
+                done = first - 1
+                verifier = image.verifier
+                if verifier is None or not verifier.active or verifier.next > done:
+                    self.cache.discard((image.id, done))
         verifier = image.verifier
         if verifier is not None and verifier.active:
             if end == image.size:
@@ -326,7 +369,10 @@ class Reader:
     def _track(self, handle: Handle, off: int, end: int, first: int) -> None:
         """Sequential or not; grow or reset the prefetch window."""
         bs = self.config.block_size
-        sequential = handle.next_off is not None and abs(off - handle.next_off) <= bs
+        # The kernel sends read-ahead requests concurrently and they may arrive
+        # out of order: a little behind the furthest point is still "in order".
+        sequential = handle.next_off is not None and \
+            handle.next_off - max(4 * bs, handle.window) <= off <= handle.next_off + bs
         if sequential:
             if first > handle.last_block:
                 # Grows once per new block the reader enters: a reader that keeps
@@ -341,8 +387,12 @@ class Reader:
             if handle.window:
                 self._sequential -= 1
             handle.window = 0
-            handle.frontier = 0
             handle.next_off = end
+            if handle.streams and self.config.range_supported:
+                # A seek: the streams' bytes are no longer wanted.
+                for job in handle.streams:
+                    job.cancel()
+                handle.streams = []
         handle.last_block = max(handle.last_block, first) if sequential else first
 
     def _window_cap(self) -> int:
@@ -350,36 +400,38 @@ class Reader:
         return max(self.config.block_size, min(self.config.prefetch_max, share))
 
     def _prefetch(self, handle: Handle, end: int) -> None:
+        """Keep ranged GETs going up to ``window`` bytes past ``end``.
+
+        A sequential reader is served by streaming GETs of growing size (twice
+        the window each): few request latencies, and the next GET starts while
+        the last one still has a window to deliver, so two are in flight at the
+        seams. Each GET is paced by the window: its thread stops handing over
+        blocks that far ahead and resumes as the reader catches up, so memory
+        stays bounded; sizes that grow only while the reader keeps up bound
+        what a reader that stops early costs in transfer.
+        """
         image = handle.image
         bs = self.config.block_size
         target = min(image.nblocks, (end + handle.window + bs - 1) // bs)
+        handle.streams = [job for job in handle.streams if job.live]
+        for job in handle.streams:
+            job.want(target)
         if not self.config.range_supported:
-            if handle.stream is not None and not handle.stream.done:
-                handle.stream.want(target)
+            return   # its stream starts from byte 0 when a block is missing (_request)
+        start = max([(end + bs - 1) // bs] + [job.last for job in handle.streams])
+        while start < target and ((image.id, start) in self.cache or start in image.pending):
+            start += 1
+        if start >= target:
             return
-        start = max(handle.frontier, (end + bs - 1) // bs)
-        window_blocks = max(1, handle.window // bs)
-        # Refill in halves of the window: fewer, larger requests.
-        if target - start < max(1, window_blocks // 2):
-            return
-        handle.frontier = target
-        piece = max(1, min(self.config.max_request, max(bs, handle.window // PIECES)) // bs)
-        self._fetch_missing(image, start, target, piece)
-
-    def _fetch_missing(self, image: ImageData, start: int, stop: int, piece: int) -> None:
-        """Start ranged GETs for blocks in [start, stop) neither cached nor coming."""
-        run_start: int | None = None
-        for index in range(start, stop + 1):
-            missing = index < stop and (image.id, index) not in self.cache \
-                and index not in image.pending
-            if missing and run_start is None:
-                run_start = index
-            if run_start is not None and (not missing or index - run_start >= piece):
-                self._start_job(image, Job(run_start, index))
-                run_start = index if missing else None
+        size = max(1, 2 * handle.window // bs)
+        job = Job(start, min(image.nblocks, start + size), stream=True, want_until=target)
+        handle.streams.append(job)
+        self._start_job(image, job)
 
     async def _blocks(self, handle: Handle, first: int, last: int) -> list[bytes]:
         image = handle.image
+        if self._arrivals:
+            self._drain_arrivals()   # blocks already handed over count as here
         out: list[bytes | None] = [self.cache.get((image.id, i)) for i in range(first, last + 1)]
         missing = [first + n for n, data in enumerate(out) if data is None]
         if missing and self.disk is not None and image.disk_tag:
@@ -391,24 +443,28 @@ class Reader:
             missing = [i for i in missing if i not in found]
         if missing:
             self._request(handle, missing)
-        for n, data in enumerate(out):
-            if data is None:
+        for n, have in enumerate(out):
+            if have is None:
                 out[n] = await self._wait_block(handle, first + n)
         return out  # type: ignore[return-value]
 
     def _request(self, handle: Handle, missing: list[int]) -> None:
+        """Make sure every block in ``missing`` (sorted) is on its way."""
         image = handle.image
+        bs = self.config.block_size
+        stream = handle.streams[-1] if handle.streams else None
+        ahead = max(handle.window, bs) // bs
         if not self.config.range_supported:
-            want = missing[-1] + 1 + max(handle.window, self.config.block_size) \
-                // self.config.block_size
-            stream = handle.stream
-            if stream is None or stream.done or stream.cancelled or stream.position > missing[0]:
+            # Every GET sends the image from byte 0: never one per block. The
+            # handle's stream serves what is ahead of it; a block behind it (and
+            # no longer cached) needs a new stream.
+            if stream is None or not stream.live or stream.position > missing[0]:
                 if stream is not None:
                     stream.cancel()
-                stream = handle.stream = Job(0, image.nblocks, stream=True)
-                stream.want_until = min(image.nblocks, want)
+                stream = Job(0, image.nblocks, stream=True)
+                handle.streams = [stream]
                 self._start_job(image, stream)
-            stream.want(min(image.nblocks, want))
+            stream.want(min(image.nblocks, missing[-1] + 1 + ahead))
             for index in missing:
                 if index not in image.pending:
                     image.pending[index] = Pending(stream)
@@ -416,6 +472,13 @@ class Reader:
         run: list[int] = []
         for index in missing:
             if index in image.pending:
+                continue
+            coming = next((job for job in handle.streams if job.live and job.position <= index
+                           < min(job.last, job.want_until + ahead)), None)
+            if coming is not None:
+                # A sequential stream gets there soon: wait for it.
+                coming.want(index + 1)
+                image.pending[index] = Pending(coming)
                 continue
             if run and index != run[-1] + 1:
                 self._start_job(image, Job(run[0], run[-1] + 1))
@@ -469,6 +532,9 @@ class Reader:
         finally:
             job.done = True
             image.jobs.discard(job)
+            # The thread's last blocks may still wait in the hand-over queue (its
+            # wake-up can be queued behind this task's): deliver them first.
+            self._drain_arrivals()
             for index, pending in list(image.pending.items()):
                 if pending.job is job:
                     if error is None:
@@ -480,21 +546,41 @@ class Reader:
                     pending.event.set()
 
     def _fetch_thread(self, image: ImageData, job: Job, token: trio.lowlevel.TrioToken) -> None:
-        """Runs in a worker thread: GET the blocks, hand each to trio."""
-        bs = self.config.block_size
+        """Runs in a worker thread: GET the blocks, hand each to trio.
+
+        Blocks already in the on-disk cache are read from there, and the GETs
+        cover only the runs between them.
+        """
+        disk = self.disk if image.disk_tag and self.config.range_supported else None
         index = job.first
-        if not job.stream and self.disk is not None and image.disk_tag:
-            # Blocks already on disk are not fetched again.
-            while index < job.last:
-                data = self.disk.get(image.id, image.disk_tag, index)
-                if data is None:
-                    break
-                self._hand_over(token, image, job, index, data, True)
-                index += 1
-            if index == job.last:
+        while index < job.last:
+            if disk is not None:
+                while index < job.last:
+                    data = disk.get(image.id, image.disk_tag, index)  # type: ignore[arg-type]
+                    if data is None:
+                        break
+                    if job.stream:
+                        self._gate(job, index)
+                    self._hand_over(token, image, job, index, data, True)
+                    index += 1
+            if index >= job.last:
                 return
-        offset = 0 if job.stream else index * bs
-        length = None if job.stream else min(job.last * bs, image.size) - offset
+            stop = job.last
+            if disk is not None:
+                stop = index + 1
+                while stop < job.last and not disk.has(image.id, image.disk_tag, stop):  # type: ignore[arg-type]
+                    stop += 1
+            self._fetch_run(image, job, token, index, stop)
+            index = stop
+
+    def _fetch_run(self, image: ImageData, job: Job, token: trio.lowlevel.TrioToken,
+                   index: int, stop: int) -> None:
+        """One GET of blocks [index, stop) (from byte 0 without Range support)."""
+        bs = self.config.block_size
+        if not self.config.range_supported:
+            index = 0
+        offset = index * bs
+        length = min(stop * bs, image.size) - offset
         chunks: Iterator[bytes] = self.service.read(image.record, offset, length,
                                                     verify=False, chunk_size=bs)
         self.stats["requests"] += 1
@@ -517,9 +603,18 @@ class Reader:
                 close()
 
     def _gate(self, job: Job, index: int) -> None:
-        """A stream waits here while it is far enough ahead of its reader."""
+        """A stream waits here while it is far enough ahead of its reader.
+
+        A reader that stops for good (a file held open, never read again) must
+        not pin a server connection: after STREAM_IDLE seconds the stream ends,
+        and a later read starts a new one.
+        """
         with job.gate:
+            deadline = time.monotonic() + STREAM_IDLE
             while index >= job.want_until and not job.cancelled:
+                if time.monotonic() > deadline:
+                    job.cancelled = True
+                    break
                 job.gate.wait(timeout=1.0)
         if job.cancelled:
             raise _Stop()
@@ -541,6 +636,8 @@ class Reader:
                 raise _Stop() from None
 
     def _drain_arrivals(self) -> None:
+        # Cleared before draining: a block appended from now on schedules a new
+        # wake-up (at worst a spare one that finds nothing).
         self._wake_pending = False
         while self._arrivals:
             self._deliver(*self._arrivals.popleft())
@@ -606,10 +703,14 @@ class Reader:
                 return
             await image.read_done.wait()
         # Blocks evicted before the hasher reached them are fetched again.
-        while verifier.active and verifier.next < verifier.nblocks:
-            handle = Handle(image)
-            await self._wait_block(handle, verifier.next)
-            self._advance(image, verifier)
+        refetch = Handle(image)
+        try:
+            while verifier.active and verifier.next < verifier.nblocks:
+                await self._wait_block(refetch, verifier.next)
+                self._advance(image, verifier)
+        finally:
+            for job in refetch.streams:
+                job.cancel()
         while verifier.active and verifier.digest is None:
             await verifier.progress.wait()
         if not verifier.active:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from collections.abc import Callable
 
 import pyfuse3
@@ -24,7 +23,6 @@ from glancefs.fs.options import MountOptions
 
 LOG = logging.getLogger("glancefs.fs")
 SHUTDOWN_GRACE = 2.0   # seconds requests in progress get after SIGTERM
-SWITCH_INTERVAL = float(os.environ.get("GLANCEFS_SWITCH_INTERVAL", "0.0005"))
 
 
 class MountError(Exception):
@@ -74,10 +72,6 @@ def serve(fs: GlanceFS, ops: Operations, mountpoint: str, source: str,
                          "(is /dev/fuse there, and the mount point not already in use?)"
                          ) from None
     set_readahead(mountpoint, fs.options.readahead)
-    # pyfuse3 holds the GIL while it copies a reply into the kernel; fetch
-    # threads waking from recv() would otherwise wait up to the default 5 ms
-    # for it each time, which caps throughput far below the network's.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         if ready is not None:
             ready()
@@ -124,8 +118,13 @@ async def _main(fs: GlanceFS, ops: Operations) -> None:
     async with trio.open_nursery() as nursery:
         fs.reader.nursery = nursery
         ops.nursery = nursery
-        fs.catalog.on_change = lambda inodes: [nursery.start_soon(ops._invalidate, i)
-                                               for i in inodes]
+
+        def invalidate(inodes: list[int]) -> None:
+            # Size or status changed in a new listing: the kernel must ask again.
+            for inode in inodes:
+                nursery.start_soon(ops._invalidate, inode)
+
+        fs.catalog.on_change = invalidate
         with trio.CancelScope() as fuse_scope:
             nursery.start_soon(_signals, fuse_scope)
             await pyfuse3.main()

@@ -1,0 +1,193 @@
+"""The read path as a unit (no kernel mount): blocks, prefetch, verification,
+servers without Range, memory bounds -- against the real servers."""
+from __future__ import annotations
+
+import errno
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from glancefs.api import Client, exceptions as exc
+from glancefs.api.service import ImageRecord, ImageService
+from glancefs.fs import errors
+from glancefs.fs.errors import FsError
+from glancefs.fs.reader import MiB, ReadConfig, Reader
+from glancefs.testing.glance_server import GlanceServer
+from glancefs.testing.v1server import V1Server
+from tests.mount_support import CountingProxy, make_image
+
+
+def run_reader(service: ImageService, config: ReadConfig,
+               body: Callable[[Reader], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        reader = Reader(service, config)
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            try:
+                return await body(reader)
+            finally:
+                nursery.cancel_scope.cancel()
+    return trio.run(main)
+
+
+@pytest.fixture(scope="module")
+def v2(glance_v2: GlanceServer) -> ImageService:
+    return ImageService(Client("2", endpoint=glance_v2.endpoint))
+
+
+@pytest.fixture(scope="module")
+def image(v2: ImageService) -> tuple[ImageRecord, bytes]:
+    data = random.Random(23).randbytes(40 * MiB + 777)
+    made = make_image(v2.client, "reader-unit", data)
+    return v2.get(made.id), data
+
+
+async def read_all(reader: Reader, record: ImageRecord, step: int) -> bytes:
+    handle = reader.open(record)
+    out = bytearray()
+    try:
+        while chunk := await reader.read(handle, len(out), step):
+            out += chunk
+    finally:
+        reader.release(handle)
+    return bytes(out)
+
+
+def test_sequential_read_uses_few_growing_requests(v2: ImageService, image: Any) -> None:
+    record, data = image
+
+    async def body(reader: Reader) -> None:
+        assert await read_all(reader, record, 128 * 1024) == data
+        # Growing streamed GETs, not one per block.
+        assert reader.stats["requests"] <= 12, reader.stats
+        assert reader.stats["bytes"] == len(data)
+        # Consumed blocks are not kept: the kernel's page cache has them.
+        assert reader.cache.used <= 4 * MiB + reader.config.prefetch_max
+    run_reader(v2, ReadConfig(), body)
+
+
+def test_random_reads_fetch_their_blocks_only(v2: ImageService, image: Any) -> None:
+    record, data = image
+
+    async def body(reader: Reader) -> None:
+        handle = reader.open(record)
+        rng = random.Random(4)
+        offsets = [rng.randrange(len(data)) for _ in range(20)]
+        for off in offsets:
+            assert bytes(await reader.read(handle, off, 4096)) == data[off:off + 4096]
+        blocks = {o // MiB for o in offsets} | {(o + 4095) // MiB for o in offsets
+                                               if o + 4095 < len(data)}
+        assert reader.stats["bytes"] <= len(blocks) * MiB
+        reader.release(handle)
+    run_reader(v2, ReadConfig(), body)
+
+
+def test_memory_budget_bounds_the_cache(v2: ImageService, image: Any) -> None:
+    record, data = image
+
+    async def body(reader: Reader) -> None:
+        handle = reader.open(record)
+        for off in range(0, len(data), 3 * MiB):    # strided: never sequential
+            assert bytes(await reader.read(handle, off, 100)) == data[off:off + 100]
+            assert reader.cache.used <= 8 * MiB
+        reader.release(handle)
+    run_reader(v2, ReadConfig(memory=8 * MiB, prefetch_max=2 * MiB, verify=False), body)
+
+
+def test_hash_mismatch_fails_the_last_read(v2: ImageService, glance_v2: GlanceServer) -> None:
+    data = random.Random(29).randbytes(3 * MiB + 5)
+    made = make_image(v2.client, "reader-tampered", data)
+    with open(Path(glance_v2.images_dir) / made.id, "r+b") as f:
+        f.seek(MiB + 10)
+        f.write(b"\0" * 4)
+    record = v2.get(made.id)
+
+    async def body(reader: Reader) -> None:
+        with pytest.raises(FsError) as failed:
+            await read_all(reader, record, 256 * 1024)
+        assert failed.value.errno == errno.EIO
+        # Reads that do not reach the end are served (they cannot be checked).
+        handle = reader.open(record)
+        assert len(await reader.read(handle, 0, 1000)) == 1000
+        reader.release(handle)
+    run_reader(v2, ReadConfig(), body)
+
+    async def unverified(reader: Reader) -> None:
+        got = await read_all(reader, record, 256 * 1024)
+        assert len(got) == len(data) and got != data
+    run_reader(v2, ReadConfig(verify=False), unverified)
+
+
+def test_server_ignoring_range_streams_once(tmp_path: Path) -> None:
+    with V1Server(store_dir=tmp_path) as server:
+        service = ImageService(Client("1", endpoint=server.endpoint))
+        data = random.Random(31).randbytes(9 * MiB + 3)
+        record = service.get(make_image(service.client, "v1-unit", data).id)
+        before = len(server.request_log)
+
+        async def body(reader: Reader) -> None:
+            handle = reader.open(record)
+            for off in sorted(random.Random(5).randrange(len(data)) for _ in range(30)):
+                assert bytes(await reader.read(handle, off, 5000)) == data[off:off + 5000]
+            reader.release(handle)
+            assert await read_all(reader, record, MiB) == data
+        run_reader(service, ReadConfig(range_supported=False), body)
+        gets = [e for e in server.request_log[before:] if e[0] == "GET"]
+        assert len(gets) <= 3, gets
+
+
+def test_server_ignoring_range_is_detected(v2: ImageService, glance_v2: GlanceServer,
+                                           image: Any) -> None:
+    record, data = image
+    proxy = CountingProxy(glance_v2.port, strip_range=True)
+    try:
+        service = ImageService(Client("2", endpoint=proxy.endpoint))
+
+        async def body(reader: Reader) -> None:
+            handle = reader.open(record)
+            for off in (5 * MiB, 7 * MiB + 3, 20 * MiB, 30 * MiB):
+                assert bytes(await reader.read(handle, off, 4096)) == data[off:off + 4096]
+            assert not reader.config.range_supported
+            reader.release(handle)
+        proxy.reset()
+        run_reader(service, ReadConfig(), body)
+        # One whole download to learn it, then one stream: not one per block.
+        assert proxy.bytes_down < 3 * len(data)
+    finally:
+        proxy.stop()
+
+
+def test_error_table() -> None:
+    assert errors.errno_for(exc.HTTPForbidden("no")) == errno.EACCES
+    assert errors.errno_for(exc.HTTPForbidden("protected"), "unlink") == errno.EPERM
+    assert errors.errno_for(exc.HTTPNotFound("x")) == errno.ENOENT
+    assert errors.errno_for(exc.HTTPConflict("x")) == errno.EBUSY
+    assert errors.errno_for(exc.HTTPConflict("x"), "open") == errno.EAGAIN
+    assert errors.errno_for(exc.HTTPOverLimit("storage quota full")) == errno.ENOSPC
+    assert errors.errno_for(exc.HTTPOverLimit("image size exceeds cap")) == errno.EFBIG
+    assert errors.errno_for(exc.HTTPUnsupportedMediaType("x")) == errno.EMEDIUMTYPE
+    assert errors.errno_for(exc.HTTPBadRequest("x")) == errno.EINVAL
+    assert errors.errno_for(exc.HTTPUnauthorized("x")) == errno.EACCES
+    assert errors.errno_for(exc.HashMismatch("x")) == errno.EIO
+    assert errors.errno_for(exc.CommunicationError("x", method="GET", url="u")) == \
+        errno.EHOSTUNREACH
+    assert errors.errno_for(exc.CommunicationError("download broke")) == errno.EIO
+    assert errors.errno_for(exc.HTTPServiceUnavailable("x")) == errno.EAGAIN
+    assert errors.errno_for(exc.HTTPInternalServerError("x")) == errno.EIO
+    assert errors.errno_for(OSError(errno.ENOSPC, "full")) == errno.ENOSPC
+    assert errors.errno_for(FsError(errno.EAGAIN, "queued")) == errno.EAGAIN
+    assert errors.errno_for(RuntimeError("bug")) == errno.EIO
+
+
+def test_refusal_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    record = ImageRecord(id="abc", name="disk.qcow2", status="active")
+    error = exc.HTTPForbidden("You are not authorized", code=403, request_id="req-1")
+    with caplog.at_level("INFO", logger="glancefs.fs"):
+        assert errors.refuse("open", error, record) == errno.EACCES
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "open 'disk.qcow2' (abc)" in line and "HTTP 403" in line
+    assert "You are not authorized" in line and "EACCES" in line
