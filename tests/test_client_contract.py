@@ -327,3 +327,12 @@ def test_server_errors_map_to_their_exception_with_the_message(glance_v2, status
             Client("2", endpoint=proxy.endpoint).images.create(name="x")
     assert raised.value.code == status
     assert raised.value.details == "The backend store is on fire."
+
+
+def test_the_client_reports_whether_the_server_honours_range(api) -> None:
+    glance = api.client()
+    image = glance.images.create(name="range-flag", disk_format="raw", container_format="bare",
+                                 data=os.urandom(100_000))
+    assert b"".join(glance.images.data(image.id, offset=50_000, length=10)) != b""
+    assert glance.http.range_ignored == (api.version == "1")
+    glance.images.delete(image.id)

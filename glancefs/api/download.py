@@ -170,6 +170,10 @@ def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
         elif headers:
             # 200 to a ranged request: the server sent everything from 0.
             skip = pos
+            if not http.range_ignored:
+                LOG.info("%s ignores Range requests; skipping to byte %d of the whole body",
+                         http.endpoint, pos)
+                http.range_ignored = True
         remaining = None if end is None else end - pos
         raw = resp.raw
         while remaining is None or remaining > 0:

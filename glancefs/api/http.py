@@ -93,6 +93,9 @@ class HTTPClient:
         self.interface = interface
         self.region_name = region_name
         self.service_type = service_type
+        # Set once a ranged GET is answered 200 with the whole body (Images
+        # v1 does that): readers of small parts should then stream instead.
+        self.range_ignored = False
 
     @staticmethod
     def _mount_pool(session: ks_session.Session, pool_size: int) -> None:

@@ -126,6 +126,11 @@ class ImageService:
         self.client = client
         self.version = client.version
 
+    @property
+    def ranges_ignored(self) -> bool:
+        """True once the server answered a ranged GET with the whole image."""
+        return self.client.http.range_ignored
+
     def _record(self, raw: Mapping[str, Any]) -> ImageRecord:
         return ImageRecord.from_v2(raw) if self.version == "2" else ImageRecord.from_v1(raw)
 
@@ -172,6 +177,20 @@ class ImageService:
         return self._change(image, {}, (key,))
 
     def set_field(self, image: ImageRecord, name: str, value: Any) -> ImageRecord:
+        return self._change(image, dict([self._field(name, value)]), ())
+
+    def update(self, image: ImageRecord, fields: Mapping[str, Any] | None = None,
+               properties: Mapping[str, str] | None = None,
+               removals: Iterable[str] = ()) -> ImageRecord:
+        """Several writable fields and properties at once, in one PATCH (v2) or
+        PUT (v1): what a file written through the mount collected before its
+        image existed."""
+        changes = dict(self._field(name, value) for name, value in (fields or {}).items())
+        changes.update(properties or {})
+        return self._change(image, changes, removals)
+
+    def _field(self, name: str, value: Any) -> tuple[str, Any]:
+        """(API name, value) of a writable field for this version."""
         if name not in WRITABLE_FIELDS:
             raise exc.HTTPForbidden(f"{name} is managed by the server", code=403)
         if self.version == "1":
@@ -181,8 +200,8 @@ class ImageService:
                 if value not in ("public", "private"):
                     raise exc.HTTPBadRequest(f"v1 visibility is public or private, not {value}",
                                              code=400)
-                name, value = "is_public", value == "public"
-        return self._change(image, {name: value}, ())
+                return "is_public", value == "public"
+        return name, value
 
     def rename(self, image: ImageRecord, new_name: str) -> ImageRecord:
         return self._change(image, {"name": new_name}, ())
