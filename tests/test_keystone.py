@@ -239,6 +239,22 @@ def test_python_api_with_a_session(cloud):
         glance.images.get(image["id"])
 
 
+def test_python_api_with_an_application_credential(cloud):
+    session, _, _ = make_session(AuthOptions(**cloud.info["demo"]))
+    user_id = session.get_user_id()
+    made = session.post(f"{cloud.info['demo']['auth_url'].rstrip('/')}/users/{user_id}"
+                        "/application_credentials",
+                        json={"application_credential": {"name": unique("appcred")}}).json()
+    credential = made["application_credential"]
+    glance = client_from_options(AuthOptions(
+        auth_url=cloud.info["demo"]["auth_url"], application_credential_id=credential["id"],
+        application_credential_secret=credential["secret"]))
+    image = glance.images.create(name=unique("appcred"), disk_format="raw",
+                                 container_format="bare", data=b"app" * 100)
+    assert glance.images.get(image.id).status == "active"
+    glance.images.delete(image.id)
+
+
 # -- what an ordinary user meets -------------------------------------------------------------
 
 
