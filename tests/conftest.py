@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,22 +17,26 @@ from glancefs.testing.v1server import V1Server
 
 @pytest.fixture(scope="session")
 def glance_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
-    server = GlanceServer(tmp_path_factory.mktemp("glance-v2"), free_port())
+    data_dir = tmp_path_factory.mktemp("glance-v2")
+    server = GlanceServer(data_dir, free_port())
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def glance_v1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[V1Server]:
-    server = V1Server(store_dir=tmp_path_factory.mktemp("glance-v1"))
+    store = tmp_path_factory.mktemp("glance-v1")
+    server = V1Server(store_dir=store)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(store, ignore_errors=True)
 
 
 class ApiServer:
