@@ -12,7 +12,7 @@ import yaml
 
 from glancefs.auth import AuthOptions, client_from_options
 from glancefs.testing.keystone_server import KeystoneCloud
-from mount_support import ROOT, mounted
+from tests.mount_support import ROOT, mounted
 
 pytestmark = [pytest.mark.slow, pytest.mark.mount]
 
