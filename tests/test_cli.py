@@ -28,8 +28,8 @@ from glancefs.api import exceptions as exc
 from glancefs.cli import commands as cmds
 from glancefs.cli.main import run
 from glancefs.cli.output import render_table
+from tests.cli_support import cli_env, glancefs_cmd
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 # -- servers (the lead's conftest fixtures when present, else our own) -----------------------
@@ -121,17 +121,6 @@ def payload(n: int = 300_000) -> bytes:
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
-def glancefs_cmd(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "glancefs.cli.main", *argv]
 
 
 # -- help and the command line itself --------------------------------------------------------

@@ -12,10 +12,8 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
@@ -26,10 +24,10 @@ from glancefs.auth import AuthOptions, client_from_options, make_session
 from glancefs.cli import commands as cmds
 from glancefs.cli.main import run
 from glancefs.testing.keystone_server import KeystoneCloud
+from tests.cli_support import cli_env, glancefs_cmd
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 UA = "glancefs keystoneauth1"
 
 
@@ -55,17 +53,6 @@ def cli(*argv: str, env: dict[str, str], stdin: bytes | None = None):
                            stderr=err, stdin_data=stdin is not None)
     rc = run(list(argv), console=console, environ=env)
     return rc, out.getvalue(), err.getvalue(), data.getvalue()
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
-def glancefs_cmd(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "glancefs.cli.main", *argv]
 
 
 def unique(prefix: str = "ks") -> str:
@@ -138,7 +125,7 @@ def test_clouds_yaml_with_secure_yaml(cloud, demo_api, tmp_path):
         "region_name": "RegionOne", "interface": "public", "identity_api_version": 3}}}))
     (tmp_path / "secure.yaml").write_text(yaml.safe_dump(
         {"clouds": {"mycloud": {"auth": {"password": demo["password"]}}}}))
-    env = subprocess_env(OS_CLIENT_CONFIG_FILE=str(tmp_path / "clouds.yaml"))
+    env = cli_env(OS_CLIENT_CONFIG_FILE=str(tmp_path / "clouds.yaml"))
     name = unique("cloud")
     proc = subprocess.run(glancefs_cmd("--os-cloud", "mycloud", "-f", "json", "image-create",
                                        "--name", name), env=env, capture_output=True,
@@ -185,7 +172,7 @@ def test_wrong_password_is_one_clear_line(cloud, how):
 
 def test_wrong_password_subprocess_never_shows_it(cloud):
     wrong = "Wr0ng-" + uuid.uuid4().hex
-    env = subprocess_env(**{**cloud.os_env("demo"), "OS_PASSWORD": wrong})
+    env = cli_env(**{**cloud.os_env("demo"), "OS_PASSWORD": wrong})
     proc = subprocess.run(glancefs_cmd("--debug", "image-list"), env=env, capture_output=True,
                           stdin=subprocess.DEVNULL, timeout=120)
     assert proc.returncode == 1
@@ -333,7 +320,7 @@ def test_token_expires_during_a_long_cli_download(cloud, demo_api, short_tokens)
     data = os.urandom(48 * 1024 * 1024)
     image = demo_api.images.create(name=unique("long"), disk_format="raw",
                                    container_format="bare", data=data)
-    env = subprocess_env(**cloud.os_env("demo"))
+    env = cli_env(**cloud.os_env("demo"))
     started = time.monotonic()
     proc = subprocess.Popen(glancefs_cmd("image-download", image["name"]), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -363,6 +363,19 @@ DATA_ARGS = [
     arg("--progress", action="store_true", default=False,
         help="Show a progress bar on stderr (when stderr is a terminal)."),
 ]
+SHOW_ARGS = [
+    arg("--human-readable", action="store_true", default=False,
+        help="Print the image size in a human-friendly format."),
+    arg("--max-column-width", metavar="<integer>", type=positive, default=80,
+        help="The max column width of the printed table."),
+]
+DOWNLOAD_ARGS = [
+    arg("--file", metavar="<FILE>",
+        help="Local file to save the image data to (default: standard output, which "
+             "must not be a terminal)."),
+    arg("--progress", action="store_true", default=False,
+        help="Show a progress bar on stderr (when stderr is a terminal)."),
+]
 FIELDS_V2 = [
     arg("--name", metavar="<NAME>", help="Name of the image."),
     arg("--disk-format", metavar="<DISK_FORMAT>", choices=DISK_FORMATS,
@@ -495,11 +508,7 @@ def image_list_v2(ctx: Context, args: argparse.Namespace) -> None:
     ctx.printer.records(list(images), columns, labels)
 
 
-@command(V2, "image-show", IMAGE_ARG,
-         arg("--human-readable", action="store_true", default=False,
-             help="Print the image size in a human-friendly format."),
-         arg("--max-column-width", metavar="<integer>", type=positive, default=80,
-             help="The max column width of the printed table."))
+@command(V2, "image-show", IMAGE_ARG, SHOW_ARGS)
 def image_show_v2(ctx: Context, args: argparse.Namespace) -> None:
     """Describe a specific image."""
     ctx.printer.max_width = args.max_column_width
@@ -590,12 +599,7 @@ def _download(ctx: Context, args: argparse.Namespace, image: Any) -> None:
         progress.finish()
 
 
-@command(V2, "image-download", IMAGE_ARG,
-         arg("--file", metavar="<FILE>",
-             help="Local file to save the image data to (default: standard output, which "
-                  "must not be a terminal)."),
-         arg("--progress", action="store_true", default=False,
-             help="Show a progress bar on stderr (when stderr is a terminal)."))
+@command(V2, "image-download", IMAGE_ARG, DOWNLOAD_ARGS)
 def image_download_v2(ctx: Context, args: argparse.Namespace) -> None:
     """Download the data of an image.
 
@@ -961,15 +965,10 @@ def image_list_v1(ctx: Context, args: argparse.Namespace) -> None:
                         ["ID", "Name", "Disk Format", "Container Format", "Size", "Status"])
 
 
-@command(V1, "image-show", IMAGE_ARG,
-         arg("--human-readable", action="store_true", default=False,
-             help="Print the image size in a human-friendly format."),
-         arg("--max-column-width", metavar="<integer>", type=positive, default=80,
-             help="The max column width of the printed table."))
+@command(V1, "image-show", IMAGE_ARG, SHOW_ARGS)
 def image_show_v1(ctx: Context, args: argparse.Namespace) -> None:
     """Describe a specific image."""
-    ctx.printer.max_width = args.max_column_width
-    show_image(ctx, find_image(ctx, args.image), args.human_readable)
+    image_show_v2(ctx, args)
 
 
 @command(V1, "image-create",
@@ -1025,12 +1024,7 @@ def image_upload_v1(ctx: Context, args: argparse.Namespace) -> None:
             data.done()
 
 
-@command(V1, "image-download", IMAGE_ARG,
-         arg("--file", metavar="<FILE>",
-             help="Local file to save the image data to (default: standard output, which "
-                  "must not be a terminal)."),
-         arg("--progress", action="store_true", default=False,
-             help="Show a progress bar on stderr (when stderr is a terminal)."))
+@command(V1, "image-download", IMAGE_ARG, DOWNLOAD_ARGS)
 def image_download_v1(ctx: Context, args: argparse.Namespace) -> None:
     """Download the data of an image, checked against its MD5 checksum."""
     _download(ctx, args, find_image(ctx, args.image))

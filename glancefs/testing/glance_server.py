@@ -33,29 +33,27 @@ Command line: ``python -m glancefs.testing.glance_server start DIR PORT [--auth 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Iterator, Mapping
+from typing import Iterator
+
+if __package__:
+    from glancefs.testing import gunicorn_server
+else:  # run by path (scripts/glance-server): importing the glancefs package would need the
+    # client's dependencies, so import the sibling module on its own.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gunicorn_server  # type: ignore[import-not-found,no-redef]
 
 GLANCE_PINS: tuple[str, ...] = ("glance==33.0.0", "gunicorn==27.0.1", "python-glanceclient==4.13.0")
 AUTH_MODES: tuple[str, ...] = ("noauth", "headers", "keystone")
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
+START_TIMEOUT = gunicorn_server.START_TIMEOUT
+STOP_TIMEOUT = gunicorn_server.STOP_TIMEOUT
 
-_MARKER_NAME = ".glancefs-installed"
 _WSGI_MODULE = "glancefs_glance_wsgi"
 _STATE_FILE = "glancefs-server.json"
 
@@ -112,8 +110,8 @@ from glance.wsgi.api import application  # noqa: E402
 '''
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("GLANCEFS_CACHE") or "/root/.cache/glancefs")
+cache_dir = gunicorn_server.cache_dir
+free_port = gunicorn_server.free_port
 
 
 def venv_dir() -> Path:
@@ -127,41 +125,7 @@ def glance_bin(name: str) -> Path:
 
 def ensure_glance_venv() -> Path:
     """Create the Glance venv once; later calls only check the marker (milliseconds)."""
-    venv = venv_dir()
-    marker = venv / _MARKER_NAME
-    wanted = "\n".join(GLANCE_PINS) + "\n"
-
-    def ready() -> bool:
-        try:
-            return marker.read_text() == wanted and (venv / "bin" / "gunicorn").exists()
-        except OSError:
-            return False
-
-    if ready():
-        return venv
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    # Several test processes may get here at once: one installs, the others wait.
-    with open(venv.parent / "venv-glance.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if ready():
-            return venv
-        if not (venv / "bin" / "python").exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        proc = subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *GLANCE_PINS],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"pip install {' '.join(GLANCE_PINS)} failed in {venv}:\n"
-                               f"{proc.stdout[-4000:]}")
-        marker.write_text(wanted)
-    return venv
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return gunicorn_server.ensure_venv(venv_dir(), GLANCE_PINS)
 
 
 def identity_headers(project_id: str, user_id: str | None = None,
@@ -177,41 +141,19 @@ def identity_headers(project_id: str, user_id: str | None = None,
     }
 
 
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie (a killed child not yet reaped is dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _is_our_gunicorn(pid: int, data_dir: Path) -> bool:
-    """Guard against pid reuse: only signal a gunicorn serving this data dir."""
-    # gunicorn rewrites its title ("gunicorn: master [...]"), so match the working directory.
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return False
-    return "gunicorn" in cmdline and Path(cwd) == Path(data_dir)
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
-
-
-class GlanceServer:
+class GlanceServer(gunicorn_server.GunicornServer):
     """One glance-api process with its own SQLite database and file store under ``data_dir``."""
+
+    what = "Glance server"
+    process = "glance-api"
+    file_stem = "glance"
+    state_file_name = _STATE_FILE
+    wsgi_module = _WSGI_MODULE
+    config_dir_var = "OS_GLANCE_CONFIG_DIR"
+    threads = 8
+    timeout = 600
+    ready_path = "/versions"
+    ready_statuses = (200, 300)  # 300 (multiple choices) is a valid /versions answer
 
     def __init__(self, data_dir: Path, port: int, auth: str = "noauth",
                  image_size_cap: int | None = None, user_storage_quota: str | None = None,
@@ -220,27 +162,17 @@ class GlanceServer:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         if auth == "keystone" and not keystone:
             raise ValueError("auth='keystone' needs the keystone dict")
-        self.data_dir = Path(data_dir).resolve()
-        self.port = int(port)
+        super().__init__(data_dir, port)
         self.auth = auth
         self.image_size_cap = image_size_cap
         self.user_storage_quota = user_storage_quota
         self.keystone = dict(keystone or {})
-        self._proc: subprocess.Popen[bytes] | None = None
 
     # -- paths -------------------------------------------------------------------------------
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return self.endpoint
-
-    @property
-    def etc_dir(self) -> Path:
-        return self.data_dir / "etc"
+        return self.url
 
     @property
     def config_file(self) -> Path:
@@ -255,26 +187,13 @@ class GlanceServer:
     def db_file(self) -> Path:
         return self.data_dir / "glance.sqlite"
 
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "glance.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "glance.log"
-
-    @property
-    def pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def is_running(self) -> bool:
-        pid = self.pid
-        return pid is not None and _pid_alive(pid) and _is_our_gunicorn(pid, self.data_dir)
-
     # -- configuration -----------------------------------------------------------------------
+
+    def _install(self) -> None:
+        ensure_glance_venv()
+
+    def _bin(self, name: str) -> Path:
+        return glance_bin(name)
 
     def _write_config(self) -> None:
         d = self.data_dir
@@ -360,7 +279,7 @@ delay_auth_decision = true
         (self.etc_dir / "policy.json").write_text(json.dumps(policy) + "\n")
         (d / f"{_WSGI_MODULE}.py").write_text(_WSGI_SOURCE)
 
-    def _db_sync(self) -> None:
+    def _setup(self) -> None:
         """Create the schema; a fresh data dir copies a cached empty database (db_sync takes
         2-3 s, and test suites start many servers)."""
         marker = self.data_dir / ".db-synced"
@@ -384,132 +303,14 @@ delay_auth_decision = true
             shutil.copyfile(self.db_file, tmp)
             os.replace(tmp, template)  # atomic: a concurrent reader never sees half a file
 
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> GlanceServer:
-        if self.is_running():
-            raise RuntimeError(f"a Glance server already runs from {self.data_dir} "
-                               f"(pid {self.pid})")
-        if _port_in_use(self.port):
-            raise RuntimeError(f"port {self.port} on 127.0.0.1 is already in use")
-        ensure_glance_venv()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        self._db_sync()
-        env = dict(os.environ)
-        env["OS_GLANCE_CONFIG_DIR"] = str(self.etc_dir)
-        env.pop("PYTHONPATH", None)
-        cmd = [
-            str(glance_bin("gunicorn")),
-            "--workers", "1", "--threads", "8", "--timeout", "600",
-            "--graceful-timeout", "5",
-            # gunicorn 27 otherwise opens one control socket per user at a
-            # fixed path, which several servers at once fight over.
-            "--no-control-socket",
-            "--bind", f"127.0.0.1:{self.port}",
-            "--pythonpath", str(self.data_dir),
-            "--access-logfile", "-",
-            "--name", f"glance-api-{self.port}",
-            f"{_WSGI_MODULE}:application",
-        ]
-        with open(self.log_file, "ab") as log:
-            log.write(f"\n=== glancefs: starting {' '.join(cmd)}\n".encode())
-            log.flush()
-            # Own session: stop()/kill() signal the whole group (master and worker).
-            self._proc = subprocess.Popen(cmd, cwd=self.data_dir, env=env,
-                                          stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid_file.write_text(f"{self._proc.pid}\n")
-        (self.data_dir / _STATE_FILE).write_text(json.dumps(
-            {"port": self.port, "auth": self.auth, "pid": self._proc.pid}) + "\n")
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"glance-api exited with {self._proc.returncode} while starting; "
-                    f"log {self.log_file}:\n{_tail(self.log_file)}")
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/versions", timeout=5) as r:
-                    if r.status in (200, 300):
-                        return
-                    last = f"HTTP {r.status}"
-            except urllib.error.HTTPError as e:
-                if e.code == 300:  # multiple choices is a valid /versions answer
-                    return
-                last = f"HTTP {e.code}"
-            except (OSError, ValueError) as e:
-                last = repr(e)
-            time.sleep(0.2)
-        raise RuntimeError(f"glance-api did not answer GET /versions within {START_TIMEOUT:.0f}"
-                           f" s (last: {last}); log {self.log_file}:\n{_tail(self.log_file)}")
-
-    def _signal_group(self, sig: int) -> bool:
-        pid = self.pid
-        if pid is None or not _pid_alive(pid) or not _is_our_gunicorn(pid, self.data_dir):
-            return False
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        return True
-
-    def _wait_gone(self, timeout: float) -> bool:
-        pid = self.pid
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=0.1)
-            if pid is None or not _pid_alive(pid):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def _forget(self) -> None:
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=5)
-            self._proc = None
-        self.pid_file.unlink(missing_ok=True)
-        # The worker may outlive the master by a moment; wait for the port to be free so
-        # an immediate restart() can bind it again.
-        deadline = time.monotonic() + 10
-        while _port_in_use(self.port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """SIGTERM, wait, then SIGKILL. Does nothing when the server is not running."""
-        if self._signal_group(signal.SIGTERM) and not self._wait_gone(STOP_TIMEOUT):
-            self._signal_group(signal.SIGKILL)
-            self._wait_gone(5)
-        self._forget()
-
-    def kill(self) -> None:
-        """SIGKILL at once, as a crash would (for fault tests)."""
-        if self._signal_group(signal.SIGKILL):
-            self._wait_gone(5)
-        self._forget()
-
-    def restart(self) -> GlanceServer:
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> GlanceServer:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         return f"GlanceServer({str(self.data_dir)!r}, {self.port}, auth={self.auth!r})"
+
+    def _status_line(self) -> str:
+        return f"running: {self.endpoint} (pid {self.pid}, auth {self.auth})"
+
+    def _state(self, pid: int) -> dict[str, object]:
+        return {"port": self.port, "auth": self.auth, "pid": pid}
 
 
 @contextlib.contextmanager
@@ -522,53 +323,30 @@ def running_glance(data_dir: Path, port: int | None = None,
 
 
 def _server_from_dir(data_dir: Path) -> GlanceServer:
-    state: Mapping[str, object] = {}
-    with contextlib.suppress(OSError, ValueError):
-        state = json.loads((Path(data_dir) / _STATE_FILE).read_text())
-    return GlanceServer(Path(data_dir), int(state.get("port", 0)),  # type: ignore[arg-type]
+    state = gunicorn_server.read_state(Path(data_dir) / _STATE_FILE)
+    return GlanceServer(Path(data_dir), int(state.get("port", 0)),
                         auth=str(state.get("auth", "noauth")))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="glance-server",
-                                     description="Run a real Glance API on 127.0.0.1.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_start = sub.add_parser("start", help="start glance-api in the background")
-    p_start.add_argument("dir", type=Path)
-    p_start.add_argument("port", type=int)
+    parser, p_start = gunicorn_server.cli_parser(
+        "glance-server", "Run a real Glance API on 127.0.0.1.",
+        "start glance-api in the background")
     p_start.add_argument("--auth", choices=("noauth", "headers"), default="noauth")
     p_start.add_argument("--image-size-cap", type=int, default=None)
     p_start.add_argument("--user-storage-quota", default=None)
-    for name, text in (("stop", "stop the server started from DIR"),
-                       ("status", "say whether the server of DIR runs")):
-        sub.add_parser(name, help=text).add_argument("dir", type=Path)
     args = parser.parse_args(argv)
 
-    if args.command == "start":
-        server = GlanceServer(args.dir, args.port, auth=args.auth,
-                              image_size_cap=args.image_size_cap,
-                              user_storage_quota=args.user_storage_quota)
-        try:
-            server.start()
-        except RuntimeError as e:
-            print(f"glance-server: {e}", file=sys.stderr)
-            return 1
-        # Detach: the server must outlive this command.
-        server._proc = None
-        print(f"glance-api running: {server.endpoint} (pid {server.pid}, auth {args.auth}, "
-              f"log {server.log_file})")
-        return 0
-    server = _server_from_dir(args.dir)
-    if args.command == "stop":
-        was_running = server.is_running()
-        server.stop()
-        print("stopped" if was_running else "not running")
-        return 0
-    if server.is_running():
-        print(f"running: {server.endpoint} (pid {server.pid}, auth {server.auth})")
-        return 0
-    print("not running")
-    return 3
+    if args.command != "start":
+        return gunicorn_server.cli_stop_or_status(_server_from_dir(args.dir), args.command)
+    server = GlanceServer(args.dir, args.port, auth=args.auth,
+                          image_size_cap=args.image_size_cap,
+                          user_storage_quota=args.user_storage_quota)
+    if not gunicorn_server.cli_start(server, "glance-server"):
+        return 1
+    print(f"glance-api running: {server.endpoint} (pid {server.pid}, auth {args.auth}, "
+          f"log {server.log_file})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,34 +24,34 @@ python3: ``python3 glancefs/testing/keystone_server.py start DIR PORT``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
 import grp
 import json
 import os
 import pwd
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Iterator
 
+if __package__:
+    from glancefs.testing import gunicorn_server
+else:  # run by path (scripts/keystone-server): importing the glancefs package would need the
+    # client's dependencies, so import the sibling module on its own.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gunicorn_server  # type: ignore[import-not-found,no-redef]
+
 KEYSTONE_PINS: tuple[str, ...] = ("keystone==30.0.0", "gunicorn==27.0.1")
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
+START_TIMEOUT = gunicorn_server.START_TIMEOUT
+STOP_TIMEOUT = gunicorn_server.STOP_TIMEOUT
 REGION = "RegionOne"
 ADMIN_USER = "admin"
 ADMIN_PROJECT = "admin"
 ACCESS_LOG = "access.log"
 
-_MARKER_NAME = ".glancefs-installed"
 _STATE_FILE = "glancefs-keystone.json"
 _WSGI_MODULE = "glancefs_keystone_wsgi"
 
@@ -69,8 +69,8 @@ finally:
 '''
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("GLANCEFS_CACHE") or "/root/.cache/glancefs")
+cache_dir = gunicorn_server.cache_dir
+free_port = gunicorn_server.free_port
 
 
 def venv_dir() -> Path:
@@ -83,72 +83,9 @@ def keystone_bin(name: str) -> Path:
 
 def ensure_keystone_venv() -> Path:
     """Create the Keystone venv once; later calls only check the marker."""
-    venv = venv_dir()
-    marker = venv / _MARKER_NAME
-    wanted = "\n".join(KEYSTONE_PINS) + "\n"
-
-    def ready() -> bool:
-        try:
-            return marker.read_text() == wanted and (venv / "bin" / "gunicorn").exists() \
-                and (venv / "bin" / "keystone-manage").exists()
-        except OSError:
-            return False
-
-    if ready():
-        return venv
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / "venv-keystone.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if ready():
-            return venv
-        if not (venv / "bin" / "python").exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        proc = subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-             "--disable-pip-version-check", *KEYSTONE_PINS],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"pip install {' '.join(KEYSTONE_PINS)} failed in {venv}:\n"
-                               f"{proc.stdout[-4000:]}")
-        marker.write_text(wanted)
-    return venv
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _is_our_gunicorn(pid: int, data_dir: Path) -> bool:
-    """Guard against pid reuse: only signal a gunicorn running in this data dir."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return False
-    return "gunicorn" in cmdline and Path(cwd) == Path(data_dir)
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
+    return gunicorn_server.ensure_venv(venv_dir(), KEYSTONE_PINS,
+                                       scripts=("gunicorn", "keystone-manage"),
+                                       pip_options=("--disable-pip-version-check",))
 
 
 class KeystoneError(RuntimeError):
@@ -157,7 +94,7 @@ class KeystoneError(RuntimeError):
         self.status = status
 
 
-class KeystoneServer:
+class KeystoneServer(gunicorn_server.GunicornServer):
     """One Keystone process with its own SQLite database and fernet keys under ``data_dir``.
 
     ``admin_credentials`` are those of the bootstrap admin (project ``admin``,
@@ -165,51 +102,37 @@ class KeystoneServer:
     it (mode 0600).
     """
 
+    what = "Keystone"
+    process = "keystone"
+    file_stem = "keystone"
+    state_file_name = _STATE_FILE
+    wsgi_module = _WSGI_MODULE
+    config_dir_var = "OS_KEYSTONE_CONFIG_DIR"
+    threads = 4
+    timeout = 120
+    ready_path = "/v3"
+    ready_statuses = (200,)
+
     def __init__(self, data_dir: Path | str, port: int, token_expiration: int = 3600) -> None:
         if token_expiration < 0:
             raise ValueError("token_expiration must be >= 0 seconds")
-        self.data_dir = Path(data_dir).resolve()
-        self.port = int(port)
+        super().__init__(data_dir, port)
         self.token_expiration = int(token_expiration)
-        self._proc: subprocess.Popen[bytes] | None = None
 
     # -- paths and credentials -----------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def auth_url(self) -> str:
         return f"{self.url}/v3"
 
     @property
-    def etc_dir(self) -> Path:
-        return self.data_dir / "etc"
-
-    @property
     def config_file(self) -> Path:
         return self.etc_dir / "keystone.conf"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "keystone.log"
 
     @property
     def access_log(self) -> Path:
         """gunicorn's access log: one line per request, with the user agent."""
         return self.data_dir / ACCESS_LOG
-
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "keystone.pid"
-
-    @property
-    def pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
 
     @property
     def admin_password(self) -> str:
@@ -226,11 +149,25 @@ class KeystoneServer:
                 "password": self.admin_password, "project_name": ADMIN_PROJECT,
                 "user_domain_id": "default", "project_domain_id": "default"}
 
-    def is_running(self) -> bool:
-        pid = self.pid
-        return pid is not None and _pid_alive(pid) and _is_our_gunicorn(pid, self.data_dir)
-
     # -- set-up ------------------------------------------------------------------------------
+
+    def _install(self) -> None:
+        ensure_keystone_venv()
+
+    def _bin(self, name: str) -> Path:
+        return keystone_bin(name)
+
+    def _access_logfile(self) -> str:
+        return str(self.access_log)
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        for key in [k for k in env if k.startswith("OS_") and k != self.config_dir_var]:
+            env.pop(key)
+        return env
+
+    def _state(self, pid: int) -> dict[str, Any]:
+        return {"port": self.port, "pid": pid, "token_expiration": self.token_expiration}
 
     def _write_config(self) -> None:
         d = self.data_dir
@@ -286,111 +223,6 @@ class KeystoneServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "KeystoneServer":
-        if self.is_running():
-            raise RuntimeError(f"a Keystone already runs from {self.data_dir} (pid {self.pid})")
-        if _port_in_use(self.port):
-            raise RuntimeError(f"port {self.port} on 127.0.0.1 is already in use")
-        ensure_keystone_venv()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        self._setup()
-        env = dict(os.environ)
-        env["OS_KEYSTONE_CONFIG_DIR"] = str(self.etc_dir)
-        env.pop("PYTHONPATH", None)
-        for key in [k for k in env if k.startswith("OS_") and k != "OS_KEYSTONE_CONFIG_DIR"]:
-            env.pop(key)
-        cmd = [
-            str(keystone_bin("gunicorn")),
-            "--workers", "1", "--threads", "4", "--timeout", "120",
-            "--graceful-timeout", "5",
-            "--bind", f"127.0.0.1:{self.port}",
-            "--access-logfile", str(self.access_log),
-            # gunicorn 23+ opens a control socket at one fixed path per user;
-            # several servers would fight over it.
-            "--no-control-socket",
-            "--pythonpath", str(self.data_dir),
-            "--name", f"keystone-{self.port}",
-            f"{_WSGI_MODULE}:application",
-        ]
-        with open(self.log_file, "ab") as log:
-            log.write(f"\n=== glancefs: starting {' '.join(cmd)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(cmd, cwd=self.data_dir, env=env,
-                                          stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid_file.write_text(f"{self._proc.pid}\n")
-        (self.data_dir / _STATE_FILE).write_text(json.dumps(
-            {"port": self.port, "pid": self._proc.pid,
-             "token_expiration": self.token_expiration}) + "\n")
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"keystone exited with {self._proc.returncode} while "
-                                   f"starting; log {self.log_file}:\n{_tail(self.log_file)}")
-            try:
-                with urllib.request.urlopen(self.auth_url, timeout=5) as r:
-                    if r.status == 200:
-                        return
-                    last = f"HTTP {r.status}"
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}"
-            except (OSError, ValueError) as e:
-                last = repr(e)
-            time.sleep(0.2)
-        raise RuntimeError(f"keystone did not answer GET /v3 within {START_TIMEOUT:.0f} s "
-                           f"(last: {last}); log {self.log_file}:\n{_tail(self.log_file)}")
-
-    def _signal_group(self, sig: int) -> bool:
-        pid = self.pid
-        if pid is None or not _pid_alive(pid) or not _is_our_gunicorn(pid, self.data_dir):
-            return False
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        return True
-
-    def _wait_gone(self, timeout: float) -> bool:
-        pid = self.pid
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=0.1)
-            if pid is None or not _pid_alive(pid):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def _forget(self) -> None:
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=5)
-            self._proc = None
-        self.pid_file.unlink(missing_ok=True)
-        deadline = time.monotonic() + 10
-        while _port_in_use(self.port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self._signal_group(signal.SIGTERM) and not self._wait_gone(STOP_TIMEOUT):
-            self._signal_group(signal.SIGKILL)
-            self._wait_gone(5)
-        self._forget()
-
-    def kill(self) -> None:
-        if self._signal_group(signal.SIGKILL):
-            self._wait_gone(5)
-        self._forget()
-
     def restart(self, token_expiration: int | None = None) -> "KeystoneServer":
         """Stop and start again, optionally with another token lifetime. Tokens
         already issued stay valid (same fernet keys) until they expire."""
@@ -399,15 +231,11 @@ class KeystoneServer:
             self.token_expiration = int(token_expiration)
         return self.start()
 
-    def __enter__(self) -> "KeystoneServer":
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         return f"KeystoneServer({str(self.data_dir)!r}, {self.port})"
+
+    def _status_line(self) -> str:
+        return f"running: {self.auth_url} (pid {self.pid})"
 
     # -- the identity API (standard library only) -------------------------------------------
 
@@ -616,55 +444,33 @@ class KeystoneCloud:
 
 
 def _server_from_dir(data_dir: Path) -> KeystoneServer:
-    state: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        state = json.loads((Path(data_dir) / _STATE_FILE).read_text())
+    state = gunicorn_server.read_state(Path(data_dir) / _STATE_FILE)
     return KeystoneServer(Path(data_dir), int(state.get("port", 0)),
                           int(state.get("token_expiration", 3600)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="keystone-server",
-                                     description="Run a real Keystone on 127.0.0.1.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_start = sub.add_parser("start", help="start keystone in the background")
-    p_start.add_argument("dir", type=Path)
-    p_start.add_argument("port", type=int)
+    parser, p_start = gunicorn_server.cli_parser(
+        "keystone-server", "Run a real Keystone on 127.0.0.1.",
+        "start keystone in the background")
     p_start.add_argument("--token-expiration", type=int, default=3600,
                          help="token lifetime in seconds (default 3600)")
     p_start.add_argument("--glance-url", default=None,
                          help="register the image service at this URL, with the glance "
                               "service user and a demo project/user; prints their "
                               "credentials as JSON")
-    for name, text in (("stop", "stop the server started from DIR"),
-                       ("status", "say whether the server of DIR runs")):
-        sub.add_parser(name, help=text).add_argument("dir", type=Path)
     args = parser.parse_args(argv)
 
-    if args.command == "start":
-        server = KeystoneServer(args.dir, args.port, token_expiration=args.token_expiration)
-        try:
-            server.start()
-        except RuntimeError as e:
-            print(f"keystone-server: {e}", file=sys.stderr)
-            return 1
-        server._proc = None  # detach: the server outlives this command
-        print(f"keystone running: {server.auth_url} (pid {server.pid}, log {server.log_file}; "
-              f"admin password in {server.data_dir / 'admin-password'})")
-        if args.glance_url:
-            print(json.dumps(register_glance(server, args.glance_url), indent=2))
-        return 0
-    server = _server_from_dir(args.dir)
-    if args.command == "stop":
-        was_running = server.is_running()
-        server.stop()
-        print("stopped" if was_running else "not running")
-        return 0
-    if server.is_running():
-        print(f"running: {server.auth_url} (pid {server.pid})")
-        return 0
-    print("not running")
-    return 3
+    if args.command != "start":
+        return gunicorn_server.cli_stop_or_status(_server_from_dir(args.dir), args.command)
+    server = KeystoneServer(args.dir, args.port, token_expiration=args.token_expiration)
+    if not gunicorn_server.cli_start(server, "keystone-server"):
+        return 1
+    print(f"keystone running: {server.auth_url} (pid {server.pid}, log {server.log_file}; "
+          f"admin password in {server.data_dir / 'admin-password'})")
+    if args.glance_url:
+        print(json.dumps(register_glance(server, args.glance_url), indent=2))
+    return 0
 
 
 if __name__ == "__main__":
