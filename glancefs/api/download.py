@@ -88,7 +88,12 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
                 yield chunk
             break
         except _STREAM_ERRORS as error:
-            if attempts_left <= 0:
+            # A CommunicationError comes from http.request, which already
+            # retried the request its own number of times: resuming again would
+            # multiply the retries (a stalled server held a reader for
+            # (retries + 1)^2 read timeouts). Only a body that broke after the
+            # server answered is resumed here.
+            if attempts_left <= 0 or isinstance(error, exc.CommunicationError):
                 raise exc.CommunicationError(
                     f"download of {path} failed at byte {pos}: {error}") from None
             attempts_left -= 1

@@ -132,6 +132,10 @@ class Images:
         remaining = limit
         while path:
             body = self.http.json_request("GET", path, params=query)
+            if not isinstance(body, dict) or not isinstance(body.get("images", []), list):
+                raise exc.InvalidResponse(
+                    f"expected an object with a list of images, got {type(body).__name__}",
+                    method="GET", url=self.http.url(path))
             for raw in body.get("images", []):
                 yield self._model(raw)
                 if remaining is not None:

@@ -42,7 +42,9 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                              "memory=SIZE (256M), cache_dir=DIR, cache_size=SIZE (4G), "
                              "verify=on|off (on), ro, allow_other, uid=, gid=, umask= (022), "
                              "log=FILE, api_version=1|2, os_cloud=, os_image_url=, "
-                             "block_size=SIZE (1M), prefetch_start=SIZE (1M)")
+                             "block_size=SIZE (1M), prefetch_start=SIZE (1M), "
+                             "spool_dir=DIR|none (/var/tmp), spool_size=SIZE (8G), "
+                             "write_buffer=SIZE (8M), replace_on_close")
     parser.add_argument("-f", "--foreground", action="store_true", default=False,
                         help="stay in the foreground (logs on stderr)")
     parser.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS,

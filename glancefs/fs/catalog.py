@@ -137,3 +137,47 @@ class Catalog:
     def update(self, record: ImageRecord) -> None:
         """A fresher record of one image (from a GET); keeps names as they are."""
         self.records[record.id] = record
+
+    # -- files written through the mount ---------------------------------------------
+
+    def new_inode(self) -> int:
+        """An inode for a file that has no image yet (created through the mount)."""
+        ino = self._next_inode
+        self._next_inode += 1
+        return ino
+
+    def bind(self, inode: int, image_id: str) -> None:
+        """``inode`` now stands for ``image_id``: a file written through the mount
+        got its image, or a new version of it (the kernel keeps the inode)."""
+        old = self._id_of.get(inode)
+        if old == image_id:
+            return
+        if old is not None:
+            self._inode_of.pop(old, None)
+        previous = self._inode_of.get(image_id)
+        if previous is not None and previous != inode:
+            self._id_of.pop(previous, None)
+        self._inode_of[image_id] = inode
+        self._id_of[inode] = image_id
+
+    def add(self, record: ImageRecord, shown: bytes) -> None:
+        """An image made or renamed through the mount, listed at once under
+        ``shown``, which it then holds across refreshes."""
+        self.records[record.id] = record
+        self.listed.add(record.id)
+        old = self.name_of.get(record.id)
+        if old is not None and self.by_name.get(old) == record.id:
+            del self.by_name[old]
+        self.by_name[shown] = record.id
+        self.name_of[record.id] = shown
+
+    def forget(self, image_id: str) -> None:
+        """An image deleted through the mount: gone from the listing at once."""
+        self.listed.discard(image_id)
+        self.records.pop(image_id, None)
+        shown = self.name_of.pop(image_id, None)
+        if shown is not None and self.by_name.get(shown) == image_id:
+            del self.by_name[shown]
+        inode = self._inode_of.pop(image_id, None)
+        if inode is not None and self._id_of.get(inode) == image_id:
+            del self._id_of[inode]

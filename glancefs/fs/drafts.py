@@ -56,12 +56,14 @@ FORMAT_FIELDS = frozenset({"disk_format", "container_format"})
 class Handle:
     trunc: bool = False     # opened with O_TRUNC (or created by cp, which truncates)
     wrote: bool = False     # changed the data since its last flush
+    error: BaseException | None = None   # an upload failure its flush must report
 
 
 @dataclass(eq=False)
 class WrittenFile:
     inode: int
     name: str | None
+    shown: bytes = b""                   # its directory entry (the filesystem's business)
     meta: PendingMeta = field(default_factory=PendingMeta)
     size: int = 0
     image: ImageRecord | None = None     # the active image holding the last version
@@ -160,10 +162,6 @@ class WritePath:
     def get(self, inode: int) -> WrittenFile | None:
         return self.files.get(inode)
 
-    def drafts(self) -> list[WrittenFile]:
-        """Files to list that have no image yet."""
-        return [f for f in list(self.files.values()) if f.draft]
-
     def _forget(self, file: WrittenFile) -> None:
         with self._lock:
             if self.files.get(file.inode) is file:
@@ -185,15 +183,21 @@ class WritePath:
             self.files[inode] = file
         return file
 
-    def open(self, inode: int, record: ImageRecord | None, fh: int, flags: int) -> WrittenFile:
-        """Open for writing: a file of ours, or an active image (replace_on_close)."""
-        trunc = bool(flags & os.O_TRUNC)
+    def adopt(self, inode: int, record: ImageRecord | None) -> WrittenFile:
+        """The file of ``inode``: ours, or a new one for the active image ``record``
+        (not registered until a change of it is allowed)."""
         file = self.files.get(inode)
         if file is None:
             if record is None:
                 raise FsError(errno.ENOENT, "no such image")
             file = WrittenFile(inode, record.name, meta=carried_meta(record, self.service.version),
                                size=record.size or 0, image=record)
+        return file
+
+    def open(self, inode: int, record: ImageRecord | None, fh: int, flags: int) -> WrittenFile:
+        """Open for writing: a file of ours, or an active image (replace_on_close)."""
+        trunc = bool(flags & os.O_TRUNC)
+        file = self.adopt(inode, record)
         with file.lock:
             if file.failed is not None or file.unlinked:
                 raise FsError(errno.ENOENT, "the file is gone")
@@ -212,6 +216,10 @@ class WritePath:
     def _may_change(self, file: WrittenFile, trunc: bool) -> None:
         """May the active image behind ``file`` be changed (a new version)?"""
         assert file.image is not None
+        # A new version starts from what the image is now (someone may have
+        # changed its properties, or protected it, since we saw it).
+        file.image = self.service.get(file.image.id)
+        file.meta = carried_meta(file.image, self.service.version)
         ours = file.spool is not None and not trunc
         if not ours and not self.replace_on_close:
             raise FsError(errno.EPERM, f"image {file.image.id} is active: its data cannot be "
@@ -233,21 +241,46 @@ class WritePath:
     def write(self, file: WrittenFile, fh: int, offset: int, data: bytes) -> int:
         with file.lock:
             self._usable(file)
-            upload = self._upload_for(file)
-            written = upload.write(offset, data)
+            try:
+                written = self._upload_for(file).write(offset, data)
+            except BaseException as error:
+                self._failed(file, error)
+                raise
             self._mark(file, fh)
             file.mtime = time.time()
             return written
 
-    def truncate(self, file: WrittenFile, size: int, fh: int | None = None) -> None:
+    def _failed(self, file: WrittenFile, error: BaseException) -> None:
+        """After an error in a write or truncate: if it ended the upload, every
+        handle's flush reports it, and a new file is gone."""
+        upload = file.upload
+        if upload is None or upload.state != "failed":
+            return      # a refused write (ESPIPE, ENOSPC): the upload goes on
+        file.upload = None
+        if file.image is None:
+            file.failed = error
+        for handle in file.handles.values():
+            handle.error = error
+
+    def truncate(self, file: WrittenFile, size: int, fh: int | None = None
+                 ) -> ImageRecord | None:
+        """Change the size; returns the new image when that finished an upload
+        (a truncate of a path nobody has open: no flush will come)."""
         with file.lock:
             self._usable(file)
             if fh is None and file.image is not None and not file.writing \
                     and size != file.size:
                 self._may_change(file, trunc=size == 0)
-            self._truncate(file, size, fh)
+            with self._lock:
+                self.files.setdefault(file.inode, file)
+            try:
+                self._truncate(file, size, fh)
+            except BaseException as error:
+                self._failed(file, error)
+                raise
             if fh is None and file.writing and not file.handles:
-                self._finish(file)   # truncate(1) on a closed file: no flush will come
+                return self._finish(file)
+            return None
 
     def _truncate(self, file: WrittenFile, size: int, fh: int | None,
                   mark: bool = True) -> None:
@@ -310,6 +343,9 @@ class WritePath:
         """Finish the upload if this handle changed the data; raises its error."""
         with file.lock:
             handle = file.handles.get(fh)
+            if handle is not None and handle.error is not None:
+                error, handle.error, handle.wrote = handle.error, None, False
+                raise error
             if handle is None or not handle.wrote:
                 if file.failed is not None and handle is not None:
                     raise file.failed
@@ -448,10 +484,15 @@ class WritePath:
             if file.handles or file.writing or file.image is None:
                 continue
             if file.closed_at is not None and now - file.closed_at >= REOPEN_WINDOW:
-                with file.lock:
+                # Called from the event loop: never wait for a busy file.
+                if not file.lock.acquire(blocking=False):
+                    continue
+                try:
                     if not file.handles and not file.writing:
                         self._forget(file)
                         gone.append(file.inode)
+                finally:
+                    file.lock.release()
         return gone
 
     def _reclaim(self, wanted: int) -> None:

@@ -73,6 +73,10 @@ _BY_OPERATION: dict[tuple[str, type[BaseException]], int] = {
     ("removexattr", exc.HTTPConflict): errno.ENODATA,
     # 404 of a property or xattr, not of the file.
     ("getxattr", exc.HTTPNotFound): errno.ENODATA,
+    # An upload whose connection broke (the server died mid-copy): an I/O error
+    # of the copy, not "no route to host".
+    ("write", exc.CommunicationError): errno.EIO,
+    ("flush", exc.CommunicationError): errno.EIO,
 }
 
 

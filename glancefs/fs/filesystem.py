@@ -16,14 +16,24 @@ from dataclasses import dataclass
 
 import trio
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageRecord, ImageService
+from glancefs.api.v2 import CORE_FIELDS as API_CORE_FIELDS
 from glancefs.fs import names, xattrs
 from glancefs.fs.cache import DiskCache
 from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, ROOT_INODE, Catalog
+from glancefs.fs.drafts import WritePath, WrittenFile, parse_field
 from glancefs.fs.errors import FsError, refuse
 from glancefs.fs.options import MountOptions
 from glancefs.fs.reader import Handle, ReadConfig, Reader
+from glancefs.fs.writer import WriteConfig
+
+T = TypeVar("T")
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
 
 LOG = logging.getLogger("glancefs.fs")
 
@@ -69,6 +79,12 @@ class GlanceFS:
             range_supported=service.version != "1"), disk)
         self.handles: dict[int, Handle] = {}
         self._xattrs: dict[str, tuple[ImageRecord, dict[bytes, bytes]]] = {}
+        self.writes = WritePath(service, WriteConfig(
+            spool_dir=options.spool_dir, spool_size=options.spool_size,
+            write_buffer=options.write_buffer), replace_on_close=options.replace_on_close)
+        self.write_handles: dict[int, WrittenFile] = {}
+        # Writers wait for the server (a full queue, a flush): their own threads.
+        self.write_limiter = trio.CapacityLimiter(64)
         self._next_fh = 1
         self._usage: tuple[float, tuple[int, int | None] | None] | None = None
         self.started_wall = time.time()   # directory times: when mounted
@@ -83,9 +99,11 @@ class GlanceFS:
 
     def file_attr(self, record: ImageRecord) -> Attr:
         settled = record.status == "active"
+        writable = (self.options.replace_on_close and settled and not record.protected
+                    and not self.options.ro)
         return Attr(
             inode=self.catalog.inode(record.id),
-            mode=stat.S_IFREG | (0o444 & ~self.options.umask),
+            mode=stat.S_IFREG | ((0o644 if writable else 0o444) & ~self.options.umask),
             size=record.size or 0, mtime=record.updated, ctime=record.created, nlink=1,
             uid=self.options.uid, gid=self.options.gid,
             timeout=self.options.ttl if settled else min(self.options.ttl, UNSETTLED_TIMEOUT))
@@ -93,6 +111,9 @@ class GlanceFS:
     async def getattr(self, inode: int) -> Attr:
         if inode in (ROOT_INODE, BY_ID_INODE):
             return self._dir_attr(inode)
+        file = self._written(inode)
+        if file is not None:
+            return self.written_attr(file)
         await self.catalog.refresh()
         record = self.catalog.record(inode)
         if record is None:
@@ -104,6 +125,10 @@ class GlanceFS:
             if name == BY_ID_NAME:
                 return self._dir_attr(BY_ID_INODE)
             await self.catalog.refresh()
+            self._sync_written()
+            file = self._written_by_name(name)
+            if file is not None:
+                return self.written_attr(file)
             record = self.catalog.lookup(name)
         elif parent == BY_ID_INODE:
             await self.catalog.refresh()
@@ -126,21 +151,30 @@ class GlanceFS:
             records = sorted((self.catalog.records[i] for i in self.catalog.listed),
                              key=lambda r: r.id)
             return [(r.id.encode(), self.file_attr(r)) for r in records]
+        self._sync_written()
+        written = {f.shown: f for f in self._visible_written()}
+        ours = {f.inode for f in written.values()}
         out = [(BY_ID_NAME, self._dir_attr(BY_ID_INODE))]
-        out.extend((shown, self.file_attr(record)) for shown, record in self.catalog.entries())
+        out.extend((shown, self.file_attr(record)) for shown, record in self.catalog.entries()
+                   if shown not in written and self.catalog.inode(record.id) not in ours)
+        out.extend((shown, self.written_attr(f)) for shown, f in sorted(written.items()))
         return out
 
     # -- data ---------------------------------------------------------------------
 
     async def open(self, inode: int, flags: int) -> tuple[int, bool]:
         """(file handle, keep the kernel's page cache)."""
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            return await self.open_write(inode, flags), False
+        file = self._written(inode)
+        if file is not None and (file.writing or file.image is None):
+            # Data that is not (all) on the server yet: served from the spool.
+            fh = self._new_fh()
+            self.write_handles[fh] = file
+            return fh, False
         record = self.catalog.record(inode)
         if record is None:
             raise FsError(errno.ENOENT, f"inode {inode} is not an image")
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            if record.status == "active":
-                raise FsError(errno.EPERM, "active images cannot be overwritten")
-            raise FsError(errno.EROFS, "writing through the mount is not supported yet")
         if record.status != "active":
             # The listing may be old: ask the server about this one image.
             try:
@@ -153,12 +187,26 @@ class GlanceFS:
             number, why = STATUS_ERRNO.get(record.status, (errno.EIO, "is not active"))
             raise FsError(number, f"image status is {record.status!r}: it {why}")
         handle = self.reader.open(record)
+        fh = self._new_fh()
+        self.handles[fh] = handle
+        # A file written through this mount may change again: no page cache kept.
+        return fh, file is None
+
+    def _new_fh(self) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        self.handles[fh] = handle
-        return fh, True
+        return fh
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        file = self.write_handles.get(fh)
+        if file is not None and fh not in self.handles:
+            try:
+                return await self._thread(self.writes.read, file, off, size)
+            except FsError as error:
+                if error.errno != errno.EAGAIN or file.image is None:
+                    raise
+                # Its upload finished and no spool is kept: read the image.
+                self.handles[fh] = self.reader.open(file.image)
         handle = self.handles.get(fh)
         if handle is None:
             raise FsError(errno.EBADF, f"file handle {fh} is not open")
@@ -166,12 +214,23 @@ class GlanceFS:
 
     def record_of_handle(self, fh: int) -> ImageRecord | None:
         handle = self.handles.get(fh)
-        return None if handle is None else handle.image.record
+        if handle is not None:
+            return handle.image.record
+        file = self.write_handles.get(fh)
+        if file is not None:
+            return file.image or self.writes.pending_record(file)
+        return None
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
         if handle is not None:
             self.reader.release(handle)
+        file = self.write_handles.pop(fh, None)
+        if file is not None:
+            previous = file.image.id if file.image is not None else None
+            record = await self._thread(self.writes.release, file, fh)
+            if record is not None:
+                self._uploaded(file, record, previous)
 
     # -- extended attributes ----------------------------------------------------------
 
@@ -191,10 +250,19 @@ class GlanceFS:
             self._xattrs[record.id] = cached
         return cached[1]
 
+    async def _file_attributes(self, inode: int) -> dict[bytes, bytes]:
+        file = self._written(inode)
+        if file is not None and (file.image is None or file.writing):
+            values = xattrs.attributes(self.writes.pending_record(file))
+            if not file.image_id:
+                values.pop(b"user.glance.id", None)
+            return values
+        return self._attributes(await self._record(inode))
+
     async def getxattr(self, inode: int, name: bytes) -> bytes:
         if inode in (ROOT_INODE, BY_ID_INODE):
             raise FsError(errno.ENODATA, "directories have no attributes")
-        values = self._attributes(await self._record(inode))
+        values = await self._file_attributes(inode)
         value = values.get(name)
         if value is None:
             raise FsError(errno.ENODATA, f"no attribute {name!r}")
@@ -203,7 +271,7 @@ class GlanceFS:
     async def listxattr(self, inode: int) -> list[bytes]:
         if inode in (ROOT_INODE, BY_ID_INODE):
             return []
-        return list(self._attributes(await self._record(inode)))
+        return list(await self._file_attributes(inode))
 
     # -- the filesystem --------------------------------------------------------------
 
@@ -236,10 +304,267 @@ class GlanceFS:
                 "f_bfree": free, "f_bavail": free, "f_files": files + 1_000_000,
                 "f_ffree": 1_000_000, "f_favail": 1_000_000, "f_namemax": names.NAME_MAX}
 
-    # -- not yet: the write path (its own issue) ----------------------------------------
+    # -- the write path (glancefs.fs.drafts and glancefs.fs.writer) ---------------------
+
+    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking write-path work (HTTP, the spool, a full upload queue)."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.write_limiter)
+
+    def _written(self, inode: int) -> WrittenFile | None:
+        file = self.writes.get(inode)
+        if file is None or file.unlinked or file.failed is not None:
+            return None
+        return file
+
+    def _visible_written(self) -> list[WrittenFile]:
+        return [f for f in list(self.writes.files.values())
+                if f.shown and not f.unlinked and f.failed is None]
+
+    def _written_by_name(self, shown: bytes) -> WrittenFile | None:
+        for file in self._visible_written():
+            if file.shown == shown:
+                return file
+        return None
+
+    def _sync_written(self) -> None:
+        """Images created by uploads in progress belong to their files' inodes
+        (so a listing never shows them twice); closed files past their reopen
+        window become plain images."""
+        for file in list(self.writes.files.values()):
+            image_id = file.image_id
+            if image_id and self.catalog.image_id(file.inode) != image_id:
+                self.catalog.bind(file.inode, image_id)
+        self.writes.expire()
+
+    def written_attr(self, file: WrittenFile) -> Attr:
+        created = file.image.created if file.image is not None else file.mtime
+        return Attr(inode=file.inode, mode=stat.S_IFREG | (0o644 & ~self.options.umask),
+                    size=file.current_size, mtime=file.mtime, ctime=created, nlink=1,
+                    uid=self.options.uid, gid=self.options.gid,
+                    timeout=min(self.options.ttl, UNSETTLED_TIMEOUT))
+
+    def subject(self, inode: int) -> ImageRecord | None:
+        """What a log line about ``inode`` names."""
+        file = self._written(inode)
+        if file is not None:
+            return file.image or self.writes.pending_record(file)
+        return self.catalog.record(inode)
+
+    def _check_writable(self, what: str) -> None:
+        if self.options.ro:
+            raise FsError(errno.EROFS, f"{what}: the mount is read-only")
+
+    def _image_name(self, parent: int, shown: bytes, what: str) -> str | None:
+        self._check_writable(what)
+        if parent != ROOT_INODE:
+            raise FsError(errno.EPERM, f"{what}: images live at the top of the mount, "
+                          ".by-id only shows them")
+        if not names.is_valid_entry(shown):
+            raise FsError(errno.EINVAL, f"{what}: {shown!r} cannot be an image's file name")
+        try:
+            return names.unescape(shown)
+        except ValueError as error:
+            raise FsError(errno.EINVAL, f"{what}: {error}") from None
+
+    async def _entry(self, shown: bytes) -> WrittenFile | ImageRecord | None:
+        await self.catalog.refresh()
+        self._sync_written()
+        file = self._written_by_name(shown)
+        return file if file is not None else self.catalog.lookup(shown)
+
+    async def create(self, parent: int, shown: bytes, flags: int) -> tuple[int, Attr]:
+        """A new file: shown at once, its image made when data arrives."""
+        name = self._image_name(parent, shown, "create")
+        if await self._entry(shown) is not None:
+            raise FsError(errno.EEXIST, f"{shown!r} exists")
+        fh = self._new_fh()
+        file = self.writes.create(self.catalog.new_inode(), name, fh, flags)
+        file.shown = shown
+        self.write_handles[fh] = file
+        LOG.info("create %r (image name %r)", shown.decode("utf-8", "replace"), name)
+        return fh, self.written_attr(file)
+
+    async def open_write(self, inode: int, flags: int) -> int:
+        self._check_writable("open for writing")
+        record = None
+        if self._written(inode) is None:
+            record = self.catalog.record(inode)
+            if record is None:
+                raise FsError(errno.ENOENT, f"inode {inode} is not an image")
+            if record.status != "active":
+                number, why = STATUS_ERRNO.get(record.status, (errno.EIO, "is not active"))
+                raise FsError(number, f"image status is {record.status!r}: it {why}")
+        fh = self._new_fh()
+        file = await self._thread(self.writes.open, inode, record, fh, flags)
+        if not file.shown and record is not None:
+            file.shown = self.catalog.name_of.get(record.id) or names.escape(record.name)
+        self.write_handles[fh] = file
+        return fh
+
+    def _write_file(self, fh: int) -> WrittenFile:
+        file = self.write_handles.get(fh)
+        if file is None or fh in self.handles:
+            raise FsError(errno.EBADF, f"file handle {fh} is not open for writing")
+        return file
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        file = self._write_file(fh)
+        try:
+            return await self._thread(self.writes.write, file, fh, off, data)
+        except BaseException:
+            self._if_gone(file)
+            raise
+
+    def _if_gone(self, file: WrittenFile) -> None:
+        """A new file whose upload failed is gone, with its half-made image."""
+        if file.failed is not None:
+            image_id = self.catalog.image_id(file.inode)
+            if image_id is not None and (file.image is None or file.image.id != image_id):
+                self.catalog.forget(image_id)
+
+    async def flush(self, fh: int) -> None:
+        """Where cp learns whether its copy made it: the upload finishes here."""
+        file = self.write_handles.get(fh)
+        if file is None:
+            return
+        previous = file.image.id if file.image is not None else None
+        try:
+            record = await self._thread(self.writes.flush, file, fh)
+        except BaseException:
+            self._if_gone(file)
+            raise
+        if record is not None:
+            self._uploaded(file, record, previous)
+
+    def _uploaded(self, file: WrittenFile, record: ImageRecord, previous: str | None) -> None:
+        self.catalog.bind(file.inode, record.id)
+        self.catalog.add(record, file.shown or names.escape(record.name))
+        if previous is not None and previous != record.id:
+            self.catalog.forget(previous)       # replaced, and deleted by the upload
+            self.reader.forget_data(previous)
+
+    async def set_size(self, inode: int, size: int, fh: int | None) -> None:
+        """truncate/ftruncate: drafts and files being written change; an active
+        image only with replace_on_close (a new version replaces it)."""
+        file = self._written(inode)
+        if file is None:
+            record = self.catalog.record(inode)
+            if record is None:
+                raise FsError(errno.ENOENT, f"inode {inode} is not an image")
+            if (record.size or 0) == size:
+                return
+            self._check_writable("truncate")
+            file = self.writes.adopt(inode, record)
+            file.shown = self.catalog.name_of.get(record.id) or names.escape(record.name)
+        previous = file.image.id if file.image is not None else None
+        handle = fh if fh in self.write_handles and fh not in self.handles else None
+        record = await self._thread(self.writes.truncate, file, size, handle)
+        if record is not None:
+            self._uploaded(file, record, previous)
+
+    async def unlink(self, parent: int, shown: bytes) -> None:
+        self._image_name(parent, shown, "unlink")
+        target = await self._entry(shown)
+        if target is None:
+            raise FsError(errno.ENOENT, f"no image named {shown!r}")
+        await self._remove(target)
+
+    async def _remove(self, target: WrittenFile | ImageRecord) -> None:
+        if isinstance(target, WrittenFile):
+            ids = {i for i in (target.image_id,
+                               target.image.id if target.image is not None else None) if i}
+            await self._thread(self.writes.unlink, target)
+        else:
+            ids = {target.id}
+            await self._thread(self.service.delete, target.id)
+        for image_id in ids:
+            self.catalog.forget(image_id)
+            self.reader.forget_data(image_id)
+        LOG.info("deleted %s", ", ".join(sorted(ids)) or "a file that had no image yet")
+
+    async def rename(self, parent_old: int, old: bytes, parent_new: int, new: bytes,
+                     flags: int) -> None:
+        """mv renames the image; mv over an existing file replaces it: the
+        target is deleted once the rename succeeded."""
+        self._image_name(parent_old, old, "rename")
+        new_name = self._image_name(parent_new, new, "rename")
+        if flags & RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL, "rename: exchanging two images is not supported")
+        source = await self._entry(old)
+        if source is None:
+            raise FsError(errno.ENOENT, f"no image named {old!r}")
+        if old == new:
+            return
+        target = await self._entry(new)
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FsError(errno.EEXIST, f"{new!r} exists")
+            protected = target.protected if isinstance(target, ImageRecord) else (
+                target.image is not None and target.image.protected)
+            if protected:
+                raise FsError(errno.EPERM, f"{new!r} is a protected image: it cannot be "
+                              "replaced")
+        if isinstance(source, WrittenFile):
+            record = await self._thread(self.writes.rename, source, new_name)
+            source.shown = new
+        else:
+            record = await self._thread(self.service.rename, source, new_name)
+        if record is not None:
+            self.catalog.add(record, new)
+        if target is not None:
+            await self._remove(target)
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes) -> None:
+        await self._change_xattr(inode, name, value)
+
+    async def removexattr(self, inode: int, name: bytes) -> None:
+        await self._change_xattr(inode, name, None)
+
+    async def _change_xattr(self, inode: int, name: bytes, value: bytes | None) -> None:
+        """user.KEY adds, replaces or removes a property, user.glance.FIELD sets a
+        field: one PATCH (v2) or PUT (v1) each, from a fresh record."""
+        if inode in (ROOT_INODE, BY_ID_INODE):
+            raise FsError(errno.EPERM, "directories have no attributes")
+        parsed = xattrs.parse_name(name)
+        if parsed is None:
+            raise FsError(errno.EOPNOTSUPP, f"only user.* attributes exist here, not {name!r}")
+        self._check_writable("change attributes")
+        kind, key = parsed
+        if kind == "core" and key == "name":
+            raise FsError(errno.EPERM, "user.glance.name: rename the file (mv) instead")
+        if kind == "core" and key in xattrs.READ_ONLY_FIELDS:
+            raise FsError(errno.EPERM, f"user.glance.{key} is managed by the server")
+        if kind == "property" and key in API_CORE_FIELDS:
+            raise FsError(errno.EPERM, f"{key!r} is not a property: use user.glance.{key}")
+        file = self._written(inode)
+        if file is not None and await self._thread(self.writes.set_meta, file, kind, key, value):
+            return
+        record = self.catalog.record(inode)
+        if record is None:
+            raise FsError(errno.ENOENT, f"inode {inode} is not an image")
+        record = await self._thread(self.service.get, record.id)   # changes from a fresh view
+        if kind == "core":
+            if value is None:
+                raise FsError(errno.EPERM, f"user.glance.{key} cannot be removed")
+            record = await self._thread(self.service.set_field, record, key,
+                                        parse_field(key, value))
+        elif value is None:
+            if key not in record.properties:
+                raise FsError(errno.ENODATA, f"no property {key!r}")
+            record = await self._thread(self.service.remove_property, record, key)
+        else:
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FsError(errno.EINVAL, "property values must be UTF-8") from None
+            record = await self._thread(self.service.set_property, record, key, text)
+        self.catalog.update(record)
+        if file is not None and file.image is not None and file.image.id == record.id:
+            file.image = record
 
     def refuse_write(self, what: str) -> FsError:
-        if self.options.ro:
-            return FsError(errno.EROFS, f"{what}: the mount is read-only")
-        return FsError(errno.EROFS, f"{what} through the mount is not supported yet")
+        return FsError(errno.EPERM, f"{what}: images are plain files in one directory")
 
+    def close(self) -> None:
+        """The mount ends: uploads not finished are given up (and cleaned up)."""
+        self.writes.close()

@@ -100,9 +100,9 @@ class Operations(pyfuse3.Operations):
 
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
                       ) -> pyfuse3.EntryAttributes:
-        with fuse_errors("setattr", self.fs.catalog.record(inode)):
+        with fuse_errors("setattr", self.fs.subject(inode)):
             if fields.update_size:
-                raise self.fs.refuse_write("truncate")
+                await self.fs.set_size(inode, attr.st_size, fh)
             # chmod/chown/utimes succeed without effect (DESIGN.md): cp -p works.
             return entry(await self.fs.getattr(inode))
 
@@ -148,15 +148,14 @@ class Operations(pyfuse3.Operations):
         with fuse_errors("release", self.fs.record_of_handle(fh)):
             await self.fs.release(fh)
 
-    async def flush(self, fh: int) -> None:
-        return None
-
     # -- extended attributes --------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if not name.startswith(b"user."):
-            # ls -l asks for security.selinux and ACLs of every file: answer at once.
-            raise pyfuse3.FUSEError(errno.ENODATA)
+            # ls -l asks for security.selinux and ACLs of every file: answer at once,
+            # and with ENOTSUP (not ENODATA), which ls caches per device (one round
+            # trip per listing instead of two per entry).
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         with fuse_errors("getxattr", self.fs.catalog.record(inode)):
             return await self.fs.getxattr(inode, name)
 
@@ -165,48 +164,62 @@ class Operations(pyfuse3.Operations):
             return await self.fs.listxattr(inode)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        with fuse_errors("setxattr", self.fs.catalog.record(inode)):
-            raise self.fs.refuse_write("setting attributes")
+        with fuse_errors("setxattr", self.fs.subject(inode)):
+            await self.fs.setxattr(inode, name, value)
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        with fuse_errors("removexattr", self.fs.catalog.record(inode)):
-            raise self.fs.refuse_write("removing attributes")
+        with fuse_errors("removexattr", self.fs.subject(inode)):
+            await self.fs.removexattr(inode, name)
 
-    # -- the write path belongs to its own issue --------------------------------------
+    # -- writing ----------------------------------------------------------------------
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         with fuse_errors("create", name):
-            raise self.fs.refuse_write("creating images")
+            fh, attr = await self.fs.create(parent_inode, name, flags)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry(attr)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         with fuse_errors("write", self.fs.record_of_handle(fh)):
-            raise self.fs.refuse_write("writing")
+            return await self.fs.write(fh, off, buf)
+
+    async def flush(self, fh: int) -> None:
+        # close(): the upload finishes here, so cp sees its errors.
+        with fuse_errors("flush", self.fs.record_of_handle(fh)):
+            await self.fs.flush(fh)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None   # the data is in the spool or on its way; close() is the commit
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         with fuse_errors("unlink", name):
-            raise self.fs.refuse_write("deleting images")
+            await self.fs.unlink(parent_inode, name)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
         with fuse_errors("rename", name_old):
-            raise self.fs.refuse_write("renaming images")
+            await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)
+        with fuse_errors("mkdir", name):
+            raise self.fs.refuse_write("mkdir")
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any
                       ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)
+        with fuse_errors("symlink", name):
+            raise self.fs.refuse_write("symlink")
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
                    ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)
+        with fuse_errors("link", new_name):
+            raise self.fs.refuse_write("hard link")
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)
+        with fuse_errors("mknod", name):
+            raise self.fs.refuse_write("mknod")
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.EPERM)
+        with fuse_errors("rmdir", name):
+            raise self.fs.refuse_write("rmdir")

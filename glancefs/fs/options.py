@@ -49,10 +49,16 @@ class MountOptions:
     prefetch_start: int = 1 * MiB      # first prefetch window of a sequential reader
     prefetch_max: int = 64 * MiB       # largest prefetch window per open file
     memory: int = 256 * MiB            # RAM for cached and prefetched blocks, all files
-    readahead: int = 8 * MiB           # kernel read-ahead of the mount (root only)
+    readahead: int = 2 * MiB           # kernel read-ahead of the mount (root only); more
+                                       # overruns FUSE's 12 background requests (4 KiB re-reads)
     cache_dir: str | None = None       # on-disk data cache (off when None)
     cache_size: int = 4 * GiB          # limit of the on-disk cache
     verify: bool = True                # hash-check full in-order reads
+    # The write path (glancefs.fs.writer).
+    spool_dir: str | None = "/var/tmp"  # local copy of files being written; none: no spool
+    spool_size: int = 8 * GiB          # limit of the spool, all files together
+    write_buffer: int = 8 * MiB        # data queued for an upload, per file being written
+    replace_on_close: bool = False     # an active image opened for writing is replaced
     ro: bool = False
     allow_other: bool = False
     uid: int = field(default_factory=os.getuid)
@@ -92,15 +98,18 @@ class MountOptions:
             raise ValueError("api_version must be 1 or 2")
         if self.ttl < 0:
             raise ValueError("ttl cannot be negative")
+        if self.write_buffer < 64 * KiB:
+            raise ValueError("write_buffer must be at least 64K")
 
 
-_SIZES = {"block_size", "prefetch_start", "prefetch_max", "memory", "cache_size", "readahead"}
-_BOOLS = {"verify", "ro", "allow_other", "debug", "foreground", "insecure"}
+_SIZES = {"block_size", "prefetch_start", "prefetch_max", "memory", "cache_size", "readahead",
+          "spool_size", "write_buffer"}
+_BOOLS = {"verify", "ro", "allow_other", "debug", "foreground", "insecure", "replace_on_close"}
 _ALIASES = {
     "prefetch": "prefetch_max", "max_prefetch": "prefetch_max", "memory_budget": "memory",
     "mem": "memory", "cache": "cache_dir", "logfile": "log", "log_file": "log",
     "cloud": "os_cloud", "image_url": "os_image_url", "os_image_api_version": "api_version",
-    "region": "os_region_name",
+    "region": "os_region_name", "spool": "spool_dir", "replace": "replace_on_close",
 }
 # Generic flags mount(8) or fstab may hand us; they belong to the kernel or to mount.
 KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime",
@@ -132,6 +141,9 @@ def apply_option_string(opts: MountOptions, text: str) -> None:
         if key == "no_allow_other":
             opts.allow_other = False
             continue
+        if key == "nospool":
+            opts.spool_dir = None
+            continue
         name = _ALIASES.get(key, key)
         known = {f.name: f for f in fields(MountOptions)}
         if name not in known or name == "kernel_flags":
@@ -157,4 +169,6 @@ def _convert(name: str, value: str | None) -> Any:
         return float(value)
     if name == "api_version":
         return value.strip().lstrip("v").split(".")[0]
+    if name == "spool_dir" and value.strip().lower() in ("", "none", "off", "no"):
+        return None
     return value

@@ -7,9 +7,10 @@ Why it is shaped this way:
 * A reader that keeps going forward gets a prefetch window that starts at
   ``prefetch_start`` and doubles each time it crosses into a new block, up to
   ``prefetch_max`` (and a fair share of the memory budget). The window is
-  fetched as several ranged GETs at once, each streaming block by block into
-  the cache, so the reader is served while the rest is still arriving.
-  A seek resets the window.
+  filled by one ranged GET to the end of the image, paced by the window and
+  streaming block by block into the cache, so the reader is served while the
+  rest is still arriving and pays one request latency, not one per window.
+  A seek resets the window and cancels the stream.
 * Blocking HTTP runs in worker threads (``trio.to_thread``); blocks come back
   to trio one at a time, so a slow request never holds up other FUSE requests.
 * A server that ignores ``Range`` (Images v1) sends the whole image for every
@@ -46,6 +47,7 @@ LOG = logging.getLogger("glancefs.fs.reader")
 
 MiB = 1024 * 1024
 STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
+DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
 
 
 @dataclass
@@ -326,6 +328,10 @@ class Reader:
         elif image.id in self.mismatched and last == image.nblocks - 1:
             raise FsError(errno.EIO, "the image's data did not match its hash; "
                                      "read it again from the start to re-check")
+        if handle.window and self.config.range_supported:
+            # Start (or extend) the stream before waiting for this read's own
+            # blocks, so its request latency overlaps theirs.
+            self._prefetch(handle, end)
         self._serial += 1
         serial = self._serial
         image.inflight[serial] = (first, last)
@@ -341,10 +347,12 @@ class Reader:
             finished.set()
         if handle.window:
             self._prefetch(handle, end)
-            if first > 0:
-                # A sequential reader is done with the block before: the kernel's
-                # page cache has it now (keep_cache), so ours need not.
-                done = first - 1
+            if first > DISCARD_LAG:
+                # A sequential reader is done with the blocks before: the kernel's
+                # page cache has them now (keep_cache), so ours need not. Not the
+                # last few: the kernel's concurrent reads arrive slightly out of
+                # order, and one behind must not have to fetch its block again.
+                done = first - 1 - DISCARD_LAG
                 verifier = image.verifier
                 if verifier is None or not verifier.active or verifier.next > done:
                     self.cache.discard((image.id, done))
@@ -371,8 +379,12 @@ class Reader:
         bs = self.config.block_size
         # The kernel sends read-ahead requests concurrently and they may arrive
         # out of order: a little behind the furthest point is still "in order".
+        # A reader already found sequential may also be read a little ahead of
+        # the furthest point (the kernel's read-ahead requests race each other):
+        # that is no seek, and must not cancel the streams feeding it.
+        ahead = max(4 * bs, handle.window) if handle.window else bs
         sequential = handle.next_off is not None and \
-            handle.next_off - max(4 * bs, handle.window) <= off <= handle.next_off + bs
+            handle.next_off - max(4 * bs, handle.window) <= off <= handle.next_off + ahead
         if sequential:
             if first > handle.last_block:
                 # Grows once per new block the reader enters: a reader that keeps
@@ -402,13 +414,14 @@ class Reader:
     def _prefetch(self, handle: Handle, end: int) -> None:
         """Keep ranged GETs going up to ``window`` bytes past ``end``.
 
-        A sequential reader is served by streaming GETs of growing size (twice
-        the window each): few request latencies, and the next GET starts while
-        the last one still has a window to deliver, so two are in flight at the
-        seams. Each GET is paced by the window: its thread stops handing over
-        blocks that far ahead and resumes as the reader catches up, so memory
-        stays bounded; sizes that grow only while the reader keeps up bound
-        what a reader that stops early costs in transfer.
+        A sequential reader is served by one streaming GET from the end of
+        what is cached or coming to the end of the image: one request latency,
+        not one per window. The GET is paced by the window: its thread stops
+        handing over (and so reading) blocks that far ahead and resumes as the
+        reader catches up, so memory stays bounded, and what a reader that
+        stops early costs in transfer is the window plus the socket buffers;
+        releasing the file (or seeking) cancels the stream and closes its
+        connection.
         """
         image = handle.image
         bs = self.config.block_size
@@ -423,8 +436,10 @@ class Reader:
             start += 1
         if start >= target:
             return
-        size = max(1, 2 * handle.window // bs)
-        job = Job(start, min(image.nblocks, start + size), stream=True, want_until=target)
+        # One GET to the end of the image, paced by the window (_gate): every new
+        # GET costs a server round trip (tens of ms under load), which a
+        # reader that keeps going should pay once, not once per window.
+        job = Job(start, image.nblocks, stream=True, want_until=target)
         handle.streams.append(job)
         self._start_job(image, job)
 
@@ -510,6 +525,8 @@ class Reader:
         LOG.debug("image %s: fetching blocks %d-%d%s", image.id, job.first, job.last - 1,
                   " (stream)" if job.stream else "")
         image.jobs.add(job)
+        # Nothing before ``first`` is coming from this job (_request relies on it).
+        job.position = max(job.position, job.first)
         if not job.stream:
             for index in range(job.first, job.last):
                 image.pending.setdefault(index, Pending(job))

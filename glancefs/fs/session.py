@@ -71,15 +71,15 @@ def serve(fs: GlanceFS, ops: Operations, mountpoint: str, source: str,
         raise MountError(f"cannot mount on {mountpoint}: {error} "
                          "(is /dev/fuse there, and the mount point not already in use?)"
                          ) from None
-    set_readahead(mountpoint, fs.options.readahead)
     try:
         if ready is not None:
             ready()
         LOG.info("mounted %s on %s (%d images)", source, mountpoint, len(fs.catalog.listed))
-        trio.run(_main, fs, ops)
+        trio.run(_main, fs, ops, mountpoint)
     finally:
         # A no-op when the kernel side is already gone (umount, fusermount3 -u).
         pyfuse3.close(unmount=True)
+        fs.close()   # uploads left unfinished are given up, their images deleted
         LOG.info("unmounted %s", mountpoint)
 
 
@@ -114,10 +114,12 @@ def set_readahead(mountpoint: str, size: int) -> None:
         LOG.debug("cannot set read-ahead of %s (%s): %s", target, device, error)
 
 
-async def _main(fs: GlanceFS, ops: Operations) -> None:
+async def _main(fs: GlanceFS, ops: Operations, mountpoint: str | None = None) -> None:
     async with trio.open_nursery() as nursery:
         fs.reader.nursery = nursery
         ops.nursery = nursery
+        if mountpoint is not None:
+            _readahead_after_init(ops, nursery, mountpoint, fs.options.readahead)
 
         def invalidate(inodes: list[int]) -> None:
             # Size or status changed in a new listing: the kernel must ask again.
@@ -130,6 +132,28 @@ async def _main(fs: GlanceFS, ops: Operations) -> None:
             await pyfuse3.main()
         # The kernel side is gone (umount, fusermount3 -u, or a signal).
         nursery.cancel_scope.cancel()
+
+
+def _readahead_after_init(ops: Operations, nursery: trio.Nursery, mountpoint: str,
+                          size: int) -> None:
+    """Set the read-ahead once the kernel has the reply to FUSE INIT.
+
+    The kernel lowers the mount's read-ahead to the ``max_readahead`` of that
+    reply (its own offer, 128 KiB), so a value written before is lost. pyfuse3
+    calls ``init()`` just before it sends the reply; a task started there runs
+    after it, before the kernel can have sent any read.
+    """
+    original = ops.init
+
+    def init() -> None:
+        original()
+
+        async def apply() -> None:
+            set_readahead(mountpoint, size)
+
+        nursery.start_soon(apply)
+
+    setattr(ops, "init", init)   # noqa: B010 - an instance attribute, for pyfuse3 to call
 
 
 async def _signals(fuse_scope: trio.CancelScope) -> None:

@@ -680,7 +680,7 @@ class Upload:
             thread.join(timeout=60)
         image_id = self.image_id or (self._result[0].id if self._result else None)
         if image_id is not None:
-            self.janitor.discard(image_id, f"upload failed: {describe(error)}")
+            self.janitor.discard(image_id, f"its upload failed ({type(error).__name__})")
         self.image_id = None
         if self.spool is not None:
             self.spool.close()
