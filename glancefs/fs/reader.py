@@ -7,10 +7,10 @@ Why it is shaped this way:
 * A reader that keeps going forward gets a prefetch window that starts at
   ``prefetch_start`` and doubles each time it crosses into a new block, up to
   ``prefetch_max`` (and a fair share of the memory budget). The window is
-  filled by one ranged GET to the end of the image, paced by the window and
-  streaming block by block into the cache, so the reader is served while the
-  rest is still arriving and pays one request latency, not one per window.
-  A seek resets the window and cancels the stream.
+  filled by ranged GETs of twice the window (one to the end of the image once
+  the window is at its cap), paced by the window and streaming block by block
+  into the cache, so the reader is served while the rest is still arriving.
+  A seek resets the window and cancels the streams.
 * Blocking HTTP runs in worker threads (``trio.to_thread``); blocks come back
   to trio one at a time, so a slow request never holds up other FUSE requests.
 * A server that ignores ``Range`` (Images v1) sends the whole image for every
@@ -414,14 +414,14 @@ class Reader:
     def _prefetch(self, handle: Handle, end: int) -> None:
         """Keep ranged GETs going up to ``window`` bytes past ``end``.
 
-        A sequential reader is served by one streaming GET from the end of
-        what is cached or coming to the end of the image: one request latency,
-        not one per window. The GET is paced by the window: its thread stops
-        handing over (and so reading) blocks that far ahead and resumes as the
-        reader catches up, so memory stays bounded, and what a reader that
-        stops early costs in transfer is the window plus the socket buffers;
-        releasing the file (or seeking) cancels the stream and closes its
-        connection.
+        A sequential reader is served by streaming GETs of twice the window
+        while the window grows, then (window at its cap) by one GET to the end
+        of the image: few request latencies. Each GET is paced by the window:
+        its thread stops handing over (and so reading) blocks that far ahead
+        and resumes as the reader catches up, so memory stays bounded; sizes
+        that grow only while the reader keeps up bound what a reader that
+        stops early costs in transfer. Releasing the file (or seeking) cancels
+        the streams and closes their connections.
         """
         image = handle.image
         bs = self.config.block_size
@@ -436,10 +436,16 @@ class Reader:
             start += 1
         if start >= target:
             return
-        # One GET to the end of the image, paced by the window (_gate): every new
-        # GET costs a server round trip (tens of ms under load), which a
-        # reader that keeps going should pay once, not once per window.
-        job = Job(start, image.nblocks, stream=True, want_until=target)
+        # GETs of twice the window while it grows (what a reader that stops
+        # early costs in transfer stays small: the socket buffers of a paused
+        # GET fill too); once the window is at its cap the reader has proven it
+        # keeps going, and one GET to the end of the image, paced by the window
+        # (_gate), saves a server round trip per window.
+        if handle.window >= self._window_cap():
+            size = image.nblocks
+        else:
+            size = max(1, 2 * handle.window // bs)
+        job = Job(start, min(image.nblocks, start + size), stream=True, want_until=target)
         handle.streams.append(job)
         self._start_job(image, job)
 
