@@ -165,7 +165,7 @@ def test_truncated_body_once_is_resumed(proxy, image) -> None:
 def test_wrong_content_length_with_wrong_bytes_fails_the_hash(proxy, image) -> None:
     """A short Content-Length and garbage: the resumed rest comes from the real
     server, but the hash of the whole read catches the garbage."""
-    image_id, data = image
+    image_id, _ = image
     proxy.add(Fault(match="/file ", respond=raw_answer(
         "200 OK", {"Content-Length": "100"}, b"\xff" * 100)))
     with pytest.raises(exc.HashMismatch):
@@ -236,7 +236,7 @@ def make_ca_and_cert(where: Path) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "glancefs test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
