@@ -151,11 +151,6 @@ def test_stall_shorter_than_timeout_is_waited_for(mount, proxy, client) -> None:
     assert done.returncode == 0 and done.stdout.split()[0] == image.sha256
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no mount option sets the client's read timeout: the mount always uses the client "
-    "default of 600 s (glancefs/fs/options.py has no 'timeout'; glancefs/cli/mount.py does "
-    "not pass one), so a stalled server holds a reader for up to (retries+1) x 600 s; "
-    "owner: fs/cli"))
 def test_stall_longer_than_read_timeout_is_eio_in_bounded_time(proxy, client,
                                                                tmp_path: Path) -> None:
     image = fresh(client, 2 * MiB)
@@ -165,7 +160,8 @@ def test_stall_longer_than_read_timeout_is_eio_in_bounded_time(proxy, client,
         with pytest.raises(subprocess.CalledProcessError):
             subprocess.run(["cat", str(m.path / ".by-id" / image.id)], check=True,
                            capture_output=True, timeout=60)
-        assert time.monotonic() - start < 30
+        # 5 attempts (4 retries of a GET) of 2 s each, with back-off between them.
+        assert time.monotonic() - start < 60
 
 
 # -- malformed answers ------------------------------------------------------------------

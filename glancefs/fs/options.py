@@ -54,6 +54,8 @@ class MountOptions:
     cache_dir: str | None = None       # on-disk data cache (off when None)
     cache_size: int = 4 * GiB          # limit of the on-disk cache
     verify: bool = True                # hash-check full in-order reads
+    timeout: float = 30.0              # seconds without a byte from the server before
+                                       # a request fails (a stalled server -> EIO)
     # The write path (glancefs.fs.writer).
     spool_dir: str | None = "/var/tmp"  # local copy of files being written; none: no spool
     spool_size: int = 8 * GiB          # limit of the spool, all files together
@@ -165,7 +167,7 @@ def _convert(name: str, value: str | None) -> Any:
         return int(value)
     if name == "umask":
         return int(value, 8)
-    if name == "ttl":
+    if name in ("ttl", "timeout"):
         return float(value)
     if name == "api_version":
         return value.strip().lstrip("v").split(".")[0]
