@@ -71,6 +71,8 @@ _BY_OPERATION: dict[tuple[str, type[BaseException]], int] = {
     ("read", exc.HTTPConflict): errno.EAGAIN,
     # 409 when removing a property that is not there.
     ("removexattr", exc.HTTPConflict): errno.ENODATA,
+    # 413 on a property change: over the server's property quota (DESIGN.md).
+    ("setxattr", exc.HTTPOverLimit): errno.ENOSPC,
     # 404 of a property or xattr, not of the file.
     ("getxattr", exc.HTTPNotFound): errno.ENODATA,
     # An upload whose connection broke (the server died mid-copy): an I/O error

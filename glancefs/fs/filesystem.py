@@ -359,12 +359,20 @@ class GlanceFS:
         if parent != ROOT_INODE:
             raise FsError(errno.EPERM, f"{what}: images live at the top of the mount, "
                           ".by-id only shows them")
+        if len(shown) > names.NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"{what}: a file name has at most "
+                          f"{names.NAME_MAX} bytes")
         if not names.is_valid_entry(shown):
             raise FsError(errno.EINVAL, f"{what}: {shown!r} cannot be an image's file name")
         try:
-            return names.unescape(shown)
-        except ValueError as error:
-            raise FsError(errno.EINVAL, f"{what}: {error}") from None
+            name = names.unescape(shown)
+            # Lone surrogates survive unescape (names read from JSON may hold
+            # them) but the server cannot store them in a new name.
+            if name is not None:
+                name.encode("utf-8")
+        except (ValueError, UnicodeEncodeError) as error:
+            raise FsError(errno.EINVAL, f"{what}: {shown!r} is not a UTF-8 name: {error}") from None
+        return name
 
     async def _entry(self, shown: bytes) -> WrittenFile | ImageRecord | None:
         await self.catalog.refresh()
