@@ -164,9 +164,8 @@ class Images:
             body = source.body()
         answer = self.http.json_request(method, path, headers=headers, data=body)
         image = self._model(answer["image"])
-        if source is not None and image.get("checksum") and image["checksum"] != source.md5.hexdigest():
-            raise exc.HashMismatch(f"image {image['id']}: the server stored checksum "
-                                   f"{image['checksum']}, the data sent has {source.md5.hexdigest()}")
+        if source is not None:
+            source.check(image["id"], image.get("checksum"))
         return image
 
     def _formats_for_data(self, path: str, fields: dict[str, Any],

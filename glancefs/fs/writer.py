@@ -649,14 +649,7 @@ class Upload:
         if record.size is not None and record.size != self.size:
             raise exc.HashMismatch(f"image {record.id}: the server stored {record.size} bytes, "
                                    f"{self.size} were written")
-        md5 = source.md5.hexdigest()
-        if record.checksum and record.checksum != md5:
-            raise exc.HashMismatch(f"image {record.id}: the server's checksum "
-                                   f"{record.checksum} differs from the data written ({md5})")
-        if record.os_hash_algo == "sha512" and record.os_hash_value \
-                and record.os_hash_value != source.sha512.hexdigest():
-            raise exc.HashMismatch(f"image {record.id}: the server's sha512 differs from the "
-                                   "data written")
+        source.check(record.id, record.checksum)
         return record
 
     def _apply_meta(self, record: ImageRecord) -> ImageRecord:
