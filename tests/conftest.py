@@ -2,6 +2,7 @@
 test session, each on a free port of 127.0.0.1, their data removed after."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -15,16 +16,24 @@ from glancefs.testing.glance_server import GlanceServer, free_port
 from glancefs.testing.v1server import V1Server
 
 
-@pytest.fixture(scope="session")
-def glance_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
-    data_dir = tmp_path_factory.mktemp("glance-v2")
-    server = GlanceServer(data_dir, free_port())
+@contextlib.contextmanager
+def fresh_glance(tmp_path_factory: pytest.TempPathFactory, name: str,
+                 **options: object) -> Iterator[GlanceServer]:
+    """A real Glance of its own on a free port; its data removed after."""
+    data_dir = tmp_path_factory.mktemp(name)
+    server = GlanceServer(data_dir, free_port(), **options)  # type: ignore[arg-type]
     server.start()
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def glance_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
+    with fresh_glance(tmp_path_factory, "glance-v2") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

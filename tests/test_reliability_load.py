@@ -9,7 +9,6 @@ import concurrent.futures
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from glancefs.api import Client
-from glancefs.testing.glance_server import GlanceServer, free_port
+from glancefs.testing.glance_server import GlanceServer
+from tests.conftest import fresh_glance
 from tests.mount_support import make_image, mounted
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
@@ -69,14 +69,8 @@ print(json.dumps(done))
 @pytest.fixture(scope="module")
 def own_glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
     """A server of its own: thousands of images must not slow the other tests."""
-    data_dir = tmp_path_factory.mktemp("glance-load")
-    server = GlanceServer(data_dir, free_port())
-    server.start()
-    try:
+    with fresh_glance(tmp_path_factory, "glance-load") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def rss_kib(pid: int) -> int:

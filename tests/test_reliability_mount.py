@@ -12,7 +12,6 @@ import errno
 import hashlib
 import os
 import re
-import shutil
 import stat
 import subprocess
 import time
@@ -25,7 +24,8 @@ from glancefs.api import Client
 from glancefs.api.service import ImageService
 from glancefs.fs import names
 from glancefs.testing.faultproxy import Fault, FaultProxy, http_response
-from glancefs.testing.glance_server import GlanceServer, free_port
+from glancefs.testing.glance_server import GlanceServer
+from tests.conftest import fresh_glance
 from tests.mount_support import (
     Image,
     Mounted,
@@ -233,14 +233,8 @@ def test_invalid_json_on_list_keeps_ls_bounded_and_recovers(mount, proxy, client
 
 @pytest.fixture(scope="module")
 def own_glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
-    data_dir = tmp_path_factory.mktemp("glance-restart")
-    server = GlanceServer(data_dir, free_port())
-    server.start()
-    try:
+    with fresh_glance(tmp_path_factory, "glance-restart") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def timed(cmd: list[str], timeout: float = 90) -> tuple[float, subprocess.CompletedProcess[str]]:

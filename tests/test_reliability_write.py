@@ -13,7 +13,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,7 +25,8 @@ from typing import Any
 import pytest
 
 from glancefs.api import Client
-from glancefs.testing.glance_server import GlanceServer, free_port
+from glancefs.testing.glance_server import GlanceServer
+from tests.conftest import fresh_glance
 from tests.mount_support import make_image, mounted
 from tests.test_reliability_load import READER, rss_kib
 
@@ -119,14 +119,8 @@ class Setup:
 def own_glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
     """A server of its own: names like ``.`` left by other tests would get
     duplicate suffixes here, and the soak must not slow the other tests."""
-    data_dir = tmp_path_factory.mktemp("glance-rel-write")
-    server = GlanceServer(data_dir, free_port())
-    server.start()
-    try:
+    with fresh_glance(tmp_path_factory, "glance-rel-write") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
