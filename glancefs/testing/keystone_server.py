@@ -313,6 +313,12 @@ def _ensure_user(ks: KeystoneServer, token: str, name: str, password: str,
         "default_project_id": project_id, "enabled": True}}, token=token)["user"]
 
 
+def _password() -> str:
+    # token_urlsafe may start with "-", which a command line then takes for
+    # an option; tests pass these passwords as separate arguments.
+    return "p" + secrets.token_urlsafe(12)
+
+
 def register_glance(keystone: KeystoneServer, glance_url: str,
                     service_password: str | None = None,
                     demo_password: str | None = None) -> dict[str, Any]:
@@ -329,8 +335,8 @@ def register_glance(keystone: KeystoneServer, glance_url: str,
     "service_project_id", "image_url"}``.
     """
     token = keystone.admin_token()
-    service_password = service_password or secrets.token_urlsafe(12)
-    demo_password = demo_password or secrets.token_urlsafe(12)
+    service_password = service_password or _password()
+    demo_password = demo_password or _password()
     service = _ensure(keystone, token, "services", "service",
                       {"type": "image", "name": "glance", "description": "Images (glancefs)",
                        "enabled": True}, type="image")
