@@ -376,13 +376,17 @@ DOWNLOAD_ARGS = [
     arg("--progress", action="store_true", default=False,
         help="Show a progress bar on stderr (when stderr is a terminal)."),
 ]
-FIELDS_V2 = [
+# Image fields both API versions take.
+FIELDS_COMMON = [
     arg("--name", metavar="<NAME>", help="Name of the image."),
     arg("--disk-format", metavar="<DISK_FORMAT>", choices=DISK_FORMATS,
         help=f"Format of the disk: {', '.join(DISK_FORMATS)}. Detected from the data "
              "when missing."),
     arg("--container-format", metavar="<CONTAINER_FORMAT>", choices=CONTAINER_FORMATS,
         help=f"Format of the container: {', '.join(CONTAINER_FORMATS)}."),
+]
+FIELDS_V2 = [
+    *FIELDS_COMMON,
     arg("--visibility", metavar="<VISIBILITY>", choices=VISIBILITIES,
         help=f"Scope of image accessibility: {', '.join(VISIBILITIES)}."),
     arg("--protected", metavar="[True|False]", type=bool_value, default=None,
@@ -854,12 +858,7 @@ def usage_v2(ctx: Context, args: argparse.Namespace) -> None:
 # ===========================================================================================
 
 FIELDS_V1 = [
-    arg("--name", metavar="<NAME>", help="Name of the image."),
-    arg("--disk-format", metavar="<DISK_FORMAT>", choices=DISK_FORMATS,
-        help=f"Format of the disk: {', '.join(DISK_FORMATS)}. Detected from the data "
-             "when missing."),
-    arg("--container-format", metavar="<CONTAINER_FORMAT>", choices=CONTAINER_FORMATS,
-        help=f"Format of the container: {', '.join(CONTAINER_FORMATS)}."),
+    *FIELDS_COMMON,
     arg("--owner", metavar="<TENANT_ID>", help="Tenant who should own the image."),
     arg("--min-disk", metavar="<DISK_GB>", type=non_negative,
         help="Minimum disk size (GB) needed to boot the image."),

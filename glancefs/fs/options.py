@@ -121,6 +121,13 @@ IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_n
 SECRET_WORDS = ("password", "token", "secret", "os_key", "credential_secret")
 
 
+# Flags that switch an option off: flag -> (field, value).
+_NEGATIONS: dict[str, tuple[str, Any]] = {
+    "rw": ("ro", False), "noverify": ("verify", False),
+    "no_allow_other": ("allow_other", False), "nospool": ("spool_dir", None),
+}
+
+
 def apply_option_string(opts: MountOptions, text: str) -> None:
     """Apply ``-o`` text (comma separated ``key`` or ``key=value``) to ``opts``."""
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -134,17 +141,8 @@ def apply_option_string(opts: MountOptions, text: str) -> None:
             continue
         if key in IGNORED or key.startswith(("x-", "comment")):
             continue
-        if key == "rw":
-            opts.ro = False
-            continue
-        if key == "noverify":
-            opts.verify = False
-            continue
-        if key == "no_allow_other":
-            opts.allow_other = False
-            continue
-        if key == "nospool":
-            opts.spool_dir = None
+        if key in _NEGATIONS:
+            setattr(opts, *_NEGATIONS[key])
             continue
         name = _ALIASES.get(key, key)
         known = {f.name: f for f in fields(MountOptions)}
