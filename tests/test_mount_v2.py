@@ -18,8 +18,9 @@ import pytest
 from glancefs.api import Client
 from glancefs.api.service import ImageService
 from glancefs.fs import names, xattrs
+from glancefs.testing.faultproxy import FaultProxy
 from glancefs.testing.glance_server import GlanceServer
-from tests.mount_support import (CountingProxy, Image, is_mounted, make_image, mount_env,
+from tests.mount_support import (Image, is_mounted, make_image, mount_env,
                                  mounted, require_fuse, sha256_file)
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
@@ -162,30 +163,27 @@ def test_small_read_transfers_little(glance_v2: GlanceServer, client: Client,
                                      tmp_path: Path) -> None:
     data = random.Random(5).randbytes(96 * MiB)
     image = make_image(client, "mnt-large.raw", data)
-    proxy = CountingProxy(glance_v2.port)
-    try:
-        with mounted(proxy.endpoint, tmp_path / "mnt", env=mount_env(proxy.endpoint)) as mount:
-            path = by_id(mount.path, image)
-            proxy.reset()
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                assert os.pread(fd, MiB, 48 * MiB) == data[48 * MiB:49 * MiB]
-            finally:
-                os.close(fd)
-            # 1 MiB asked: a block or two plus the first prefetch window, never the image.
-            time.sleep(0.5)   # let the prefetch of the next block land
-            assert proxy.bytes_down < 5 * MiB, proxy.bytes_down
-            proxy.reset()
-            qcow_like = os.open(path, os.O_RDONLY)
-            try:
-                for off in (0, 30 * MiB, 90 * MiB):
-                    assert os.pread(qcow_like, 4096, off) == data[off:off + 4096]
-            finally:
-                os.close(qcow_like)
-            # One aligned 1 MiB block per isolated small read.
-            assert proxy.bytes_down < 3.5 * MiB, proxy.bytes_down
-    finally:
-        proxy.stop()
+    with FaultProxy("127.0.0.1", glance_v2.port) as proxy, \
+            mounted(proxy.endpoint, tmp_path / "mnt", env=mount_env(proxy.endpoint)) as mount:
+        path = by_id(mount.path, image)
+        proxy.reset_stats()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert os.pread(fd, MiB, 48 * MiB) == data[48 * MiB:49 * MiB]
+        finally:
+            os.close(fd)
+        # 1 MiB asked: a block or two plus the first prefetch window, never the image.
+        time.sleep(0.5)   # let the prefetch of the next block land
+        assert proxy.stats.bytes_from_server < 5 * MiB, proxy.stats.bytes_from_server
+        proxy.reset_stats()
+        qcow_like = os.open(path, os.O_RDONLY)
+        try:
+            for off in (0, 30 * MiB, 90 * MiB):
+                assert os.pread(qcow_like, 4096, off) == data[off:off + 4096]
+        finally:
+            os.close(qcow_like)
+        # One aligned 1 MiB block per isolated small read.
+        assert proxy.stats.bytes_from_server < 3.5 * MiB, proxy.stats.bytes_from_server
 
 
 def _hash_in_processes(paths: list[Path]) -> list[str]:
@@ -274,7 +272,9 @@ def test_statfs(mnt: Path) -> None:
 
 def test_sigterm_while_reading_unmounts(glance_v2: GlanceServer, client: Client,
                                         tmp_path: Path) -> None:
-    image = make_image(client, "mnt-term.raw", random.Random(17).randbytes(8 * MiB))
+    # Larger than what the reader gets through before the signal (with the
+    # read-ahead): what the page cache already holds is served even unmounted.
+    image = make_image(client, "mnt-term.raw", random.Random(17).randbytes(32 * MiB))
     with mounted(glance_v2.endpoint, tmp_path / "mnt") as mount:
         reader = subprocess.Popen(
             [sys.executable, "-c",
@@ -351,21 +351,19 @@ def test_disk_cache_serves_a_second_mount(glance_v2: GlanceServer, client: Clien
                                           tmp_path: Path) -> None:
     data = random.Random(19).randbytes(6 * MiB + 100)
     image = make_image(client, "mnt-cached.raw", data)
-    proxy = CountingProxy(glance_v2.port)
     cache = tmp_path / "cache"
-    try:
+    with FaultProxy("127.0.0.1", glance_v2.port) as proxy:
         for round_ in range(2):
             with mounted(proxy.endpoint, tmp_path / f"mnt{round_}", env=mount_env(
                     proxy.endpoint), options=f"cache_dir={cache},cache_size=64M") as mount:
-                proxy.reset()
+                proxy.reset_stats()
                 assert sha256_file(by_id(mount.path, image)) == hashlib.sha256(data).hexdigest()
                 if round_ == 0:
-                    assert proxy.bytes_down >= len(data)
+                    assert proxy.stats.bytes_from_server >= len(data)
                 else:
                     # Only the image's metadata (GET of the one image) went over the wire.
-                    assert proxy.bytes_down < 64 * 1024, proxy.bytes_down
-    finally:
-        proxy.stop()
+                    assert proxy.stats.bytes_from_server < 64 * 1024, \
+                        proxy.stats.bytes_from_server
     assert sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) >= len(data)
 
 

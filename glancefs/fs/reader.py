@@ -21,8 +21,9 @@ Why it is shaped this way:
   Blocks are handed to a hashing thread in order as they arrive (so hashing
   overlaps with fetching and serving), readers are held back only when the
   hashing thread falls more than ``hash_lag`` behind (bounding memory), and
-  the read that reaches the end of the file waits for the digest when every
-  block was served since offset 0, failing with EIO on a mismatch.
+  the read that reaches the end of the file waits for the digest when most
+  blocks were served since offset 0 (the rest, which the kernel's page cache
+  answered, are fetched again for the hash), failing with EIO on a mismatch.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ LOG = logging.getLogger("glancefs.fs.reader")
 MiB = 1024 * 1024
 STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
+VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
 
 
 @dataclass
@@ -216,6 +218,7 @@ class Handle:
         self.last_block = -1
         self.window = 0
         self.streams: list[Job] = []     # sequential GETs in flight, oldest first
+        self.verifying = False           # this file's reads have started a hash
 
 
 def watch_range_support(service: ImageService, on_ignored: Callable[[], None]) -> bool:
@@ -321,13 +324,17 @@ class Reader:
             LOG.debug("image %s: read %d+%d (handle window %d)", image.id, off, size,
                       handle.window)
         self._track(handle, off, end, first)
-        if off == 0 and self.config.verify and (
-                image.verifier is None or not image.verifier.active):
-            self.mismatched.discard(image.id)
-            self._start_verifier(image)
-        elif image.id in self.mismatched and last == image.nblocks - 1:
+        if off != 0 and image.id in self.mismatched and last == image.nblocks - 1:
             raise FsError(errno.EIO, "the image's data did not match its hash; "
                                      "read it again from the start to re-check")
+        if self.config.verify and (off == 0 or not handle.verifying) and (
+                image.verifier is None or not image.verifier.active):
+            # A file's first read starts the hash even when it is not at offset
+            # 0: the page cache may answer the start (_finish_verify).
+            handle.verifying = True
+            if off == 0:
+                self.mismatched.discard(image.id)
+            self._start_verifier(image)
         if handle.window and self.config.range_supported:
             # Start (or extend) the stream before waiting for this read's own
             # blocks, so its request latency overlaps theirs.
@@ -712,23 +719,40 @@ class Reader:
             verifier.feed(data)
 
     async def _finish_verify(self, image: ImageData, verifier: Verifier, serial: int) -> None:
-        """The read reaching the end: was it a full read? Then wait for the digest."""
+        """The read reaching the end: was it a full read? Then wait for the digest.
+
+        A full read need not have asked for every block: the kernel's page cache
+        answers what an earlier partial read (and its read-ahead) left there, and
+        with active data never changing (keep_cache) that can be megabytes. So a
+        read from offset 0 to the end counts as full when it was served most of
+        the image; the blocks it was not served are fetched again for the hash.
+        A reader that only touched the start and the end (``qemu-img info``) is
+        not: checking it would cost the transfer of the whole image.
+        """
         while True:
             unserved = [i for i, seen in enumerate(verifier.served) if not seen]
-            if not unserved:
-                break
-            # Earlier reads of this file may still be in flight (the kernel sends
-            # reads concurrently); wait for them before deciding.
             covering = [r for s, r in image.inflight.items() if s != serial]
-            if not all(any(a <= i <= b for a, b in covering) for i in unserved):
-                LOG.debug("image %s: not a full read from offset 0; not verified", image.id)
-                verifier.abandon()
-                return
+            # Earlier reads of this file may still be in flight (the kernel sends
+            # reads concurrently): wait for them before deciding.
+            if not any(a <= i <= b for a, b in covering for i in unserved):
+                break
             await image.read_done.wait()
-        # Blocks evicted before the hasher reached them are fetched again.
+        if len(unserved) > max(VERIFY_GAP_BLOCKS, image.nblocks // 4):
+            LOG.debug("image %s: %d of %d blocks were not read since offset 0; not verified",
+                      image.id, len(unserved), image.nblocks)
+            verifier.abandon()
+            return
+        # Blocks the page cache served, or evicted before the hasher reached
+        # them, are fetched again, a bounded run at a time.
         refetch = Handle(image)
+        lag_blocks = max(1, self.config.hash_lag // self.config.block_size)
         try:
             while verifier.active and verifier.next < verifier.nblocks:
+                wanted = [i for i in range(verifier.next, min(verifier.nblocks,
+                                                              verifier.next + lag_blocks))
+                          if (image.id, i) not in self.cache and i not in image.pending]
+                if wanted:
+                    self._request(refetch, wanted)
                 await self._wait_block(refetch, verifier.next)
                 self._advance(image, verifier)
         finally:
