@@ -18,6 +18,7 @@ LOG = logging.getLogger(__name__)
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 DEFAULT_PAGE_SIZE = 200
+WIRE_CHUNK = 64 * 1024      # chunk of an upload body (chunked encoding), as glanceclient sends
 # Fields the server owns; a user can never set them (they are still readable).
 READ_ONLY_FIELDS = frozenset({
     "id", "status", "checksum", "os_hash_algo", "os_hash_value", "size", "virtual_size",
@@ -94,6 +95,20 @@ class DataSource:
 
     def body(self) -> Iterable[bytes]:
         return SizedIterable(self, self.size) if self.size is not None else iter(self)
+
+    def wire_chunks(self) -> Iterator[bytes | memoryview]:
+        """The data as a chunked-encoding body of 64 KiB chunks, the way
+        python-glanceclient sends it. Glance (under gunicorn) reads a body 64 KiB
+        at a time and copies the rest of a larger chunk at every read: 1 MiB
+        chunks cost the server a quarter more CPU than 64 KiB ones, and a
+        Content-Length body more still, which on a busy server is upload speed."""
+        for chunk in self:
+            if len(chunk) <= WIRE_CHUNK:
+                yield chunk
+                continue
+            view = memoryview(chunk)
+            for start in range(0, len(view), WIRE_CHUNK):
+                yield view[start:start + WIRE_CHUNK]
 
 
 def _known_size(data: Any) -> int | None:
@@ -240,7 +255,7 @@ class Images:
                 ops.append({"op": "replace", "path": "/container_format", "value": container})
             self.patch(image_id, ops)
         target = "stage" if _stage else "file"
-        self.http.request("PUT", f"/v2/images/{image_id}/{target}", data=source.body(),
+        self.http.request("PUT", f"/v2/images/{image_id}/{target}", data=source.wire_chunks(),
                           headers={"Content-Type": "application/octet-stream"}).close()
         if verify and not _stage:
             source.check(image_id, self.get(image_id).get("checksum"))
