@@ -21,7 +21,9 @@ import pytest
 from glancefs.api import Client
 from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageService
+from glancefs.fs.drafts import WritePath
 from glancefs.fs.errors import FsError
+from glancefs.fs.journal import Journal, Owner
 from glancefs.fs.writer import (ChunkQueue, Janitor, PendingMeta, Spool, SpoolBudget, Upload,
                                 WriteConfig, _Abandoned, spool_from_image)
 from glancefs.testing.glance_server import GlanceServer, free_port
@@ -372,6 +374,43 @@ def test_discard_deletes_the_half_made_image(api, service, gc, config) -> None:
     assert images_named(gc, name) == []
 
 
+def test_a_dead_writers_leftover_goes_at_the_next_start_and_active_images_stay(
+        api, service, gc, config, tmp_path: Path) -> None:
+    """The Janitor's list dies with its process, the write journal does not:
+    the next mount of the endpoint deletes what a dead one left half-made,
+    and leaves alone an image that became active."""
+    journal_dir = str(tmp_path / "journal")
+    # A writer whose process is gone by the time the next one starts (another boot).
+    dead = Journal(journal_dir, api.endpoint, owner=Owner("an-earlier-boot", 4242, 1))
+    dead.open()
+    name = unique("orphan.raw")
+    orphan_upload = Upload(service, name, config, janitor=Janitor(service, journal=dead))
+    write_in_order(orphan_upload, os.urandom(2 * MiB))
+    deadline = time.monotonic() + 10
+    while orphan_upload.image_id is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphan = orphan_upload.image_id
+    assert orphan is not None
+    done_name = unique("done.raw")
+    finished = Upload(service, done_name, config, janitor=Janitor(service, journal=dead))
+    write_in_order(finished, os.urandom(MiB))
+    kept = finished.finish()
+    # As if it died after the image became active, before the journal said so.
+    dead.add(kept.id, done_name)
+    assert dead.close() == sorted([orphan, kept.id])   # the process "dies"
+    assert gc.images.get(orphan).status in ("queued", "saving")
+
+    paths = WritePath(service, config)
+    paths.start_journal(journal_dir, api.endpoint)
+    assert paths.janitor.wait_idle(30), paths.janitor.pending
+    assert images_named(gc, name) == []
+    assert gc.images.get(kept.id).status == "active"
+    paths.close()
+    orphan_upload.discard("the test is over")
+    assert os.listdir(journal_dir) == []         # a clean end leaves no journal behind
+    service.delete(kept.id)
+
+
 # -- metadata, replacing, resuming ---------------------------------------------------------
 
 
@@ -586,6 +625,11 @@ def test_write_mount_options() -> None:
     opts.spool_dir = "/x"
     apply_option_string(opts, "nospool")
     assert opts.spool_dir is None
+    assert opts.journal_dir == f"/var/tmp/glancefs-{os.getuid()}/journal"
+    apply_option_string(opts, "journal_dir=/srv/journal")
+    assert opts.journal_dir == "/srv/journal"
+    apply_option_string(opts, "journal_dir=none")
+    assert opts.journal_dir is None
 
 
 def test_field_values_from_xattrs() -> None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import random
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 
 from glancefs.testing.glance_server import GlanceServer, free_port
+from tests.conftest import fresh_glance
 from tests.mount_support import mounted
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
@@ -505,3 +509,89 @@ def test_server_killed_mid_cp(tmp_path: Path) -> None:
             assert not (mount.path / "w-doomed.raw").exists()
     finally:
         server.stop()
+
+
+def test_mount_killed_mid_cp_its_leftover_goes_at_the_next_mount(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """The mount process is SIGKILLed (an OOM kill, a crash) while ``cp``
+    streams into it: the image it was writing stays queued or saving, and its
+    Janitor died with it. The next mount of the endpoint deletes that image
+    (from the write journal) and leaves every other image alone; a mount
+    started while another one is still writing leaves that upload alone.
+
+    ``cp`` reads from a FIFO, so the test decides when the mount dies: in the
+    middle of the copy, whatever the machine's speed."""
+    with fresh_glance(tmp_path_factory, "glance-mount-crash") as server:
+        gc = glanceclient_for("2", server.endpoint)
+        before_data = os.urandom(MiB)
+        before = gc.images.create(name="w-before.raw", disk_format="raw",
+                                  container_format="bare")
+        gc.images.upload(before.id, io.BytesIO(before_data))
+        by_hand = gc.images.create(name="w-queued-by-hand", disk_format="raw",
+                                   container_format="bare")
+        opts = f"ttl=1,spool_dir={tmp_path},journal_dir={tmp_path / 'journal'}"
+        source = tmp_path / "source"
+        os.mkfifo(source)
+        stop = threading.Event()
+
+        def feed() -> None:
+            # 32 MiB, then hold the FIFO open: cp waits for more until told to stop.
+            try:
+                with open(source, "wb") as fifo:
+                    for _ in range(32):
+                        fifo.write(os.urandom(MiB))
+                    fifo.flush()
+                    stop.wait(120)
+            except BrokenPipeError:
+                pass
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            with mounted(server.endpoint, tmp_path / "mnt", options=opts) as mount:
+                cp = subprocess.Popen(["cp", str(source), str(mount.path / "w-crash.raw")],
+                                      stderr=subprocess.PIPE, text=True)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    found = named(gc, "w-crash.raw")
+                    if found and found[0].status == "saving":
+                        break
+                    time.sleep(0.1)
+                else:
+                    pytest.fail(f"the upload never started\n{mount.log_text()}")
+                leftover = found[0].id
+
+                # Another mount of the endpoint starts while this one writes.
+                with mounted(server.endpoint, tmp_path / "mnt-other", options=opts) as other:
+                    assert gc.images.get(leftover).status == "saving"
+                    other_log = other.log_text()
+                assert leftover not in other_log
+
+                os.kill(mount.proc.pid, signal.SIGKILL)
+                mount.proc.wait(timeout=10)
+                stop.set()
+                assert cp.wait(timeout=60) != 0
+                assert gc.images.get(leftover).status in ("queued", "saving")
+                run("fusermount3", "-uz", mount.path)
+
+            with mounted(server.endpoint, tmp_path / "mnt-next", options=opts) as again:
+                # Deleted before the mount was ready: never shown.
+                assert "w-crash.raw" not in os.listdir(again.path)
+                assert "w-before.raw" in os.listdir(again.path)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    ids = {i.id: i.status for i in gc.images.list()}
+                    if leftover not in ids:
+                        break
+                    time.sleep(0.5)
+                assert leftover not in ids, ids
+                log = again.log_text()
+            assert len([line for line in log.splitlines() if leftover in line]) == 1, log
+            assert "Traceback" not in log, log
+            kept = gc.images.get(before.id)
+            assert kept.status == "active"
+            assert kept.checksum == hashlib.md5(before_data).hexdigest()
+            assert gc.images.get(by_hand.id).status == "queued"
+        finally:
+            stop.set()
+            feeder.join(timeout=10)

@@ -44,7 +44,8 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                              "log=FILE, api_version=1|2, os_cloud=, os_image_url=, "
                              "block_size=SIZE (1M), prefetch_start=SIZE (1M), "
                              "spool_dir=DIR|none (/var/tmp), spool_size=SIZE (8G), "
-                             "write_buffer=SIZE (8M), replace_on_close")
+                             "write_buffer=SIZE (8M), replace_on_close, "
+                             "journal_dir=DIR|none (/var/tmp/glancefs-UID/journal)")
     parser.add_argument("-f", "--foreground", action="store_true", default=False,
                         help="stay in the foreground (logs on stderr)")
     parser.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS,
@@ -197,6 +198,9 @@ def run_mount(args: argparse.Namespace) -> int:
             opts.cache_dir = os.path.abspath(opts.cache_dir)
         if opts.log:
             opts.log = os.path.abspath(opts.log)
+        if opts.journal_dir:
+            # The daemon works from /: a relative path would move.
+            opts.journal_dir = os.path.abspath(opts.journal_dir)
         check_mountpoint(mountpoint)
     except (ValueError, MountError) as error:
         print(f"{PROG}: mount: {error}", file=sys.stderr)

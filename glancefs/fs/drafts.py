@@ -41,6 +41,7 @@ from typing import Any
 
 from glancefs.api.service import WRITABLE_FIELDS, ImageRecord, ImageService
 from glancefs.fs.errors import FsError, describe
+from glancefs.fs.journal import Journal, JournalError
 from glancefs.fs.writer import (Janitor, PendingMeta, Spool, SpoolBudget, Upload, WriteConfig,
                                 spool_from_image)
 
@@ -156,6 +157,30 @@ class WritePath:
         self._lock = threading.Lock()
         if config.spool_dir:
             os.makedirs(config.spool_dir, exist_ok=True)
+
+    def start_journal(self, directory: str, endpoint: str) -> list[str]:
+        """Keep this mount's unfinished images on disk, and delete those that
+        dead mounts of ``endpoint`` left behind (not active ones). Called before
+        the mount is ready; the deletions that the server does not take at once
+        are retried by the Janitor in the background. Returns the ids of the
+        dead mounts' images."""
+        journal = Journal(directory, endpoint)
+        try:
+            journal.open()
+        except (OSError, JournalError) as error:
+            LOG.warning("no write journal in %s (%s): if this mount dies, images it is "
+                        "writing stay behind half-made", directory, error)
+            return []
+        self.janitor.journal = journal
+        leftovers = journal.take_over()
+        if leftovers:
+            LOG.info("%d image(s) left by mounts of %s that died: deleting those not "
+                     "active", len(leftovers), journal.endpoint)
+        for left in leftovers:
+            self.janitor.discard(left.image_id,
+                                 f"{left.name!r}, left by glancefs pid {left.owner.pid}, "
+                                 "which died while writing it", unless_active=True)
+        return [left.image_id for left in leftovers]
 
     # -- the table ------------------------------------------------------------------------
 

@@ -573,6 +573,25 @@ class GlanceFS:
     def refuse_write(self, what: str) -> FsError:
         return FsError(errno.EPERM, f"{what}: images are plain files in one directory")
 
+    def start_journal(self) -> None:
+        """The write journal (glancefs.fs.journal), once the listing proved the
+        server answers: what dead mounts of this endpoint left half-made is
+        deleted, and what this mount creates is recorded. A read-only mount
+        creates nothing and deletes nothing."""
+        if self.options.ro or not self.options.journal_dir:
+            return
+        http = getattr(self.service.client, "http", None)
+        endpoint = getattr(http, "endpoint", None)
+        if not endpoint:
+            LOG.warning("no write journal: the image endpoint is not known")
+            return
+        if self.writes.start_journal(self.options.journal_dir, endpoint):
+            # The first listing still shows the leftovers just deleted.
+            try:
+                self.catalog.load(self.service.list_images())
+            except exc.ClientException as error:
+                LOG.warning("listing again after deleting leftovers failed: %s", error)
+
     def close(self) -> None:
         """The mount ends: uploads not finished are given up (and cleaned up)."""
         self.writes.close()

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from glancefs.fs.journal import default_dir as default_journal_dir
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -61,6 +63,9 @@ class MountOptions:
     spool_dir: str | None = "/var/tmp"  # local copy of files being written; none: no spool
     spool_size: int = 8 * GiB          # limit of the spool, all files together
     write_buffer: int = 8 * MiB        # data queued for an upload, per file being written
+    # Images being written, on disk, so the next mount deletes them if this one
+    # dies mid-upload (glancefs.fs.journal); none: no journal.
+    journal_dir: str | None = field(default_factory=default_journal_dir)
     replace_on_close: bool = False     # an active image opened for writing is replaced
     ro: bool = False
     allow_other: bool = False
@@ -113,6 +118,7 @@ _ALIASES = {
     "mem": "memory", "cache": "cache_dir", "logfile": "log", "log_file": "log",
     "cloud": "os_cloud", "image_url": "os_image_url", "os_image_api_version": "api_version",
     "region": "os_region_name", "spool": "spool_dir", "replace": "replace_on_close",
+    "journal": "journal_dir",
 }
 # Generic flags mount(8) or fstab may hand us; they belong to the kernel or to mount.
 KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime",
@@ -126,6 +132,7 @@ SECRET_WORDS = ("password", "token", "secret", "os_key", "credential_secret")
 _NEGATIONS: dict[str, tuple[str, Any]] = {
     "rw": ("ro", False), "noverify": ("verify", False),
     "no_allow_other": ("allow_other", False), "nospool": ("spool_dir", None),
+    "nojournal": ("journal_dir", None),
 }
 
 
@@ -170,6 +177,7 @@ def _convert(name: str, value: str | None) -> Any:
         return float(value)
     if name == "api_version":
         return value.strip().lstrip("v").split(".")[0]
-    if name == "spool_dir" and value.strip().lower() in ("", "none", "off", "no"):
+    if name in ("spool_dir", "journal_dir") and value.strip().lower() in ("", "none", "off",
+                                                                         "no"):
         return None
     return value

@@ -58,6 +58,9 @@ def prepare(service: ImageService, options: MountOptions) -> tuple[GlanceFS, Ope
     """Build the filesystem and load the first listing (raises the API's errors)."""
     fs = GlanceFS(service, options)
     fs.catalog.load(service.list_images())
+    # Before the mount is ready, so a crashed mount's leftovers go before
+    # anyone lists them; unanswered deletions are retried in the background.
+    fs.start_journal()
     return fs, Operations(fs)
 
 

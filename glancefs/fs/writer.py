@@ -26,6 +26,10 @@ Why it is shaped this way (DESIGN.md, Writing):
   (415, 413, a dead server, a mismatch) deletes the half-made image (the
   :class:`Janitor` keeps trying while the server cannot be reached) and
   raises the error, so ``close()`` and ``cp`` fail.
+* The Janitor's list is in memory, so a mount that dies mid-upload would
+  take it along: with a write journal (glancefs.fs.journal) each image is
+  also recorded on disk from its creation until it is verified or deleted,
+  and the next mount of the endpoint deletes what is left.
 
 Everything here blocks and is thread-safe; the filesystem calls it from
 trio worker threads, the tests call it directly.
@@ -48,6 +52,7 @@ from glancefs.api.formats import SNIFF_BYTES, guess_formats
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.api.v2 import DataSource
 from glancefs.fs.errors import FsError, describe
+from glancefs.fs.journal import Journal
 
 LOG = logging.getLogger("glancefs.fs.writer")
 
@@ -259,29 +264,54 @@ def _retryable(error: BaseException) -> bool:
                               exc.HTTPTooManyRequests, exc.HTTPConflict, exc.HTTPUnauthorized))
 
 
+@dataclass
+class _Job:
+    why: str
+    unless_active: bool = False   # check first: an image that is active stays
+
+
 class Janitor:
-    """Deletes images this mount left half-made.
+    """Deletes images this mount (or a dead mount before it) left half-made.
 
     A failed upload's image is deleted at once; when the server cannot be
     reached (it died mid-upload), the id is kept and deletion retried in a
     background thread every ``interval`` seconds until the server answers,
     so no queued or saving leftover survives the server's return.
+
+    With a :class:`~glancefs.fs.journal.Journal`, the images of uploads in
+    progress (:meth:`track`) and those waiting for deletion are also on disk,
+    so they outlive this process: the next mount of the endpoint deletes them.
     """
 
-    def __init__(self, service: ImageService, interval: float = 1.0) -> None:
+    def __init__(self, service: ImageService, interval: float = 1.0,
+                 journal: Journal | None = None) -> None:
         self.service = service
         self.interval = interval
-        self._pending: dict[str, str] = {}
+        self.journal = journal
+        self._pending: dict[str, _Job] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    def discard(self, image_id: str, why: str) -> bool:
-        """Delete now if possible (True), else keep trying in the background."""
-        if self._try(image_id, why):
+    def track(self, image_id: str, name: str | None) -> None:
+        """An image was created for an upload: on disk before its data is sent."""
+        if self.journal is not None:
+            self.journal.add(image_id, name)
+
+    def settled(self, image_id: str) -> None:
+        """The image is active and verified: nothing to clean up."""
+        if self.journal is not None:
+            self.journal.remove(image_id)
+
+    def discard(self, image_id: str, why: str, unless_active: bool = False) -> bool:
+        """Delete now if possible (True), else keep trying in the background.
+        ``unless_active``: an image that is active by now is left alone (the
+        leftovers of a dead mount, whose state this mount never saw)."""
+        job = _Job(why, unless_active)
+        if self._attempt(image_id, job, first=True):
             return True
         with self._cond:
-            self._pending[image_id] = why
+            self._pending[image_id] = job
             if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._run, name="glancefs-janitor",
                                                 daemon=True)
@@ -289,20 +319,43 @@ class Janitor:
             self._cond.notify_all()
         return False
 
-    def _try(self, image_id: str, why: str) -> bool:
+    def _attempt(self, image_id: str, job: _Job, first: bool) -> bool:
+        """One try; True when done with the image (deleted, gone, left alone,
+        or refused for good), False to try again."""
+        why = job.why
         try:
+            if job.unless_active:
+                status = self.service.get(image_id).status
+                if status == "active":
+                    LOG.info("image %s (%s) is active: left alone", image_id, why)
+                    self._done(image_id)
+                    return True
+                why = f"{why}; it was {status}"
             self.service.delete(image_id)
         except exc.HTTPNotFound:
+            if job.unless_active:
+                LOG.info("image %s (%s) no longer exists", image_id, why)
+            self._done(image_id)
             return True
         except exc.ClientException as error:
             if _retryable(error):
-                LOG.warning("image %s (%s) not deleted yet, will retry: %s", image_id, why,
-                            describe(error))
+                if first:
+                    LOG.warning("image %s (%s) not deleted yet, will retry: %s", image_id,
+                                why, describe(error))
                 return False
             LOG.error("image %s (%s) could not be deleted: %s", image_id, why, describe(error))
+            self._done(image_id)
             return True    # a refusal that retrying cannot change
-        LOG.info("deleted image %s (%s)", image_id, why)
+        if first:
+            LOG.info("deleted image %s (%s)", image_id, why)
+        else:
+            LOG.info("deleted image %s (%s), left behind by a failed upload", image_id, why)
+        self._done(image_id)
         return True
+
+    def _done(self, image_id: str) -> None:
+        if self.journal is not None:
+            self.journal.remove(image_id)
 
     def _run(self) -> None:
         while True:
@@ -311,19 +364,9 @@ class Janitor:
                     return
                 self._cond.wait(self.interval)
                 todo = dict(self._pending)
-            for image_id, why in todo.items():
-                try:
-                    self.service.delete(image_id)
-                except exc.HTTPNotFound:
-                    pass
-                except exc.ClientException as error:
-                    if _retryable(error):
-                        continue
-                    LOG.error("image %s (%s) could not be deleted: %s", image_id, why,
-                              describe(error))
-                else:
-                    LOG.info("deleted image %s (%s), left behind by a failed upload",
-                             image_id, why)
+            for image_id, job in todo.items():
+                if not self._attempt(image_id, job, first=False):
+                    continue
                 with self._cond:
                     self._pending.pop(image_id, None)
                     self._cond.notify_all()
@@ -347,7 +390,13 @@ class Janitor:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        if self._pending:
+        if self.journal is not None:
+            left = self.journal.close()
+            if left:
+                LOG.warning("images left half-made, kept in the write journal %s for the "
+                            "next mount of this endpoint to delete: %s", self.journal.path,
+                            ", ".join(left))
+        elif self._pending:
             LOG.warning("images left half-made (delete them by hand): %s",
                         ", ".join(sorted(self._pending)))
 
@@ -486,6 +535,7 @@ class Upload:
                 raise
             self.state = "finished"
             self.record = record
+        self.janitor.settled(record.id)
         if self.replaces and self.replaces != record.id:
             self.janitor.discard(self.replaces, f"replaced by {record.id}")
         LOG.info("uploaded %r as image %s: %d bytes, %s/%s, checksum %s", self.name, record.id,
@@ -621,6 +671,8 @@ class Upload:
         self._created_props = dict(meta.properties)
         record = self.service.create(self.name, disk, container, properties=self._created_props)
         self.image_id = record.id
+        # Recorded before any data is sent: from here on a crash leaves a leftover.
+        self.janitor.track(record.id, self.name)
         LOG.info("created image %s for %r: disk_format %s (from the %s), container_format %s",
                  record.id, self.name, disk, how if how != "default" else "default, no "
                  "signature or extension", container)
