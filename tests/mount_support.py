@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -146,68 +145,74 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-# -- a byte-counting TCP proxy -----------------------------------------------------------
+# -- the mount process's memory and connections over a run ------------------------------
 
 
-class CountingProxy:
-    """Forwards 127.0.0.1:port to an upstream port and counts the bytes the
-    server sent back (headers included), to see what a read transferred."""
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
-    def __init__(self, upstream_port: int, strip_range: bool = False) -> None:
-        self.upstream_port = upstream_port
-        self.strip_range = strip_range      # act like a server that ignores Range
-        self.bytes_down = 0
-        self.connections = 0
-        self._lock = threading.Lock()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self.port = self._listener.getsockname()[1]
-        self._stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+def tcp_connections(pid: int) -> int:
+    """TCP connections ``pid`` holds, in any state but LISTEN (``ss``)."""
+    out = subprocess.run(["ss", "-tnpH", "state", "all", "exclude", "listening"],
+                         capture_output=True, text=True, check=False).stdout
+    return sum(1 for line in out.splitlines() if f"pid={pid}," in line)
 
-    def reset(self) -> None:
-        with self._lock:
-            self.bytes_down = 0
 
-    def _accept(self) -> None:
-        while not self._stopped:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            with self._lock:
-                self.connections += 1
-            threading.Thread(target=self._pipe, args=(client, upstream, False),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True),
-                             daemon=True).start()
+def socket_fds(pid: int) -> int:
+    """Open socket descriptors of ``pid``: a leaked socket shows here whatever its state."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    count += 1
+    return count
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                if count:
-                    with self._lock:
-                        self.bytes_down += len(data)
-                elif self.strip_range and b"\r\nRange: " in data:
-                    head, _, rest = data.partition(b"\r\nRange: ")
-                    data = head + rest[rest.index(b"\r\n"):]
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    sock.close()
 
-    def stop(self) -> None:
-        self._stopped = True
-        self._listener.close()
+@dataclass(frozen=True)
+class Sample:
+    at: float          # seconds since sampling began
+    rss_kib: int
+    tcp: int
+    sockets: int
+
+
+class ResourceSampler:
+    """Samples a process's RSS, TCP connections and socket descriptors every
+    ``interval`` seconds in a thread, from ``with`` until its end."""
+
+    def __init__(self, pid: int, interval: float = 1.0) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ResourceSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.is_set():
+            self.samples.append(Sample(round(time.monotonic() - start, 1), rss_kib(self.pid),
+                                       tcp_connections(self.pid), socket_fds(self.pid)))
+            self._stop.wait(self.interval)
+
+    def window(self, first: float, last: float) -> list[Sample]:
+        """The samples from fraction ``first`` to ``last`` of the run (0.0 to 1.0)."""
+        n = len(self.samples)
+        return self.samples[int(n * first):max(int(n * last), int(n * first) + 1)]

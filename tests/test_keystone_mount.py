@@ -1,10 +1,14 @@
 """The mount logging in to a real Keystone: OS_* variables and clouds.yaml,
-a wrong password refused before mounting, and no password in ps or the log."""
+a wrong password refused before mounting, no password in ps or the log, and
+Keystone going away while the mount's token is still valid."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,3 +71,123 @@ def test_wrong_password_fails_before_mounting(cloud, tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Wr0ng-pass-9981" not in done.stderr, done.stderr
     assert not os.path.ismount(where)
+
+
+# -- Keystone down while the mount's token is still valid ------------------------------------
+
+
+MiB = 1024 * 1024
+# "Does not hang": generous. With the token cache lapsed each failed read costs
+# two rounds of the client's retries (the kernel reads twice), and reads queue
+# behind each other's retries: 4 parallel reads took 24-40 s, once over 90 s on
+# a loaded 2-core machine.
+DOWN_BOUND = 240.0
+
+
+def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    start = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=DOWN_BOUND,
+                          check=False)
+    return time.monotonic() - start, done
+
+
+def sha256_of(path: Path) -> str:
+    done = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True,
+                          timeout=DOWN_BOUND, check=True)
+    return done.stdout.split()[0]
+
+
+@pytest.fixture(params=["cached", "lapsed"])
+def token_cache(request: pytest.FixtureRequest, cloud) -> Iterator[str]:
+    """Glance as deployed (keystonemiddleware trusts a token it validated for
+    300 s, in-process), or with that cache lapsing after 3 s."""
+    if request.param == "lapsed":
+        cloud.glance.keystone["token_cache_time"] = 3
+        cloud.glance.restart()
+    try:
+        yield request.param
+    finally:
+        if request.param == "lapsed":
+            cloud.glance.keystone.pop("token_cache_time")
+            cloud.glance.restart()
+
+
+def test_keystone_down_while_the_token_is_valid(cloud, token_cache: str, tmp_path: Path
+                                                ) -> None:
+    """Keystone stopped while the mount holds a valid token (an hour's), then
+    started again: ``ls -l`` and reads answer in bounded time, and the same
+    mount works again afterwards."""
+    glance = client_from_options(AuthOptions(**cloud.info["demo"]))
+    datas = {"known": os.urandom(3 * MiB + 1), "unread": os.urandom(6 * MiB + 7)}
+    for n in range(4):
+        datas[f"par{n}"] = os.urandom(5 * MiB + n)
+    images = {k: glance.images.create(name=f"ks-{k}.raw", disk_format="raw",
+                                      container_format="bare", data=v)
+              for k, v in datas.items()}
+    want = {k: hashlib.sha256(v).hexdigest() for k, v in datas.items()}
+    env = keystone_env(cloud, **cloud.os_env("demo"))
+    outcomes: dict[str, tuple[float, subprocess.CompletedProcess[str]]] = {}
+    with mounted("", tmp_path / "mnt", options="ttl=1", env=env) as m:
+        assert sha256_of(m.path / "ks-known.raw") == want["known"]
+        assert "ks-unread.raw" in os.listdir(m.path)
+        glance_log = cloud.glance.log_file
+        glance_mark = glance_log.stat().st_size
+        mark = len(m.log_text())
+        cloud.keystone.stop()
+        try:
+            time.sleep(4 if token_cache == "lapsed" else 1.5)   # past ttl (and the cache)
+            outcomes["ls -l"] = timed(["ls", "-l", str(m.path)])
+            outcomes["read known"] = timed(["sha256sum", str(m.path / "ks-known.raw")])
+            outcomes["read unread"] = timed(["sha256sum", str(m.path / "ks-unread.raw")])
+            start = time.monotonic()
+            par = [subprocess.Popen(["sha256sum", str(m.path / f"ks-par{n}.raw")],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for n in range(4)]
+            for n, proc in enumerate(par):
+                out, err = proc.communicate(timeout=DOWN_BOUND)
+                outcomes[f"read par{n}"] = (time.monotonic() - start, subprocess.CompletedProcess(
+                    proc.args, proc.returncode, out, err))
+            outcomes["ls -l again"] = timed(["ls", "-l", str(m.path)])
+        finally:
+            cloud.keystone.start()
+        down_log = m.log_text()[mark:]
+        with open(glance_log, "rb") as f:
+            f.seek(glance_mark)
+            glance_said = f.read().decode(errors="replace")
+        # Keystone back: the same mount works again, no remount.
+        time.sleep(1.5)
+        assert {f"ks-{k}.raw" for k in datas} <= set(os.listdir(m.path))
+        for k in datas:
+            assert sha256_of(m.path / f"ks-{k}.raw") == want[k], k
+    for what, (elapsed, done) in outcomes.items():
+        print(f"\n{what}: {elapsed:.1f}s rc={done.returncode} {done.stderr.strip()}")
+    for what, (elapsed, done) in outcomes.items():
+        assert elapsed < DOWN_BOUND, what
+    # ls answers with every file (from the server, or the last listing) and a
+    # file read before is served from the page cache, either way.
+    for what in ("ls -l", "ls -l again"):
+        assert outcomes[what][1].returncode == 0, outcomes[what]
+        assert all(f"ks-{k}.raw" in outcomes[what][1].stdout for k in datas)
+    assert outcomes["read known"][1].stdout.split()[0] == want["known"]
+    unread = ["read unread"] + [f"read par{n}" for n in range(4)]
+    if token_cache == "cached":
+        # keystonemiddleware in Glance validated the token before Keystone went
+        # away and keeps it (token_cache_time, 300 s): Glance serves as usual.
+        for what in unread:
+            name = "unread" if what == "read unread" else what.split()[1]
+            assert outcomes[what][1].stdout.split()[0] == want[name], outcomes[what]
+        assert "Unable to validate token" not in glance_said
+    else:
+        # Once the cache lapses Glance cannot validate the token: with
+        # delay_auth_decision it answers 401; keystoneauth in the mount drops the
+        # token and asks Keystone for a new one, which is refused; so every read
+        # that needs the server is EIO after the client's retries, with a log
+        # line naming Keystone's URL.
+        assert "Unable to validate token" in glance_said
+        for what in unread:
+            assert outcomes[what][1].returncode != 0, outcomes[what]
+            assert "Input/output error" in outcomes[what][1].stderr, outcomes[what]
+        refusals = [ln for ln in down_log.splitlines() if ln.endswith("-> EIO")]
+        assert refusals and all("/v3/auth/tokens" in ln for ln in refusals), down_log
+    for image in images.values():
+        glance.images.delete(image.id)

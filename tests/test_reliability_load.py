@@ -12,7 +12,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import pytest
 from glancefs.api import Client
 from glancefs.testing.glance_server import GlanceServer
 from tests.conftest import fresh_glance
-from tests.mount_support import make_image, mounted
+from tests.mount_support import ResourceSampler, make_image, mounted
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -73,19 +72,6 @@ def own_glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServe
         yield server
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def tcp_connections(pid: int) -> int:
-    out = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True, check=False).stdout
-    return sum(1 for line in out.splitlines() if f"pid={pid}," in line)
-
-
 def test_16_readers_every_byte_verified_memory_and_connections_flat(
         own_glance: GlanceServer, tmp_path: Path) -> None:
     glance = Client("2", endpoint=own_glance.endpoint)
@@ -98,20 +84,8 @@ def test_16_readers_every_byte_verified_memory_and_connections_flat(
         images.append((image, copy))
     script = tmp_path / "reader.py"
     script.write_text(READER)
-    samples: list[tuple[float, int, int]] = []
-    with mounted(own_glance.endpoint, tmp_path / "mnt", options="ttl=5,memory=64M") as m:
-        pid = m.proc.pid
-        stop = threading.Event()
-
-        def sample() -> None:
-            start = time.monotonic()
-            while not stop.is_set():
-                samples.append((round(time.monotonic() - start, 1), rss_kib(pid),
-                                tcp_connections(pid)))
-                stop.wait(1.0)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+    with mounted(own_glance.endpoint, tmp_path / "mnt", options="ttl=5,memory=64M") as m, \
+            ResourceSampler(m.proc.pid) as sampler:
         procs = []
         for r in range(READERS):
             image, copy = images[r % len(images)]
@@ -125,9 +99,8 @@ def test_16_readers_every_byte_verified_memory_and_connections_flat(
             out, err = proc.communicate(timeout=RUN_SECONDS + 60)
             assert proc.returncode == 0, err
             results.append(json.loads(out))
-        stop.set()
-        sampler.join()
         log = m.log_text()
+    samples = [(s.at, s.rss_kib, s.tcp) for s in sampler.samples]
     assert all(not r["bad"] for r in results), [r["bad"] for r in results if r["bad"]]
     wholes = sum(r["whole"] for r in results)
     randoms = sum(r["random"] for r in results)

@@ -127,19 +127,27 @@ def test_503_and_429_reader_gets_right_bytes(mount, proxy, client, status: int, 
 
 
 def test_persistent_503_is_an_errno_in_bounded_time(mount, proxy, client) -> None:
+    """A 503 that outlasts the client's retries fails the read with EIO (not
+    EAGAIN, which Python's f.read() would turn into a silent None) and one log
+    line with the status and the server's message."""
     image = fresh(client, 2 * MiB)
     proxy.add(Fault(match=data_path(image), respond=http_response(
         503, "Service Unavailable", b"down for maintenance", {"Retry-After": "1"}), times=10_000))
     mark = len(mount.log_text())
     start = time.monotonic()
-    # cat, not Python: FileIO.read() turns EAGAIN into a silent None.
     done = subprocess.run(["cat", str(mount.path / ".by-id" / image.id)],
                           capture_output=True, text=True, timeout=90, check=False)
     assert time.monotonic() - start < 60
     assert done.returncode != 0 and not done.stdout
-    assert "Resource temporarily unavailable" in done.stderr, done.stderr
+    assert "Input/output error" in done.stderr, done.stderr
+    # Python sees an error too, not an empty or None read.
+    with open(mount.path / ".by-id" / image.id, "rb") as f, pytest.raises(OSError) as failed:
+        f.read()
+    assert failed.value.errno == errno.EIO
+    log = log_after(mount, mark)
+    refusals = [ln for ln in log.splitlines() if ln.endswith("-> EIO") and image.id in ln]
+    assert refusals and "HTTP 503" in refusals[0] and "down for maintenance" in refusals[0], log
     proxy.clear()
-    assert "down for maintenance" in log_after(mount, mark)
     # Once the server answers again the same file reads fine, no remount.
     assert sha256_file(mount.path / ".by-id" / image.id) == image.sha256
 

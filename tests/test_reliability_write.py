@@ -25,10 +25,11 @@ from typing import Any
 import pytest
 
 from glancefs.api import Client
+from glancefs.testing.faultproxy import FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from tests.conftest import fresh_glance
-from tests.mount_support import make_image, mounted
-from tests.test_reliability_load import READER, rss_kib
+from tests.mount_support import ResourceSampler, make_image, mounted
+from tests.test_reliability_load import READER
 
 pytestmark = [pytest.mark.mount]
 
@@ -372,18 +373,104 @@ def test_ls_while_three_uploads_run(setup: Setup) -> None:
         setup.delete_all(name)
 
 
-# -- 4. a bounded mixed soak --------------------------------------------------------------
+# -- 4. the server killed in the middle of a cp ----------------------------------------------
 
 
-SOAK_SECONDS = 35.0
+def test_server_killed_mid_cp_through_the_proxy(tmp_path_factory: pytest.TempPathFactory,
+                                                tmp_path: Path) -> None:
+    """glance-api is killed (SIGKILL, as a crash) while ``cp`` streams into it
+    through the fault proxy: the mount's connection breaks mid-body and later
+    ones are accepted by the proxy and closed unanswered. ``tests/test_mount_write.py``
+    kills a Glance the mount talks to directly (connection refused)."""
+    src = tmp_path / "big.bin"
+    block = bytearray(os.urandom(MiB))
+    with open(src, "wb") as f:
+        for n in range(512):
+            block[:8] = n.to_bytes(8, "little")
+            f.write(block)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    name = "k-doomed.raw"
+    with fresh_glance(tmp_path_factory, "glance-mortal") as server, \
+            FaultProxy("127.0.0.1", server.port) as proxy:
+        gc = glanceclient_for(server.endpoint)
+        with mounted(proxy.endpoint, tmp_path / "mnt",
+                     options=f"ttl=1,spool_dir={spool}") as m:
+            mark = len(m.log_text())
+            cp = subprocess.Popen(["cp", str(src), str(m.path / name)],
+                                  stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            doomed = []
+            while time.monotonic() < deadline and cp.poll() is None:
+                doomed = [i for i in gc.images.list() if i.name == name]
+                if doomed and doomed[0].status == "saving":
+                    break
+                time.sleep(0.05)
+            assert doomed and doomed[0].status == "saving" and cp.poll() is None, \
+                "the upload never started (or ended before the kill)"
+            server.kill()
+            assert cp.wait(timeout=120) != 0
+            err = cp.stderr.read() if cp.stderr else ""
+            # cp: error writing (or closing) '.../k-doomed.raw': Input/output error
+            assert name in err and "Input/output error" in err, err
+            server.start()
+            # The half-made image (left "saving" by the crash) is deleted by the
+            # mount once the server is back: nothing active or queued is left.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                left = [(i.id, i.name, i.status) for i in gc.images.list()]
+                if not left:
+                    break
+                time.sleep(0.5)
+            assert left == []
+            assert f"DELETE /v2/images/{doomed[0].id} " in " ".join(proxy.stats.requests)
+            assert name not in os.listdir(m.path)
+            log = m.log_text()[mark:]
+    # One line says why cp failed: the file, what broke, and the errno.
+    refusals = [ln for ln in log.splitlines() if ln.endswith("-> EIO")]
+    print(f"\ncp: {err.strip()}\nmount log:\n{log}")
+    assert len(refusals) == 1, log
+    assert name in refusals[0], refusals
+    assert "Traceback" not in log
 
-WRITER = r'''
+
+# -- 5. a bounded mixed soak --------------------------------------------------------------
+
+
+# The issue's soak: a few minutes by default; GLANCEFS_SOAK_SECONDS shortens it for a
+# local run (the memory and connection checks need about 20 s to mean anything).
+SOAK_SECONDS = float(os.environ.get("GLANCEFS_SOAK_SECONDS", "150"))
+SOAK_READERS = 16          # half sequential (sha256 of the whole file), half random pread
+SOAK_WRITERS = 4
+SOAK_IMAGES = 8            # of 8 MiB each, read by the readers
+# "Flat": the peaks of the last quarter of the run stay within these margins
+# of the peaks after warm-up (20-45 % of the run). RSS: what the mount
+# legitimately holds at one moment varies (block cache <= memory=64M, upload
+# queues of 4 writers, allocator slack). Connections: the client's pool keeps
+# idle connections up to the most requests that ever ran at once, so the count
+# steps up when readers, uploads and prefetch happen to overlap more than
+# before, and never above the pool (32) plus requests in flight. A leak of one
+# buffer or connection per operation, over the hundreds of uploads and the
+# hundreds of thousands of reads of a run, exceeds every margin.
+# RSS rises for the first 90-120 s (allocator and caches warming up under 20
+# clients), then stays flat: a 300 s run held 175-191 MiB (medians of 30 s
+# windows) from 90 s to the end over 858 uploads; a 150 s run still has part
+# of that rise between its early window and its last quarter (+18 and +29 MiB
+# in two runs), hence the margin.
+RSS_MARGIN_KIB = 48 * 1024
+CONNECTION_MARGIN = 16
+MAX_CONNECTIONS = 40
+
+WRITER = r"""
 import hashlib, json, os, random, sys, time
 mnt, prefix, seconds, seed = sys.argv[1:5]
 rng = random.Random(int(seed))
 deadline = time.monotonic() + float(seconds)
 written = {}
+bad = []
+read_back = 0
 n = 0
+previous = None
 while time.monotonic() < deadline:
     data = rng.randbytes(rng.randrange(1 << 20, 6 << 20))
     name = f"{prefix}{n:03d}.raw"
@@ -391,16 +478,28 @@ while time.monotonic() < deadline:
         for at in range(0, len(data), 1 << 17):
             f.write(data[at:at + (1 << 17)])
     written[name] = hashlib.sha512(data).hexdigest()
+    # Read the previous image back through the mount: written bytes come back.
+    if previous is not None:
+        digest = hashlib.sha512()
+        with open(os.path.join(mnt, previous), "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        if digest.hexdigest() != written[previous]:
+            bad.append(previous)
+        read_back += 1
+    previous = name
     n += 1
-print(json.dumps(written))
-'''
+print(json.dumps({"written": written, "bad": bad, "read_back": read_back}))
+"""
 
 
 @pytest.mark.slow
-def test_mixed_soak_8_readers_2_writers(own_glance: GlanceServer, tmp_path: Path) -> None:
+def test_mixed_soak_16_readers_4_writers(own_glance: GlanceServer, tmp_path: Path) -> None:
+    """16 readers and 4 writers through one mount for SOAK_SECONDS; every byte
+    checked; the mount's RSS and connections sampled every second and flat."""
     glance = Client("2", endpoint=own_glance.endpoint)
     images = []
-    for n in range(4):
+    for n in range(SOAK_IMAGES):
         data = os.urandom(8 * MiB + n * 4099)
         image = make_image(glance, f"soak-{n}.raw", data)
         copy = tmp_path / f"{image.id}.bin"
@@ -412,44 +511,72 @@ def test_mixed_soak_8_readers_2_writers(own_glance: GlanceServer, tmp_path: Path
     writer.write_text(WRITER)
     spool = tmp_path / "spool"
     spool.mkdir()
+    # timeout=120: this Glance (one worker, SQLite) under 4 uploads and 16 readers
+    # on a shared 2-core machine once answered an upload after more than the
+    # default 30 s, which fails that upload with EIO as designed (the stall
+    # tests in test_reliability_mount.py show that); the soak is about bytes
+    # and resources, not about a slow test server.
     with mounted(own_glance.endpoint, tmp_path / "mnt",
-                 options=f"ttl=2,memory=64M,spool_dir={spool}") as m:
-        rss_start = rss_kib(m.proc.pid)
+                 options=f"ttl=2,memory=64M,timeout=120,spool_dir={spool}") as m, \
+            ResourceSampler(m.proc.pid) as sampler:
         procs = []
-        for r in range(8):
-            image, copy = images[r % 4]
+        for r in range(SOAK_READERS):
+            image, copy = images[r % SOAK_IMAGES]
             procs.append(("reader", subprocess.Popen(
-                [sys.executable, str(reader), str(m.path / f"soak-{r % 4}.raw"), str(copy),
-                 image.sha256, "seq" if r % 2 == 0 else "random", str(SOAK_SECONDS), str(r)],
+                [sys.executable, str(reader), str(m.path / f"soak-{r % SOAK_IMAGES}.raw"),
+                 str(copy), image.sha256, "seq" if r % 2 == 0 else "random",
+                 str(SOAK_SECONDS), str(r)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        for w in range(2):
+        for w in range(SOAK_WRITERS):
             procs.append(("writer", subprocess.Popen(
                 [sys.executable, str(writer), str(m.path), f"soak-w{w}-", str(SOAK_SECONDS),
                  str(100 + w)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         results: dict[str, list[Any]] = {"reader": [], "writer": []}
-        rss_peak = rss_start
         for kind, proc in procs:
-            out, err = proc.communicate(timeout=SOAK_SECONDS + 90)
+            out, err = proc.communicate(timeout=SOAK_SECONDS + 180)
             assert proc.returncode == 0, err
             results[kind].append(json.loads(out))
-            rss_peak = max(rss_peak, rss_kib(m.proc.pid))
-        rss_end = rss_kib(m.proc.pid)
         log = m.log_text()
-    assert all(not r["bad"] for r in results["reader"]), \
-        [r["bad"] for r in results["reader"] if r["bad"]]
-    wholes = sum(r["whole"] for r in results["reader"])
-    randoms = sum(r["random"] for r in results["reader"])
-    written = {k: v for w in results["writer"] for k, v in w.items()}
-    assert wholes >= 4 and randoms >= 200 and len(written) >= 4, (wholes, randoms, written)
+    samples = sampler.samples
+    readers, writers = results["reader"], results["writer"]
+    assert all(not r["bad"] for r in readers), [r["bad"] for r in readers if r["bad"]]
+    assert all(not w["bad"] for w in writers), [w["bad"] for w in writers if w["bad"]]
+    wholes = sum(r["whole"] for r in readers)
+    randoms = sum(r["random"] for r in readers)
+    read = sum(r["bytes"] for r in readers)
+    read_back = sum(w["read_back"] for w in writers)
+    written = {k: v for w in writers for k, v in w["written"].items()}
+    assert wholes >= SOAK_READERS // 2 and randoms >= 400, (wholes, randoms)
+    assert all(w["written"] for w in writers) and read_back >= 1, writers
+    # Every image written is on the server, active, with the hash of what was
+    # written, and nothing else was left behind.
     gc = glanceclient_for(own_glance.endpoint)
     on_server = {i.name: i for i in gc.images.list() if (i.name or "").startswith("soak-w")}
     assert sorted(on_server) == sorted(written)
     for name, sha512 in written.items():
         image = gc.images.get(on_server[name].id)
-        assert image.status == "active"
+        assert image.status == "active", (name, image.status)
         assert image.os_hash_value == sha512, name
-    print(f"\nsoak {SOAK_SECONDS:.0f}s: {wholes} whole + {randoms} random reads verified, "
-          f"{len(written)} images written and verified; mount RSS KiB start {rss_start}, "
-          f"peak {rss_peak}, end {rss_end}")
-    assert rss_end < 512 * 1024
+    early = sampler.window(0.20, 0.45)
+    late = sampler.window(0.75, 1.0)
+
+    def peak(window: list[Any], what: str) -> int:
+        return max(getattr(s, what) for s in window)
+
+    print(f"\nsoak {SOAK_SECONDS:.0f}s, {SOAK_READERS} readers + {SOAK_WRITERS} writers: "
+          f"{wholes} whole + {randoms} random reads verified ({read / MiB:.0f} MiB), "
+          f"{len(written)} images written and verified, {read_back} read back; "
+          f"RSS KiB start {samples[0].rss_kib}, early peak {peak(early, 'rss_kib')}, late peak "
+          f"{peak(late, 'rss_kib')}, end {samples[-1].rss_kib}; TCP connections early/late "
+          f"peak {peak(early, 'tcp')}/{peak(late, 'tcp')}, socket fds early/late peak "
+          f"{peak(early, 'sockets')}/{peak(late, 'sockets')}; {len(samples)} samples")
+    print("samples (s, RSS KiB, TCP, sockets):",
+          [(s.at, s.rss_kib, s.tcp, s.sockets) for s in samples])
+    assert len(samples) >= 8, samples
+    assert peak(late, "rss_kib") <= peak(early, "rss_kib") + RSS_MARGIN_KIB, samples
+    assert peak(late, "tcp") <= peak(early, "tcp") + CONNECTION_MARGIN, samples
+    assert max(s.tcp for s in samples) <= MAX_CONNECTIONS, samples
+    # Sockets that are not TCP connections (or are, but no longer in ss): none leak.
+    assert max(s.sockets - s.tcp for s in late) <= max(s.sockets - s.tcp for s in early) + 2, \
+        samples
     assert "Traceback" not in log

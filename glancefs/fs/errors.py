@@ -14,6 +14,7 @@ into ``pyfuse3.FUSEError``.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from glancefs.api import exceptions as exc
 
 LOG = logging.getLogger("glancefs.fs")
+_REPORTED = "_glancefs_reported"     # set on an error once its line is logged
 
 
 class FsError(Exception):
@@ -47,7 +49,7 @@ TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (exc.HTTPUnsupportedMediaType, errno.EMEDIUMTYPE),  # 415 disk_format vs data
     (exc.HTTPRequestedRangeNotSatisfiable, errno.EINVAL),  # 416
     (exc.HTTPTooManyRequests, errno.EAGAIN),    # 429 still after the client's retries
-    (exc.HTTPServiceUnavailable, errno.EAGAIN),  # 503 still after the client's retries
+    (exc.HTTPServiceUnavailable, errno.EAGAIN),  # 503 still after them (EIO for a read)
     (exc.HTTPGatewayTimeout, errno.ETIMEDOUT),  # 504
     (exc.HTTPServerError, errno.EIO),           # any other 5xx
     (exc.HTTPMultipleChoices, errno.EPROTONOSUPPORT),  # 300: API version not served
@@ -69,6 +71,11 @@ _BY_OPERATION: dict[tuple[str, type[BaseException]], int] = {
     # 409 while reading: the image changed status under us; try again later.
     ("open", exc.HTTPConflict): errno.EAGAIN,
     ("read", exc.HTTPConflict): errno.EAGAIN,
+    # 503/429 that outlast the client's retries on a read: EIO, not EAGAIN. On a
+    # regular file EAGAIN means "non-blocking, no data yet": Python's f.read()
+    # returns None for it, and a reader may spin. The log line has the status.
+    ("read", exc.HTTPServiceUnavailable): errno.EIO,
+    ("read", exc.HTTPTooManyRequests): errno.EIO,
     # 409 when removing a property that is not there.
     ("removexattr", exc.HTTPConflict): errno.ENODATA,
     # 413 on a property change: over the server's property quota (DESIGN.md).
@@ -130,6 +137,13 @@ def refuse(operation: str, error: BaseException, image: Any = None,
         # Expected refusals (missing names, busy images) are not alarming.
         quiet = number in (errno.ENOENT, errno.ENODATA, errno.EAGAIN)
         level = logging.INFO if quiet else logging.WARNING
+    if getattr(error, _REPORTED, False):
+        # The same failure given again to a later call (the flush after the write
+        # that failed, every read after a broken stream): said once already.
+        level = logging.DEBUG
+    else:
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(error, _REPORTED, True)
     LOG.log(level, "%s%s: %s -> %s", operation, what, describe(error),
             errno.errorcode.get(number, str(number)))
     return number
@@ -141,6 +155,8 @@ def _image_text(image: Any) -> str:
     image_id = getattr(image, "id", None)
     if image_id is not None:
         name = getattr(image, "name", None)
+        if not image_id:    # a file whose image does not exist yet
+            return f" {name!r}" if name else ""
         return f" {name!r} ({image_id})" if name else f" ({image_id})"
     if isinstance(image, bytes):
         return " " + repr(image.decode("utf-8", "replace"))

@@ -4,11 +4,15 @@ Tests put it in front of Glance to see what the client does when a
 connection is cut in the middle of a body, when the server answers 503/429,
 or when it stalls. Faults are queued as :class:`Fault` values; each new
 connection takes the next one whose ``match`` fits the request line, so a
-test says exactly which request breaks and how. It also counts the bytes the
-server sent, so tests can check how much a read transferred.
+test says exactly which request breaks and how. It also counts the
+connections and the bytes the server sent (headers included), so tests can
+check how much a read transferred (:meth:`FaultProxy.reset_stats` starts the
+count again), and with ``strip_range=True`` it drops the ``Range`` header of
+every request, to act like a server that ignores it (v1).
 """
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -38,6 +42,10 @@ def http_response(status: int, reason: str, body: bytes = b"",
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+_RANGE_HEADER = re.compile(rb"\r\nRange:[^\r\n]*", re.IGNORECASE)
+_METHODS = (b"GET ", b"PUT ", b"POST ", b"HEAD ", b"PATCH ", b"DELETE ")
+
+
 @dataclass
 class Stats:
     connections: int = 0
@@ -46,8 +54,10 @@ class Stats:
 
 
 class FaultProxy:
-    def __init__(self, upstream_host: str, upstream_port: int, port: int = 0) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, port: int = 0,
+                 strip_range: bool = False) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.strip_range = strip_range
         self.faults: list[Fault] = []
         self.stats = Stats()
         self._lock = threading.Lock()
@@ -67,6 +77,11 @@ class FaultProxy:
     def clear(self) -> None:
         with self._lock:
             self.faults.clear()
+
+    def reset_stats(self) -> None:
+        """Count from zero again (connections, bytes, requests)."""
+        with self._lock:
+            self.stats = Stats()
 
     def start(self) -> "FaultProxy":
         self._thread.start()
@@ -115,14 +130,18 @@ class FaultProxy:
 
         def client_to_server() -> None:
             buffer = b""
+            inspected = False     # this request's line was seen (a head may span recvs)
             try:
                 while True:
                     data = client.recv(65536)
                     if not data:
                         break
                     buffer += data
-                    if buffer.startswith((b"GET ", b"PUT ", b"POST ", b"HEAD ", b"PATCH ",
-                                          b"DELETE ")) and b"\r\n" in buffer:
+                    if self.strip_range and buffer.startswith(_METHODS):
+                        # Only in a request head: a body is forwarded untouched.
+                        data = _RANGE_HEADER.sub(b"", data)
+                    if buffer.startswith(_METHODS) and b"\r\n" in buffer and not inspected:
+                        inspected = True
                         line = buffer.split(b"\r\n", 1)[0].decode("latin-1")
                         fault = self._take_fault(line)
                         if fault and fault.respond is not None:
@@ -130,7 +149,8 @@ class FaultProxy:
                             break
                         if fault:
                             state["fault"], state["sent"] = fault, 0
-                    buffer = b"" if b"\r\n\r\n" in buffer or len(buffer) > 65536 else buffer
+                    if b"\r\n\r\n" in buffer or len(buffer) > 65536:
+                        buffer, inspected = b"", False
                     upstream.sendall(data)
             except OSError:
                 pass

@@ -235,8 +235,12 @@ class GlanceServer(gunicorn_server.GunicornServer):
                 f"project_name = {k.get('project_name', 'service')}",
                 f"user_domain_id = {k.get('user_domain_id', 'default')}",
                 f"project_domain_id = {k.get('project_domain_id', 'default')}",
-                "",
             ]
+            if k.get("token_cache_time") is not None:
+                # How long keystonemiddleware trusts a token it validated (default 300 s,
+                # in-process); tests shorten it to see what happens after it lapses.
+                conf.append(f"token_cache_time = {int(k['token_cache_time'])}")
+            conf.append("")
         self.config_file.write_text("\n".join(conf))
         self.config_file.chmod(0o600)
 
