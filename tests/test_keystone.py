@@ -357,3 +357,19 @@ def test_python_api_renews_expired_tokens_between_ranged_reads(cloud, short_toke
     assert parts[0] == data and b"".join(parts[1:]) == data
     assert glance.images.get(image["id"])["status"] == "active"
     assert cloud.keystone.token_requests(UA) > before  # renewed, without a failure
+
+
+def test_keystone_unreachable_for_a_token_is_one_clear_error_without_retries(cloud, caplog):
+    """Getting a token fails: the Images request is not retried (that would only
+    ask the unreachable Keystone again), and the error says what failed."""
+    api = client_from_options(AuthOptions(**{**cloud.info["demo"], "image_url": cloud.image_url}))
+    cloud.keystone.stop()
+    try:
+        with caplog.at_level("WARNING", logger="glancefs"):
+            with pytest.raises(exc.CommunicationError) as failed:
+                list(api.images.list(limit=1))
+    finally:
+        cloud.keystone.start()
+    assert "identity service could not be reached" in str(failed.value)
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
+    assert isinstance(list(api.images.list(limit=1)), list)   # Keystone back: works again

@@ -32,6 +32,7 @@ CHUNK_SIZE = 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
 USER_AGENT = "glancefs"
 _VERSION_SUFFIX = re.compile(r"/v\d+(\.\d+)?/?$")
+_URL_IN_TEXT = re.compile(r"https?://[^\s:'\"]+(:\d+)?[^\s'\"]*")
 
 
 def strip_version(endpoint: str) -> str:
@@ -153,6 +154,12 @@ class HTTPClient:
                     connect_retries=0)
             except ks_exc.ClientException as e:
                 error = translate_keystone_error(e, method=method, url=url)
+                if self._identity_unreachable(e):
+                    # Getting a token failed, not the Images API: retrying the
+                    # request would only ask the unreachable Keystone again.
+                    raise exc.CommunicationError(
+                        f"the identity service could not be reached for a token: "
+                        f"{error.details}", method=method, url=url) from None
                 if attempt < attempts and isinstance(error, exc.CommunicationError):
                     LOG.warning("%s %s failed (%s); retry %d of %d", method, url,
                                 error.details, attempt, attempts - 1)
@@ -173,6 +180,16 @@ class HTTPClient:
                 raise error_from_response(resp, method, url)
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _identity_unreachable(self, error: ks_exc.ClientException) -> bool:
+        """A connection failure that names another address than the Images
+        endpoint: keystoneauth was asking Keystone for a token."""
+        if not isinstance(error, (ks_exc.ConnectFailure, ks_exc.ConnectTimeout)):
+            return False
+        if isinstance(self.session.auth, token_endpoint.Token) or self._endpoint is None:
+            return False
+        named = _URL_IN_TEXT.search(str(error))
+        return named is not None and not named.group(0).startswith(self._endpoint)
 
     def json_request(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self.request(method, path, **kwargs)
@@ -228,7 +245,11 @@ def translate_keystone_error(error: ks_exc.ClientException, *, method: str | Non
     """keystoneauth1's errors in our tree, with nothing secret in the text."""
     if isinstance(error, (ks_exc.ConnectFailure, ks_exc.ConnectTimeout,
                           ks_exc.SSLError, ks_exc.UnknownConnectionError)):
-        return exc.CommunicationError(_first_line(error), method=method, url=url)
+        # keystoneauth says "Unable to establish connection" for a connection
+        # that broke in the middle of a body too: say what is known.
+        text = _first_line(error).replace("Unable to establish connection to",
+                                          "connection to", 1)
+        return exc.CommunicationError(text, method=method, url=url)
     if isinstance(error, ks_exc.HttpError):
         # Keystone itself refused (wrong password, unknown project ...).
         return exc.from_status(error.http_status or 500,
