@@ -191,3 +191,35 @@ def test_keystone_down_while_the_token_is_valid(cloud, token_cache: str, tmp_pat
         assert refusals and all("/v3/auth/tokens" in ln for ln in refusals), down_log
     for image in images.values():
         glance.images.delete(image.id)
+
+
+def test_token_expiring_during_reads_through_the_mount(cloud, tmp_path: Path) -> None:
+    """Tokens that live 8 s, reads spread over more than that: the mount gets a
+    new token when its own expires, and every read gets the right bytes."""
+    lifetime = 8
+    glance = client_from_options(AuthOptions(**cloud.info["demo"]))
+    data = os.urandom(24 * 1024 * 1024 + 3)
+    image = glance.images.create(name="ks-expiring.raw", disk_format="raw",
+                                 container_format="bare", data=data)
+    cloud.keystone.restart(token_expiration=lifetime)
+    try:
+        with mounted("", tmp_path / "mnt",
+                     env=keystone_env(cloud, **cloud.os_env("demo"))) as mnt:
+            path = mnt.path / "ks-expiring.raw"
+            tokens_before = cloud.keystone.token_requests()
+            started = time.monotonic()
+            # One block at a time, far apart: each read is a new ranged GET.
+            offsets = [n * 1024 * 1024 + 17 for n in range(1, 24, 2)]
+            with open(path, "rb") as f:
+                for offset in offsets:
+                    f.seek(offset)
+                    assert f.read(4096) == data[offset:offset + 4096], offset
+                    if time.monotonic() - started < 2.5 * lifetime:
+                        time.sleep(2.5 * lifetime / len(offsets))
+            assert time.monotonic() - started > lifetime + 2
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == \
+                hashlib.sha256(data).hexdigest()
+            assert cloud.keystone.token_requests() > tokens_before   # it did log in again
+    finally:
+        cloud.keystone.restart(token_expiration=3600)
+        client_from_options(AuthOptions(**cloud.info["demo"])).images.delete(image.id)
