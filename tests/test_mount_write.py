@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,18 @@ def glanceclient_for(version: str, endpoint: str) -> Any:
 
 def named(gc: Any, name: str) -> list[Any]:
     return [i for i in gc.images.list() if getattr(i, "name", None) == name]
+
+
+def wait_saving(gc: Any, name: str, timeout: float,
+                why: Callable[[], str] = lambda: "") -> Any:
+    """The image called ``name`` once its upload is streaming (status saving)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = named(gc, name)
+        if found and found[0].status == "saving":
+            return found[0]
+        time.sleep(0.05)
+    pytest.fail(f"the upload never started\n{why()}")
 
 
 def the_image(gc: Any, name: str) -> Any:
@@ -486,14 +498,7 @@ def test_server_killed_mid_cp(tmp_path: Path) -> None:
                      options=f"ttl=1,spool_dir={tmp_path}") as mount:
             cp = subprocess.Popen(["cp", str(src), str(mount.path / "w-doomed.raw")],
                                   stderr=subprocess.PIPE, text=True)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                found = named(gc, "w-doomed.raw")
-                if found and found[0].status == "saving":
-                    break
-                time.sleep(0.05)
-            else:
-                pytest.fail("the upload never started")
+            wait_saving(gc, "w-doomed.raw", 30)
             server.kill()
             assert cp.wait(timeout=120) != 0
             err = cp.stderr.read() if cp.stderr else ""
@@ -551,15 +556,7 @@ def test_mount_killed_mid_cp_its_leftover_goes_at_the_next_mount(
             with mounted(server.endpoint, tmp_path / "mnt", options=opts) as mount:
                 cp = subprocess.Popen(["cp", str(source), str(mount.path / "w-crash.raw")],
                                       stderr=subprocess.PIPE, text=True)
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    found = named(gc, "w-crash.raw")
-                    if found and found[0].status == "saving":
-                        break
-                    time.sleep(0.1)
-                else:
-                    pytest.fail(f"the upload never started\n{mount.log_text()}")
-                leftover = found[0].id
+                leftover = wait_saving(gc, "w-crash.raw", 60, mount.log_text).id
 
                 # Another mount of the endpoint starts while this one writes.
                 with mounted(server.endpoint, tmp_path / "mnt-other", options=opts) as other:
