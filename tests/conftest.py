@@ -48,6 +48,12 @@ def glance_v1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[V1Server]:
         shutil.rmtree(store, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def client(glance_v2: GlanceServer) -> Client:
+    """A v2 client of the shared real Glance."""
+    return Client("2", endpoint=glance_v2.endpoint)
+
+
 class ApiServer:
     """A server of either version, as the contract tests see it."""
 

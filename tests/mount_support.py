@@ -137,6 +137,21 @@ def make_image(client: object, name: str | None, data: bytes, disk_format: str =
     return Image(image["id"], name, data, props)
 
 
+def images_with_copies(client: object, prefix: str, count: int, size: int,
+                       where: Path) -> list[tuple[Image, Path]]:
+    """``count`` random images of about ``size`` bytes (each a little longer than
+    the one before, so no two are alike), each with a local copy to compare
+    reads against."""
+    made = []
+    for n in range(count):
+        data = os.urandom(size + n * 4099)
+        image = make_image(client, f"{prefix}-{n}.raw", data)
+        copy = where / f"{image.id}.bin"
+        copy.write_bytes(data)
+        made.append((image, copy))
+    return made
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -148,16 +163,22 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 # -- the mount process's memory and connections over a run ------------------------------
 
 
-def rss_kib(pid: int) -> int:
-    """VmRSS of ``pid`` in KiB (0 once it is gone)."""
+def status_kib(pid: int, field: str) -> int | None:
+    """A KiB figure of /proc/PID/status (``VmRSS``, ``VmHWM``); None once
+    ``pid`` is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return None
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB (0 once it is gone)."""
+    return status_kib(pid, "VmRSS") or 0
 
 
 def tcp_connections(pid: int) -> int:

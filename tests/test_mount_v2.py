@@ -31,11 +31,6 @@ ODD_NAMES = ["a/b", "..", ".", "", None, "%", "50%", "%" * 100, "ünïcödé ña
 
 
 @pytest.fixture(scope="module")
-def client(glance_v2: GlanceServer) -> Client:
-    return Client("2", endpoint=glance_v2.endpoint)
-
-
-@pytest.fixture(scope="module")
 def images(client: Client) -> dict[str, Image]:
     rng = random.Random(3)
     made: dict[str, Image] = {}

@@ -25,7 +25,7 @@ import pytest
 
 from glancefs.testing.glance_server import GlanceServer, free_port
 from tests.conftest import fresh_glance
-from tests.mount_support import mounted
+from tests.mount_support import mounted, status_kib
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -445,20 +445,10 @@ def test_without_spool_going_back_is_refused(glance_v2: GlanceServer, tmp_path: 
     delete_all(gc, "w-back.raw")
 
 
-def vm_hwm(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
-def vm_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+def memory_bytes(pid: int, field: str) -> int:
+    kib = status_kib(pid, field)
+    assert kib is not None, f"no {field} for pid {pid}"
+    return kib * 1024
 
 
 def test_two_gib_copy_keeps_memory_flat(glance_v2: GlanceServer, tmp_path: Path) -> None:
@@ -474,9 +464,9 @@ def test_two_gib_copy_keeps_memory_flat(glance_v2: GlanceServer, tmp_path: Path)
     budget = 64 * MiB
     with mounted(glance_v2.endpoint, tmp_path / "mnt",
                  options=f"ttl=1,memory={budget},spool_dir={tmp_path}") as mount:
-        baseline = vm_rss(mount.proc.pid)
+        baseline = memory_bytes(mount.proc.pid, "VmRSS")
         run("cp", src, mount.path / "w-two.gib")
-        growth = vm_hwm(mount.proc.pid) - baseline
+        growth = memory_bytes(mount.proc.pid, "VmHWM") - baseline
     src.unlink()
     image = the_image(gc, "w-two.gib")
     assert image.size == 2048 * MiB and image.checksum == digest.hexdigest()

@@ -31,11 +31,6 @@ TOKEN = "SeCrEtToKeN123"
 
 
 @pytest.fixture(scope="module")
-def client(glance_v2: GlanceServer) -> Client:
-    return Client("2", endpoint=glance_v2.endpoint)
-
-
-@pytest.fixture(scope="module")
 def image(client: Client) -> Iterator[tuple[str, bytes]]:
     data = os.urandom(4 * MiB + 123)
     made = client.images.create(name="rel-client", disk_format="raw",

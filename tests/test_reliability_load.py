@@ -22,7 +22,7 @@ import pytest
 from glancefs.api import Client
 from glancefs.testing.glance_server import GlanceServer
 from tests.conftest import fresh_glance
-from tests.mount_support import ResourceSampler, make_image, mounted
+from tests.mount_support import ResourceSampler, images_with_copies, mounted
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -75,13 +75,7 @@ def own_glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServe
 def test_16_readers_every_byte_verified_memory_and_connections_flat(
         own_glance: GlanceServer, tmp_path: Path) -> None:
     glance = Client("2", endpoint=own_glance.endpoint)
-    images = []
-    for n in range(8):
-        data = os.urandom(12 * MiB + n * 4099)
-        image = make_image(glance, f"load-{n}.raw", data)
-        copy = tmp_path / f"{image.id}.bin"
-        copy.write_bytes(data)
-        images.append((image, copy))
+    images = images_with_copies(glance, "load", 8, 12 * MiB, tmp_path)
     script = tmp_path / "reader.py"
     script.write_text(READER)
     with mounted(own_glance.endpoint, tmp_path / "mnt", options="ttl=5,memory=64M") as m, \

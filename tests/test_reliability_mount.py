@@ -43,11 +43,6 @@ TOKEN = "SeCrEtToKeN123"
 
 
 @pytest.fixture(scope="module")
-def client(glance_v2: GlanceServer) -> Client:
-    return Client("2", endpoint=glance_v2.endpoint)
-
-
-@pytest.fixture(scope="module")
 def proxy(glance_v2: GlanceServer) -> Iterator[FaultProxy]:
     with FaultProxy("127.0.0.1", glance_v2.port) as p:
         yield p

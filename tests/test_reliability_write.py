@@ -28,7 +28,7 @@ from glancefs.api import Client
 from glancefs.testing.faultproxy import FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from tests.conftest import fresh_glance
-from tests.mount_support import ResourceSampler, make_image, mounted
+from tests.mount_support import ResourceSampler, images_with_copies, mounted
 from tests.test_reliability_load import READER
 
 pytestmark = [pytest.mark.mount]
@@ -498,13 +498,7 @@ def test_mixed_soak_16_readers_4_writers(own_glance: GlanceServer, tmp_path: Pat
     """16 readers and 4 writers through one mount for SOAK_SECONDS; every byte
     checked; the mount's RSS and connections sampled every second and flat."""
     glance = Client("2", endpoint=own_glance.endpoint)
-    images = []
-    for n in range(SOAK_IMAGES):
-        data = os.urandom(8 * MiB + n * 4099)
-        image = make_image(glance, f"soak-{n}.raw", data)
-        copy = tmp_path / f"{image.id}.bin"
-        copy.write_bytes(data)
-        images.append((image, copy))
+    images = images_with_copies(glance, "soak", SOAK_IMAGES, 8 * MiB, tmp_path)
     reader = tmp_path / "reader.py"
     reader.write_text(READER)
     writer = tmp_path / "writer.py"

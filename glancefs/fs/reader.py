@@ -68,6 +68,10 @@ class ReadConfig:
         its queue, part of ``memory``)."""
         return max(2 * self.block_size, min(32 * MiB, self.memory // 8))
 
+    @property
+    def hash_lag_blocks(self) -> int:
+        return self.hash_lag // self.block_size
+
 
 class _Stop(Exception):
     """A fetch thread was told to stop (nobody needs its blocks any more)."""
@@ -178,8 +182,9 @@ class Verifier:
         event, self.progress = self.progress, trio.Event()
         event.set()
 
-    async def wait_progress(self, seen: int) -> None:
-        """Return once more than ``seen`` blocks are hashed (or hashing ended)."""
+    async def wait_progress(self) -> None:
+        """Return once one more block is hashed (or hashing ended)."""
+        seen = self.hashed
         event = self.progress
         self.watched = True
         # Checked after setting ``watched``: a block finished before this
@@ -386,9 +391,8 @@ class Reader:
             else:
                 # Keep the hashing thread's queue (memory) bounded: wait for it
                 # rather than letting a fast reader pile blocks up behind it.
-                lag_blocks = self.config.hash_lag // bs
-                while verifier.active and verifier.backlog > lag_blocks:
-                    await verifier.wait_progress(verifier.hashed)
+                while verifier.active and verifier.backlog > self.config.hash_lag_blocks:
+                    await verifier.wait_progress()
         start = off - first * bs
         if first == last:
             return memoryview(blocks[0])[start:start + end - off]
@@ -761,7 +765,7 @@ class Reader:
         # Blocks the page cache served, or evicted before the hasher reached
         # them, are fetched again, a bounded run at a time.
         refetch = Handle(image)
-        lag_blocks = max(1, self.config.hash_lag // self.config.block_size)
+        lag_blocks = self.config.hash_lag_blocks
         try:
             while verifier.active and verifier.next < verifier.nblocks:
                 wanted = [i for i in range(verifier.next, min(verifier.nblocks,
@@ -775,7 +779,7 @@ class Reader:
             for job in refetch.streams:
                 job.cancel()
         while verifier.active and verifier.digest is None:
-            await verifier.wait_progress(verifier.hashed)
+            await verifier.wait_progress()
         if not verifier.active:
             return
         verifier.active = False
