@@ -13,13 +13,18 @@ Sections (``--only``; all by default):
   client's peak RSS (VmHWM) during a whole upload and download.
 * ``read``: sequential read through the mount, cold (fresh mount, caches dropped) and warm,
   with verification on and off; random 4 KiB reads counted through a TCP proxy; the mount's
-  peak RSS against its memory budget.
+  peak RSS against its memory budget. Also what bounds those reads on this machine: the CPU
+  seconds per GiB the mount, Glance and the reader (``cat``, ``curl``) spend, the rate that
+  work would have spread perfectly over all cores, and ``cat`` through a FUSE file system
+  that serves from memory (``scripts/fuse_ceiling.py``): FUSE's own cost here.
 * ``write``: ``cp`` into the mount vs glanceclient's upload vs ``curl -T``, the mount's peak RSS
   during the copy.
 * ``list``: ``ls -l`` of N images through the mount, cold and warm, vs ``glance image-list``.
 
 The hash rates (sha512 and md5, one core) are always measured: they are the ceiling of any
-verified read, since the hash of one stream cannot be split across cores.
+verified read, since the hash of one stream cannot be split across cores. sha512 is measured
+again while the other cores copy memory, as they do during a read: on a machine whose cores
+share a physical core or memory bandwidth, that lower rate is the ceiling a read can reach.
 
 Usage: ``scripts/bench [--size-mib N] [--images N] [--only read,write,list,client]
 [--repeat N] [--json PATH] [--workdir DIR] [--keep]``.
@@ -33,6 +38,7 @@ import importlib.util
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -246,6 +252,63 @@ def make_source(path: Path, size: int) -> tuple[str, str]:
             left -= len(piece)
             i += 1
     return md5.hexdigest(), sha512.hexdigest()
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds of every process in a process group (a gunicorn master and its workers)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid:
+                total += process_cpu(int(entry.name))
+    return total
+
+
+def children_cpu() -> float:
+    """CPU seconds of the children this process has waited for (cat, curl)."""
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
+COPIER = r'''
+import sys, time
+buf = bytearray(64 << 20)
+half = memoryview(buf)[32 << 20:]
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    buf[:32 << 20] = half
+'''
+
+
+def hash_rate_busy(name: str, total: int) -> float:
+    """The hash rate of one core while every other core copies memory.
+
+    A verified read hashes on one core while the others receive, copy and serve the data;
+    on a machine whose cores share execution units or memory bandwidth (SMT siblings in a
+    VM), that is the hash rate a reader can have, below the one of an idle machine.
+    """
+    others = max(1, (os.cpu_count() or 2) - 1)
+    copiers = [subprocess.Popen([sys.executable, "-c", COPIER, "60"]) for _ in range(others)]
+    try:
+        time.sleep(0.5)
+        return hash_rate(name, total)
+    finally:
+        for copier in copiers:
+            copier.kill()
+            copier.wait()
 
 
 def hash_rate(name: str, total: int = GiB) -> float:
@@ -601,6 +664,9 @@ class Bench:
               "MiB/s", note="ceiling of a verified read (Glance's os_hash_algo)")
         r.add("md5_rate", "md5 rate", max(hash_rate("md5", total) for _ in range(runs)),
               "MiB/s")
+        r.add("sha512_rate_busy", "sha512 rate, the other cores copying memory",
+              max(hash_rate_busy("sha512", total) for _ in range(runs)), "MiB/s",
+              note="the hash rate a verified read can have while the rest of the work runs")
 
     # -- client section ------------------------------------------------------------------
 
@@ -710,11 +776,14 @@ class Bench:
         peaks: list[float] = []
         for verify in ("on", "off"):
             cold, warm = float("inf"), float("inf")
+            cold_cpu: dict[str, float] = {}
             for i in range(self.repeat):
                 with self.cold_mount(f"verify={verify}") as m:
                     log(f"cold read, verify={verify} ({i + 1}/{self.repeat})")
                     path = self.image_path(m)
-                    cold = min(cold, self.cat(path))
+                    seconds, cpu = self.cpu_of(lambda: self.cat(path), m.pid)
+                    if seconds < cold:
+                        cold, cold_cpu = seconds, cpu
                     if i == self.repeat - 1:
                         for _ in range(self.repeat):
                             warm = min(warm, self.cat(path))
@@ -728,15 +797,24 @@ class Bench:
                   rate(self.size, cold), "MiB/s")
             r.add(f"mount_warm_verify_{verify}", f"mount warm read, verify {verify}",
                   rate(self.size, warm), "MiB/s")
+            self.add_cpu(f"mount_cold_verify_{verify}", f"cold read, verify {verify}", cold_cpu)
         self.add_reference("dl_curl")
         self.add_reference("dl_glanceclient")
+        log("curl download, counting CPU")
+        self.add_cpu("dl_curl", "curl download", self.cpu_of(self.measure_dl_curl)[1])
+        self.fuse_ceiling()
         if r.get("sha512_rate") is not None:
             r.ratio("mount_read_sha512", "mount read (verify on) / sha512 rate",
                     "mount_cold_verify_on", "sha512_rate", ">= 0.9")
+            r.ratio("mount_read_sha512_busy", "mount read (verify on) / sha512 rate, busy",
+                    "mount_cold_verify_on", "sha512_rate_busy")
         r.ratio("mount_read_glanceclient", "mount read (verify on) / glanceclient",
                 "mount_cold_verify_on", "dl_glanceclient", ">= 2")
         r.ratio("mount_read_noverify_curl", "mount read (verify off) / curl",
                 "mount_cold_verify_off", "dl_curl", ">= 0.8")
+        r.ratio("mount_read_noverify_fuse", "mount read (verify off) / FUSE from memory",
+                "mount_cold_verify_off", "fuse_ceiling")
+        r.ratio("curl_fuse", "curl / FUSE from memory", "dl_curl", "fuse_ceiling")
         self.random_reads()
         if peaks:
             r.add("mount_rss_peak", "mount peak RSS (sequential reads)",
@@ -744,6 +822,76 @@ class Bench:
             r.add("mount_rss_growth_read", "mount peak RSS growth / memory budget",
                   max(peaks) * MiB / budget, "x", "<= 1",
                   note=f"budget {budget / MiB:.0f} MiB (default memory= option)")
+
+    def cpu_of(self, step: Callable[[], float], mount_pid: int | None = None
+               ) -> tuple[float, dict[str, float]]:
+        """Run a timed step; return its seconds and the CPU seconds it cost each party."""
+        assert self.server is not None and self.server.pid is not None
+        glance = self.server.pid
+
+        def now() -> tuple[float, float, float]:
+            return (process_cpu(mount_pid) if mount_pid else 0.0, group_cpu(glance),
+                    children_cpu())
+        before = now()
+        seconds = step()
+        after = now()
+        return seconds, {name: b - a for name, a, b in zip(("file system", "Glance", "reader"),
+                                                          before, after)}
+
+    def add_cpu(self, key: str, label: str, cpu: dict[str, float]) -> None:
+        """CPU seconds per GiB of each party, and the rate that work allows on this machine:
+        with every core busy all the time, no faster than total CPU / cores."""
+        r = self.report
+        per_gib = GiB / self.size
+        for name, seconds in cpu.items():
+            if seconds > 0.005:
+                r.add(f"{key}_cpu_{name.replace(' ', '_').lower()}",
+                      f"{label}: CPU s/GiB, {name}", seconds * per_gib, "s")
+        total = sum(cpu.values()) * per_gib
+        cores = os.cpu_count() or 1
+        r.add(f"{key}_cpu_bound", f"{label}: its CPU spread over {cores} cores",
+              rate(GiB, total / cores), "MiB/s",
+              note="no run of this work can be faster on this machine")
+
+    def fuse_ceiling(self) -> None:
+        """``cat`` through a FUSE file system serving one file from memory
+        (scripts/fuse_ceiling.py): the rate and CPU of FUSE itself here."""
+        r = self.report
+        where = self.work / "fuse-ceiling"
+        where.mkdir(exist_ok=True)
+        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "fuse_ceiling.py"),
+                                 str(where), str(self.size)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while not is_mounted(where):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out = proc.stdout.read().decode(errors="replace") if proc.poll() else ""
+                    r.note(f"FUSE from memory: not available ({out.strip()[-300:]})")
+                    return
+                time.sleep(0.02)
+            best, best_cpu = float("inf"), {}
+            for i in range(self.repeat):
+                log(f"cat through a FUSE file system serving from memory ({i + 1}/{self.repeat})")
+                drop_caches()
+                seconds, cpu = self.cpu_of(lambda: self.cat(where / "data"), proc.pid)
+                if seconds < best:
+                    best, best_cpu = seconds, cpu
+        finally:
+            if is_mounted(where):
+                subprocess.run(["fusermount3", "-u", str(where)], capture_output=True,
+                               timeout=60)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+        r.add("fuse_ceiling", "cat through FUSE serving from memory", rate(self.size, best),
+              "MiB/s", note="pyfuse3 and trio as glancefs, the same read-ahead, no network")
+        best_cpu.pop("Glance", None)
+        self.add_cpu("fuse_ceiling", "FUSE from memory", best_cpu)
 
     def random_reads(self, count: int = 200, size: int = 4096) -> None:
         r = self.report
