@@ -36,7 +36,8 @@ def test_bench_runs_with_small_sizes(tmp_path: Path) -> None:
     # The mount figures, when the mount works here (a note says why otherwise).
     if not any(note.startswith("mount: not available") for note in report["notes"]):
         for key in ("mount_cold_verify_on", "mount_cold_verify_off", "random_kib_per_read",
-                    "list_ls_warm"):
+                    "list_ls_warm", "mount_hash_rate", "mount_cold_verify_on_cpu_bound",
+                    "dl_curl_cpu_bound", "fuse_ceiling"):
             assert figures[key]["value"] is not None, key
     assert "figure" in done.stdout and "sha512 rate" in done.stdout
     # Nothing is left behind: no mount, and the work directory is removed.
