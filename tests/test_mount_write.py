@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from glancefs.testing.faultproxy import Fault, FaultProxy
 from glancefs.testing.glance_server import GlanceServer, free_port
 from tests.conftest import fresh_glance
 from tests.mount_support import mounted, status_kib
@@ -582,3 +583,40 @@ def test_mount_killed_mid_cp_its_leftover_goes_at_the_next_mount(
         finally:
             stop.set()
             feeder.join(timeout=10)
+
+
+def test_mount_killed_before_the_create_was_answered_its_image_goes_at_the_next_mount(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """Glance made the image but the mount died before the answer reached it (held in a
+    proxy here; a crash or an OOM kill at that moment in life). The mount journals the id
+    it chose before asking, so the next mount still finds and deletes that image."""
+    with fresh_glance(tmp_path_factory, "glance-mount-create") as server, \
+            FaultProxy("127.0.0.1", server.port) as proxy:
+        gc = glanceclient_for("2", server.endpoint)
+        opts = f"ttl=1,spool_dir={tmp_path},journal_dir={tmp_path / 'journal'}"
+        source = write_file(tmp_path / "source.raw", os.urandom(MiB))
+        proxy.add(Fault(match="POST /v2/images", stall=120))
+        with mounted(proxy.endpoint, tmp_path / "mnt", options=opts) as mount:
+            cp = subprocess.Popen(["cp", str(source), str(mount.path / "w-unanswered.raw")],
+                                  stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            made = []
+            while not made and time.monotonic() < deadline:
+                made = [i for i in gc.images.list() if i.name == "w-unanswered.raw"]
+                time.sleep(0.2)
+            assert made, mount.log_text()
+            assert made[0].status == "queued"
+            os.kill(mount.proc.pid, signal.SIGKILL)
+            mount.proc.wait(timeout=10)
+            assert cp.wait(timeout=60) != 0
+            run("fusermount3", "-uz", mount.path)
+        proxy.clear()
+        with mounted(proxy.endpoint, tmp_path / "mnt-next", options=opts) as again:
+            assert "w-unanswered.raw" not in os.listdir(again.path)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and made[0].id in {i.id for i in gc.images.list()}:
+                time.sleep(0.5)
+            log = again.log_text()
+        with pytest.raises(Exception, match="404|not found|NotFound"):
+            gc.images.get(made[0].id)
+        assert made[0].id in log, log

@@ -142,9 +142,11 @@ class ImageService:
 
     def create(self, name: str | None, disk_format: str | None = None,
                container_format: str | None = None,
-               properties: Mapping[str, str] | None = None) -> ImageRecord:
+               properties: Mapping[str, str] | None = None,
+               image_id: str | None = None) -> ImageRecord:
+        """A new queued image; ``image_id`` chooses its id (both API versions allow it)."""
         fields: dict[str, Any] = {"name": name, "disk_format": disk_format,
-                                  "container_format": container_format}
+                                  "container_format": container_format, "id": image_id}
         fields = {k: v for k, v in fields.items() if v is not None}
         if self.version == "2":
             return self._record(self.client.images.create(**fields, **dict(properties or {})))

@@ -43,6 +43,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -294,12 +295,12 @@ class Janitor:
         self._stopped = False
 
     def track(self, image_id: str, name: str | None) -> None:
-        """An image was created for an upload: on disk before its data is sent."""
+        """An image is being created for an upload: on disk before it exists."""
         if self.journal is not None:
             self.journal.add(image_id, name)
 
     def settled(self, image_id: str) -> None:
-        """The image is active and verified: nothing to clean up."""
+        """The image is active and verified, or was never made: nothing to clean up."""
         if self.journal is not None:
             self.journal.remove(image_id)
 
@@ -669,10 +670,22 @@ class Upload:
             guess_disk, guess_container, how = guess_formats(head, self.name)
             disk, container = disk or guess_disk, container or guess_container
         self._created_props = dict(meta.properties)
-        record = self.service.create(self.name, disk, container, properties=self._created_props)
+        # The id is chosen here and journaled before the image exists, so a crash at any
+        # moment after the create leaves nothing the next mount does not know of (an id
+        # that was never created is simply not found then).
+        chosen = str(uuid.uuid4())
+        self.janitor.track(chosen, self.name)
+        try:
+            record = self.service.create(self.name, disk, container,
+                                         properties=self._created_props, image_id=chosen)
+        except BaseException:
+            self.janitor.settled(chosen)   # nothing was made
+            raise
+        if record.id != chosen:
+            # A server that picks its own ids: recorded now, before any data is sent.
+            self.janitor.track(record.id, self.name)
+            self.janitor.settled(chosen)
         self.image_id = record.id
-        # Recorded before any data is sent: from here on a crash leaves a leftover.
-        self.janitor.track(record.id, self.name)
         LOG.info("created image %s for %r: disk_format %s (from the %s), container_format %s",
                  record.id, self.name, disk, how if how != "default" else "default, no "
                  "signature or extension", container)
