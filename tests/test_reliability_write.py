@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from glancefs.api import Client
-from glancefs.testing.faultproxy import FaultProxy
+from glancefs.testing.faultproxy import Fault, FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from tests.conftest import fresh_glance
 from tests.mount_support import ResourceSampler, images_with_copies, mounted
@@ -432,6 +432,29 @@ def test_server_killed_mid_cp_through_the_proxy(tmp_path_factory: pytest.TempPat
     assert len(refusals) == 1, log
     assert name in refusals[0], refusals
     assert "Traceback" not in log
+
+
+def test_an_upload_answered_after_more_than_timeout_still_lands(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """Glance answers an upload once it has stored and hashed the whole image, which on a
+    busy server or a slow store takes longer than ``timeout`` (time without a byte). That
+    answer gets ``upload_timeout``: ``cp`` succeeds and the image is whole."""
+    data = os.urandom(4 * MiB)
+    src = tmp_path / "slow.bin"
+    src.write_bytes(data)
+    with fresh_glance(tmp_path_factory, "glance-slow-answer") as server, \
+            FaultProxy("127.0.0.1", server.port) as proxy:
+        gc = glanceclient_for(server.endpoint)
+        # The body goes through at once; the answer is held back 5 s.
+        proxy.add(Fault(match="PUT /v2/images/", stall=5))
+        with mounted(proxy.endpoint, tmp_path / "mnt",
+                     options="ttl=1,timeout=2,upload_timeout=60") as m:
+            done = subprocess.run(["cp", str(src), str(m.path / "slow-answer.raw")],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr + m.log_text()
+        [image] = [i for i in gc.images.list() if i.name == "slow-answer.raw"]
+        assert image.status == "active"
+        assert image.checksum == hashlib.md5(data).hexdigest()
 
 
 # -- 5. a bounded mixed soak --------------------------------------------------------------

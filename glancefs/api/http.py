@@ -69,6 +69,7 @@ class HTTPClient:
                  insecure: bool = False, cacert: str | None = None,
                  cert: str | None = None, key: str | None = None,
                  timeout: float | None = 600.0, connect_timeout: float = 10.0,
+                 upload_timeout: float | None = 600.0,
                  retries: int = 4, max_backoff: float = 30.0,
                  interface: str = "public", region_name: str | None = None,
                  service_type: str = "image", pool_size: int = 32,
@@ -89,6 +90,7 @@ class HTTPClient:
         self._endpoint_lock = threading.Lock()
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.upload_timeout = upload_timeout
         self.retries = retries
         self.max_backoff = max_backoff
         self.interface = interface
@@ -132,8 +134,14 @@ class HTTPClient:
 
     def request(self, method: str, path: str, *, headers: Mapping[str, str] | None = None,
                 params: Any = None, json: Any = None, data: Any = None,
-                stream: bool = False, ok: Iterable[int] = ()) -> requests.Response:
+                stream: bool = False, ok: Iterable[int] = (),
+                upload: bool = False) -> requests.Response:
         """One request; raises the exception of its error status.
+
+        ``upload``: ``data`` is image data. Its answer may take long after the
+        body (the server finishes writing and hashing the image), so it gets
+        ``upload_timeout``, while sending still fails after ``timeout`` of a
+        server that stopped reading.
 
         Safe methods are retried on connection errors, 429 and 503 (with
         Retry-After honoured); nothing else is retried, because a repeated
@@ -150,7 +158,8 @@ class HTTPClient:
                     authenticated=self.authenticated,
                     # A consumed upload body cannot be sent again after a 401.
                     allow_reauth=data is None or isinstance(data, (bytes, str)),
-                    timeout=(self.connect_timeout, self.timeout),
+                    timeout=self._upload_timeouts() if upload else
+                    (self.connect_timeout, self.timeout),
                     connect_retries=0)
             except ks_exc.ClientException as e:
                 error = translate_keystone_error(e, method=method, url=url)
@@ -180,6 +189,14 @@ class HTTPClient:
                 raise error_from_response(resp, method, url)
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _upload_timeouts(self) -> tuple[float | None, float | None]:
+        # urllib3 applies the first figure while the body is sent (its "connect"
+        # timeout covers sending) and the second to the wait for the answer.
+        if self.timeout is None:
+            return (None, self.upload_timeout)
+        answer = None if self.upload_timeout is None else max(self.timeout, self.upload_timeout)
+        return (max(self.connect_timeout, self.timeout), answer)
 
     def _identity_unreachable(self, error: ks_exc.ClientException) -> bool:
         """A connection failure that names another address than the Images

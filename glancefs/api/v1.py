@@ -162,7 +162,8 @@ class Images:
             if source.size is not None:
                 headers[META + "size"] = str(source.size)
             body = source.body()
-        answer = self.http.json_request(method, path, headers=headers, data=body)
+        answer = self.http.json_request(method, path, headers=headers, data=body,
+                                        upload=source is not None)
         image = self._model(answer["image"])
         if source is not None:
             source.check(image["id"], image.get("checksum"))

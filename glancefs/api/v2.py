@@ -256,7 +256,8 @@ class Images:
             self.patch(image_id, ops)
         target = "stage" if _stage else "file"
         self.http.request("PUT", f"/v2/images/{image_id}/{target}", data=source.wire_chunks(),
-                          headers={"Content-Type": "application/octet-stream"}).close()
+                          headers={"Content-Type": "application/octet-stream"},
+                          upload=True).close()
         if verify and not _stage:
             source.check(image_id, self.get(image_id).get("checksum"))
 

@@ -225,7 +225,8 @@ def _serve(args: argparse.Namespace, opts: MountOptions, source: str | None,
 
     auth = auth_from(args, opts, source)
     version = api_version_for(args, opts, auth)
-    client = client_from_options(auth, version=version, timeout=opts.timeout)
+    client = client_from_options(auth, version=version, timeout=opts.timeout,
+                                 upload_timeout=opts.upload_timeout)
     service = ImageService(client)
     # Fail fast at start-up: an unreachable server should not take the
     # client's whole retry schedule to be reported.

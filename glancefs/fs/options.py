@@ -59,6 +59,8 @@ class MountOptions:
     verify: bool = True                # hash-check full in-order reads
     timeout: float = 30.0              # seconds without a byte from the server before
                                        # a request fails (a stalled server -> EIO)
+    upload_timeout: float = 600.0      # seconds the server may take to answer once an
+                                       # upload's data is sent (it finishes the image)
     # The write path (glancefs.fs.writer).
     spool_dir: str | None = "/var/tmp"  # local copy of files being written; none: no spool
     spool_size: int = 8 * GiB          # limit of the spool, all files together
@@ -173,7 +175,7 @@ def _convert(name: str, value: str | None) -> Any:
         return int(value)
     if name == "umask":
         return int(value, 8)
-    if name in ("ttl", "timeout"):
+    if name in ("ttl", "timeout", "upload_timeout"):
         return float(value)
     if name == "api_version":
         return value.strip().lstrip("v").split(".")[0]
