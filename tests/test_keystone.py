@@ -371,5 +371,8 @@ def test_keystone_unreachable_for_a_token_is_one_clear_error_without_retries(clo
     finally:
         cloud.keystone.start()
     assert "identity service could not be reached" in str(failed.value)
+    # The cause, not urllib3's report of its retries around it.
+    assert str(failed.value).endswith("/v3/auth/tokens: [Errno 111] Connection refused"), \
+        str(failed.value)
     assert not [r for r in caplog.records if "retry" in r.getMessage()]
     assert isinstance(list(api.images.list(limit=1)), list)   # Keystone back: works again

@@ -223,3 +223,53 @@ def test_token_expiring_during_reads_through_the_mount(cloud, tmp_path: Path) ->
     finally:
         cloud.keystone.restart(token_expiration=3600)
         client_from_options(AuthOptions(**cloud.info["demo"])).images.delete(image.id)
+
+
+def test_keystone_down_when_the_mounts_own_token_expires(cloud, tmp_path: Path) -> None:
+    """Keystone stopped, then the mount's own token expires while it is down: the mount
+    cannot log in again. ``ls -l`` answers from the last listing, a file read before comes
+    from the page cache, a read that needs the server fails soon with EIO and a log line
+    saying the identity service could not be reached (no retries against it); with
+    Keystone back the same mount logs in again and reads everything."""
+    lifetime = 6
+    glance = client_from_options(AuthOptions(**cloud.info["demo"]))
+    datas = {"known": os.urandom(2 * MiB + 3), "unread": os.urandom(3 * MiB + 5)}
+    images = {k: glance.images.create(name=f"ks-exp-{k}.raw", disk_format="raw",
+                                      container_format="bare", data=v)
+              for k, v in datas.items()}
+    want = {k: hashlib.sha256(v).hexdigest() for k, v in datas.items()}
+    cloud.keystone.restart(token_expiration=lifetime)
+    try:
+        env = keystone_env(cloud, **cloud.os_env("demo"))
+        with mounted("", tmp_path / "mnt", options="ttl=1", env=env) as m:
+            assert sha256_of(m.path / "ks-exp-known.raw") == want["known"]
+            mark = len(m.log_text())
+            cloud.keystone.stop()
+            try:
+                time.sleep(lifetime + 2)      # the mount's token has expired
+                listing = timed(["ls", "-l", str(m.path)])
+                known = timed(["sha256sum", str(m.path / "ks-exp-known.raw")])
+                unread = timed(["sha256sum", str(m.path / "ks-exp-unread.raw")])
+            finally:
+                cloud.keystone.start()
+            down_log = m.log_text()[mark:]
+            for k in datas:
+                assert sha256_of(m.path / f"ks-exp-{k}.raw") == want[k], k
+    finally:
+        cloud.keystone.restart(token_expiration=3600)
+    print(f"\nmount log while Keystone was down:\n{down_log}")
+    for what, (elapsed, done) in (("ls -l", listing), ("known", known), ("unread", unread)):
+        print(f"\n{what}: {elapsed:.1f}s rc={done.returncode} {done.stderr.strip()}")
+        assert elapsed < 60, what
+    assert listing[1].returncode == 0 and all(f"ks-exp-{k}.raw" in listing[1].stdout
+                                              for k in datas), listing
+    assert known[1].stdout.split()[0] == want["known"]
+    assert unread[1].returncode != 0 and "Input/output error" in unread[1].stderr, unread
+    # One line for the failed read, though the kernel asked twice (read-ahead, then the read).
+    warnings = [ln for ln in down_log.splitlines() if "ks-exp-unread.raw" in ln
+                and " WARNING " in ln]
+    assert len(warnings) == 1 and warnings[0].endswith("-> EIO"), down_log
+    assert "identity service could not be reached" in warnings[0], warnings
+    glance = client_from_options(AuthOptions(**cloud.info["demo"]))
+    for image in images.values():
+        glance.images.delete(image.id)

@@ -266,7 +266,7 @@ def translate_keystone_error(error: ks_exc.ClientException, *, method: str | Non
         # that broke in the middle of a body too: say what is known.
         text = _first_line(error).replace("Unable to establish connection to",
                                           "connection to", 1)
-        return exc.CommunicationError(text, method=method, url=url)
+        return exc.CommunicationError(_without_pool_report(text), method=method, url=url)
     if isinstance(error, ks_exc.HttpError):
         # Keystone itself refused (wrong password, unknown project ...).
         return exc.from_status(error.http_status or 500,
@@ -279,6 +279,20 @@ def translate_keystone_error(error: ks_exc.ClientException, *, method: str | Non
     if isinstance(error, ks_exc.EndpointNotFound):
         return exc.ClientException(f"no image endpoint in the catalog: {_first_line(error)}")
     return exc.CommunicationError(_first_line(error), method=method, url=url)
+
+
+_POOL_REPORT = re.compile(r"HTTPS?ConnectionPool\(.*$")
+_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] [^'\")]+")
+
+
+def _without_pool_report(text: str) -> str:
+    """'connection to URL: [Errno 111] Connection refused' instead of urllib3's
+    report of its retries around it (the pool, the URL again, nested reprs)."""
+    report = _POOL_REPORT.search(text)
+    cause = _ERRNO_TEXT.search(report.group(0)) if report else None
+    if report is None or cause is None:
+        return text
+    return text[:report.start()] + cause.group(0).strip()
 
 
 def _first_line(error: Exception) -> str:

@@ -17,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import time
 from typing import Any
 
 from glancefs.api import exceptions as exc
 
 LOG = logging.getLogger("glancefs.fs")
 _REPORTED = "_glancefs_reported"     # set on an error once its line is logged
+REPEAT_WINDOW = 10.0                 # seconds in which the same line is not said again
+_recent_lines: dict[str, float] = {}  # line -> when it was last logged as a refusal
 
 
 class FsError(Exception):
@@ -137,16 +140,28 @@ def refuse(operation: str, error: BaseException, image: Any = None,
         # Expected refusals (missing names, busy images) are not alarming.
         quiet = number in (errno.ENOENT, errno.ENODATA, errno.EAGAIN)
         level = logging.INFO if quiet else logging.WARNING
-    if getattr(error, _REPORTED, False):
+    line = f"{operation}{what}: {describe(error)} -> {errno.errorcode.get(number, str(number))}"
+    if getattr(error, _REPORTED, False) or _said_lately(line):
         # The same failure given again to a later call (the flush after the write
-        # that failed, every read after a broken stream): said once already.
+        # that failed, every read after a broken stream), or failing the same way
+        # again at once (the kernel retries a failed read-ahead as a plain read):
+        # said once already.
         level = logging.DEBUG
     else:
         with contextlib.suppress(AttributeError, TypeError):
             setattr(error, _REPORTED, True)
-    LOG.log(level, "%s%s: %s -> %s", operation, what, describe(error),
-            errno.errorcode.get(number, str(number)))
+    LOG.log(level, "%s", line)
     return number
+
+
+def _said_lately(line: str) -> bool:
+    now = time.monotonic()
+    if len(_recent_lines) > 256:
+        for old in [k for k, when in _recent_lines.items() if now - when > REPEAT_WINDOW]:
+            del _recent_lines[old]
+    said = now - _recent_lines.get(line, -REPEAT_WINDOW - 1) <= REPEAT_WINDOW
+    _recent_lines[line] = now
+    return said
 
 
 def _image_text(image: Any) -> str:

@@ -580,9 +580,10 @@ class Reader:
             error = stop
         except Exception as exc:  # handed to the readers waiting for these blocks
             error = exc
-            if not job.cancelled:
-                LOG.warning("fetching blocks %d-%d of image %s failed: %s", job.first,
-                            job.last - 1, image.id, exc)
+            # Not a warning: each read this fails says why (fs.errors.refuse), and
+            # a failed prefetch nobody waits for is fetched again when read.
+            LOG.debug("fetching blocks %d-%d of image %s failed: %s", job.first,
+                      job.last - 1, image.id, exc)
         finally:
             job.done = True
             image.jobs.discard(job)
