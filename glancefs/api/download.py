@@ -94,8 +94,11 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
             # (retries + 1)^2 read timeouts). Only a body that broke after the
             # server answered is resumed here.
             if attempts_left <= 0 or isinstance(error, exc.CommunicationError):
+                # The request's own error names the method and the URL again: say them once.
+                where, why = (error.url, error.details) if isinstance(
+                    error, exc.CommunicationError) and error.url else (path, error)
                 raise exc.CommunicationError(
-                    f"download of {path} failed at byte {pos}: {error}") from None
+                    f"download of {where} failed at byte {pos}: {why}") from None
             attempts_left -= 1
             LOG.warning("download of %s broke at byte %d (%s); resuming", path, pos,
                         _short(error))

@@ -809,6 +809,3 @@ class Reader:
                 self.nursery.start_soon(trio.to_thread.run_sync, disk.drop_image, image_id)
             else:
                 disk.drop_image(image_id)
-
-    def describe(self) -> dict[str, Any]:
-        return {"cached_bytes": self.cache.used, "open_images": len(self.images), **self.stats}
