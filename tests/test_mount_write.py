@@ -44,16 +44,23 @@ def named(gc: Any, name: str) -> list[Any]:
     return [i for i in gc.images.list() if getattr(i, "name", None) == name]
 
 
-def wait_saving(gc: Any, name: str, timeout: float,
+def wait_status(gc: Any, name: str, status: str, timeout: float,
                 why: Callable[[], str] = lambda: "") -> Any:
-    """The image called ``name`` once its upload is streaming (status saving)."""
+    """The image called ``name`` once it has ``status`` (saving: its upload is streaming)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = named(gc, name)
-        if found and found[0].status == "saving":
+        if found and found[0].status == status:
             return found[0]
         time.sleep(0.05)
-    pytest.fail(f"the upload never started\n{why()}")
+    pytest.fail(f"no image {name!r} became {status}\n{why()}")
+
+
+def wait_gone(gc: Any, name: str, timeout: float) -> None:
+    """Until no image is called ``name`` (the caller asserts what is left)."""
+    deadline = time.monotonic() + timeout
+    while named(gc, name) and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def the_image(gc: Any, name: str) -> Any:
@@ -489,7 +496,7 @@ def test_server_killed_mid_cp(tmp_path: Path) -> None:
                      options=f"ttl=1,spool_dir={tmp_path}") as mount:
             cp = subprocess.Popen(["cp", str(src), str(mount.path / "w-doomed.raw")],
                                   stderr=subprocess.PIPE, text=True)
-            wait_saving(gc, "w-doomed.raw", 30)
+            wait_status(gc, "w-doomed.raw", "saving", 30)
             server.kill()
             assert cp.wait(timeout=120) != 0
             err = cp.stderr.read() if cp.stderr else ""
@@ -547,7 +554,7 @@ def test_mount_killed_mid_cp_its_leftover_goes_at_the_next_mount(
             with mounted(server.endpoint, tmp_path / "mnt", options=opts) as mount:
                 cp = subprocess.Popen(["cp", str(source), str(mount.path / "w-crash.raw")],
                                       stderr=subprocess.PIPE, text=True)
-                leftover = wait_saving(gc, "w-crash.raw", 60, mount.log_text).id
+                leftover = wait_status(gc, "w-crash.raw", "saving", 60, mount.log_text).id
 
                 # Another mount of the endpoint starts while this one writes.
                 with mounted(server.endpoint, tmp_path / "mnt-other", options=opts) as other:
@@ -566,12 +573,8 @@ def test_mount_killed_mid_cp_its_leftover_goes_at_the_next_mount(
                 # Deleted before the mount was ready: never shown.
                 assert "w-crash.raw" not in os.listdir(again.path)
                 assert "w-before.raw" in os.listdir(again.path)
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    ids = {i.id: i.status for i in gc.images.list()}
-                    if leftover not in ids:
-                        break
-                    time.sleep(0.5)
+                wait_gone(gc, "w-crash.raw", 60)
+                ids = {i.id: i.status for i in gc.images.list()}
                 assert leftover not in ids, ids
                 log = again.log_text()
             assert len([line for line in log.splitlines() if leftover in line]) == 1, log
@@ -599,13 +602,7 @@ def test_mount_killed_before_the_create_was_answered_its_image_goes_at_the_next_
         with mounted(proxy.endpoint, tmp_path / "mnt", options=opts) as mount:
             cp = subprocess.Popen(["cp", str(source), str(mount.path / "w-unanswered.raw")],
                                   stderr=subprocess.PIPE, text=True)
-            deadline = time.monotonic() + 60
-            made = []
-            while not made and time.monotonic() < deadline:
-                made = [i for i in gc.images.list() if i.name == "w-unanswered.raw"]
-                time.sleep(0.2)
-            assert made, mount.log_text()
-            assert made[0].status == "queued"
+            made = wait_status(gc, "w-unanswered.raw", "queued", 60, mount.log_text)
             os.kill(mount.proc.pid, signal.SIGKILL)
             mount.proc.wait(timeout=10)
             assert cp.wait(timeout=60) != 0
@@ -613,10 +610,26 @@ def test_mount_killed_before_the_create_was_answered_its_image_goes_at_the_next_
         proxy.clear()
         with mounted(proxy.endpoint, tmp_path / "mnt-next", options=opts) as again:
             assert "w-unanswered.raw" not in os.listdir(again.path)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and made[0].id in {i.id for i in gc.images.list()}:
-                time.sleep(0.5)
+            wait_gone(gc, "w-unanswered.raw", 60)
             log = again.log_text()
         with pytest.raises(Exception, match="404|not found|NotFound"):
-            gc.images.get(made[0].id)
-        assert made[0].id in log, log
+            gc.images.get(made.id)
+        assert made.id in log, log
+
+
+def test_a_create_whose_answer_is_lost_leaves_no_image(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """Glance made the image but the connection broke before its answer arrived: ``cp``
+    fails, and the mount deletes the image it had chosen the id of (it may exist)."""
+    with fresh_glance(tmp_path_factory, "glance-create-lost") as server, \
+            FaultProxy("127.0.0.1", server.port) as proxy:
+        gc = glanceclient_for("2", server.endpoint)
+        source = write_file(tmp_path / "source.raw", os.urandom(MiB))
+        proxy.add(Fault(match="POST /v2/images", cut_after=0))
+        with mounted(proxy.endpoint, tmp_path / "mnt",
+                     options=f"ttl=1,spool_dir={tmp_path}") as mount:
+            done = run("cp", source, mount.path / "w-lost-answer.raw", check=False)
+            assert done.returncode != 0
+            assert "Input/output error" in done.stderr, done.stderr
+            wait_gone(gc, "w-lost-answer.raw", 30)
+            assert named(gc, "w-lost-answer.raw") == [], mount.log_text()

@@ -678,8 +678,13 @@ class Upload:
         try:
             record = self.service.create(self.name, disk, container,
                                          properties=self._created_props, image_id=chosen)
-        except BaseException:
-            self.janitor.settled(chosen)   # nothing was made
+        except BaseException as error:
+            if isinstance(error, exc.ClientException) and error.code and error.code < 500:
+                self.janitor.settled(chosen)   # refused: nothing was made
+            else:
+                # No answer (a connection that broke, a timeout): the server may have
+                # made the image all the same.
+                self.janitor.discard(chosen, f"its create was not answered ({error})")
             raise
         if record.id != chosen:
             # A server that picks its own ids: recorded now, before any data is sent.
