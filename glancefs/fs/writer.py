@@ -300,7 +300,8 @@ class Janitor:
             self.journal.add(image_id, name)
 
     def settled(self, image_id: str) -> None:
-        """The image is active and verified, or was never made: nothing to clean up."""
+        """Nothing to clean up: the image is active and verified, deleted, gone, or
+        was never made."""
         if self.journal is not None:
             self.journal.remove(image_id)
 
@@ -329,14 +330,14 @@ class Janitor:
                 status = self.service.get(image_id).status
                 if status == "active":
                     LOG.info("image %s (%s) is active: left alone", image_id, why)
-                    self._done(image_id)
+                    self.settled(image_id)
                     return True
                 why = f"{why}; it was {status}"
             self.service.delete(image_id)
         except exc.HTTPNotFound:
             if job.unless_active:
                 LOG.info("image %s (%s) no longer exists", image_id, why)
-            self._done(image_id)
+            self.settled(image_id)
             return True
         except exc.ClientException as error:
             if _retryable(error):
@@ -345,18 +346,14 @@ class Janitor:
                                 why, describe(error))
                 return False
             LOG.error("image %s (%s) could not be deleted: %s", image_id, why, describe(error))
-            self._done(image_id)
+            self.settled(image_id)
             return True    # a refusal that retrying cannot change
         if first:
             LOG.info("deleted image %s (%s)", image_id, why)
         else:
             LOG.info("deleted image %s (%s), left behind by a failed upload", image_id, why)
-        self._done(image_id)
+        self.settled(image_id)
         return True
-
-    def _done(self, image_id: str) -> None:
-        if self.journal is not None:
-            self.journal.remove(image_id)
 
     def _run(self) -> None:
         while True:
