@@ -282,7 +282,14 @@ def translate_keystone_error(error: ks_exc.ClientException, *, method: str | Non
 
 
 _POOL_REPORT = re.compile(r"HTTPS?ConnectionPool\(.*$")
-_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] [^'\")]+")
+_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+def connection_cause(text: str) -> str | None:
+    """The system's words for why a connection failed ('Connection refused'),
+    found in a failed request's text, or None."""
+    cause = _ERRNO_TEXT.search(text)
+    return cause.group(1).strip() if cause else None
 
 
 def _without_pool_report(text: str) -> str:

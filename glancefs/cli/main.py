@@ -461,15 +461,16 @@ def failure_line(name: str | None, error: BaseException, debug: bool = False) ->
 def unreachable(error: Any, text: str) -> str:
     """'cannot reach http://host:port (Connection refused)' rather than
     urllib3's nested retry report."""
-    import re
     from urllib.parse import urlsplit
 
+    from glancefs.api.http import connection_cause
+
     url = getattr(error, "url", None) or ""
-    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    if not url or not match:
+    cause = connection_cause(text)
+    if not url or not cause:
         return text
     parts = urlsplit(url)
-    return f"cannot reach {parts.scheme}://{parts.netloc} ({match.group(1).strip()})"
+    return f"cannot reach {parts.scheme}://{parts.netloc} ({cause})"
 
 
 def _silence_stdout() -> None:

@@ -19,7 +19,6 @@ import argparse
 import logging
 import logging.handlers
 import os
-import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -153,6 +152,7 @@ def setup_logging(opts: MountOptions, background: bool) -> None:
 def failure_text(error: BaseException, endpoint: str | None = None) -> str:
     """One line for the user: what failed, and what the server said."""
     from glancefs.api import exceptions as exc
+    from glancefs.api.http import connection_cause
     from glancefs.auth import AuthConfigError
     from glancefs.fs.session import MountError
 
@@ -168,8 +168,7 @@ def failure_text(error: BaseException, endpoint: str | None = None) -> str:
         target = url.split("/v")[0] if url else "the server"
         # keystoneauth's text repeats the URL and urllib3's retry story; the
         # errno line is what the user needs.
-        cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-        return f"cannot reach {target}: {cause.group(1) if cause else text}"
+        return f"cannot reach {target}: {connection_cause(text) or text}"
     if isinstance(error, exc.HTTPMultipleChoices):
         return f"the server does not offer this Images API version: {text}"
     if isinstance(error, MountError):
