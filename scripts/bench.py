@@ -255,26 +255,31 @@ def make_source(path: Path, size: int) -> tuple[str, str]:
     return md5.hexdigest(), sha512.hexdigest()
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after the command name (which may hold spaces); None once gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _cpu_seconds(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+
+
 def process_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) a process has used; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    fields = _stat_fields(pid)
+    return _cpu_seconds(fields) if fields else 0.0
 
 
 def group_cpu(pgid: int) -> float:
     """CPU seconds of every process in a process group (a gunicorn master and its workers)."""
     total = 0.0
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid:
-                total += process_cpu(int(entry.name))
+        fields = _stat_fields(entry.name) if entry.name.isdigit() else None
+        if fields and int(fields[2]) == pgid:
+            total += _cpu_seconds(fields)
     return total
 
 
@@ -385,14 +390,17 @@ class Mount:
         self.start_seconds = 0.0
         self.baseline_rss: int | None = None
 
+    def command(self) -> list[str]:
+        opts = ",".join(filter(None, ["api_version=2", f"log={self.log}", self.options]))
+        return [sys.executable, "-m", "glancefs.cli.mount_helper", "glance", str(self.path),
+                "-f", "-o", opts]
+
     def start(self) -> Mount:
         self.path.mkdir(parents=True, exist_ok=True)
-        opts = ",".join(filter(None, ["api_version=2", f"log={self.log}", self.options]))
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         env["OS_IMAGE_URL"] = self.endpoint
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        cmd = [sys.executable, "-m", "glancefs.cli.mount_helper", "glance", str(self.path),
-               "-f", "-o", opts]
+        cmd = self.command()
         start = time.perf_counter()
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -446,6 +454,19 @@ class Mount:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class MemoryFileMount(Mount):
+    """scripts/fuse_ceiling.py: one file of ``size`` bytes served from memory, at
+    ``MOUNTPOINT/data``, started and stopped as a glancefs mount is."""
+
+    def __init__(self, where: Path, size: int) -> None:
+        super().__init__("", where)
+        self.size = size
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(ROOT / "scripts" / "fuse_ceiling.py"), str(self.path),
+                str(self.size)]
 
 
 # -- the benchmark -------------------------------------------------------------------------
@@ -845,37 +866,22 @@ class Bench:
         """``cat`` through a FUSE file system serving one file from memory
         (scripts/fuse_ceiling.py): the rate and CPU of FUSE itself here."""
         r = self.report
-        where = self.work / "fuse-ceiling"
-        where.mkdir(exist_ok=True)
-        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "fuse_ceiling.py"),
-                                 str(where), str(self.size)], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        ceiling = MemoryFileMount(self.work / "fuse-ceiling", self.size)
         try:
-            deadline = time.monotonic() + 30
-            while not is_mounted(where):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out = proc.stdout.read().decode(errors="replace") if proc.poll() else ""
-                    r.note(f"FUSE from memory: not available ({out.strip()[-300:]})")
-                    return
-                time.sleep(0.02)
+            ceiling.start()
+        except RuntimeError as error:
+            r.note(f"FUSE from memory: not available ({' '.join(str(error).split())[:300]})")
+            return
+        try:
             best, best_cpu = float("inf"), {}
             for i in range(self.repeat):
                 log(f"cat through a FUSE file system serving from memory ({i + 1}/{self.repeat})")
                 drop_caches()
-                seconds, cpu = self.cpu_of(lambda: self.cat(where / "data"), proc.pid)
+                seconds, cpu = self.cpu_of(lambda: self.cat(ceiling.path / "data"), ceiling.pid)
                 if seconds < best:
                     best, best_cpu = seconds, cpu
         finally:
-            if is_mounted(where):
-                subprocess.run(["fusermount3", "-u", str(where)], capture_output=True,
-                               timeout=60)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+            ceiling.stop()
         r.add("fuse_ceiling", "cat through FUSE serving from memory", rate(self.size, best),
               "MiB/s", note="pyfuse3 and trio as glancefs, the same read-ahead, no network")
         best_cpu.pop("Glance", None)
