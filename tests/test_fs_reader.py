@@ -174,6 +174,12 @@ def test_error_table() -> None:
     assert errors.errno_for(exc.CommunicationError("x", method="GET", url="u")) == \
         errno.EHOSTUNREACH
     assert errors.errno_for(exc.CommunicationError("download broke")) == errno.EIO
+    # No answer in time: "timed out" for metadata, an I/O error for a read.
+    late = exc.DeadlineExceeded("no answer within 10 s", method="GET", url="u")
+    assert errors.errno_for(late, "lookup") == errno.ETIMEDOUT
+    assert errors.errno_for(late, "read") == errno.EIO
+    assert errors.errno_for(exc.CommunicationError("refused", method="GET", url="u"),
+                            "read") == errno.EIO
     assert errors.errno_for(exc.HTTPServiceUnavailable("x")) == errno.EAGAIN
     # A read gets EIO: EAGAIN on a regular file makes Python's f.read() return None.
     assert errors.errno_for(exc.HTTPServiceUnavailable("x"), "read") == errno.EIO

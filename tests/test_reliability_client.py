@@ -125,6 +125,37 @@ def test_stall_longer_than_read_timeout_errors_in_bounded_time(proxy, image) -> 
     assert len(file_gets(proxy)) <= 3
 
 
+@pytest.mark.parametrize("kind", ["stall", "hold", "refused"])
+def test_the_deadline_covers_the_retries(proxy, kind: str) -> None:
+    """With ``deadline``, a request is answered or fails within it, however
+    many retries it had left: the retries happen inside it."""
+    if kind == "refused":
+        endpoint = f"http://127.0.0.1:{free_closed_port()}"
+    else:
+        endpoint = proxy.endpoint
+        proxy.add(Fault(match="GET /v2/images", stall=60, times=100) if kind == "stall"
+                  else Fault(hold=True, times=100))
+    glance = Client("2", endpoint=endpoint, timeout=30, deadline=2.5, retries=4)
+    start = time.monotonic()
+    with pytest.raises(exc.CommunicationError) as failed:
+        list(glance.images.list())
+    elapsed = time.monotonic() - start
+    proxy.clear()
+    assert elapsed < 2.5 + 1.5, elapsed
+    if kind != "refused":
+        assert isinstance(failed.value, exc.DeadlineExceeded)
+        assert "no answer within 2.5 s" in str(failed.value)
+    else:
+        assert "refused" in str(failed.value)
+
+
+def free_closed_port() -> int:
+    """A port nothing listens on: connections to it are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_stall_shorter_than_read_timeout_is_waited_for(proxy, image) -> None:
     image_id, data = image
     proxy.add(Fault(match="/file ", stall=1.5))

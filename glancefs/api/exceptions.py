@@ -7,7 +7,9 @@ of HTML and JSON wrapping) and ``request_id`` where the server sent one::
 
     ClientException
     +-- CommunicationError         the server could not be reached, or the
-    |                              connection failed and could not be resumed
+    |   |                          connection failed and could not be resumed
+    |   +-- DeadlineExceeded       no answer within the request's overall
+    |                              deadline (its retries included)
     +-- InvalidResponse            the server answered something malformed:
     |   |                          bad JSON, a short body, a Content-Range
     |   |                          that does not match the request
@@ -67,6 +69,11 @@ class ClientException(Exception):
 
 class CommunicationError(ClientException):
     """The server could not be reached or the connection broke."""
+
+
+class DeadlineExceeded(CommunicationError):
+    """No answer within the overall deadline of a request, its retries and
+    back-off included (``HTTPClient.deadline``)."""
 
 
 class InvalidResponse(ClientException):

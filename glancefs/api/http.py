@@ -8,6 +8,7 @@ without the caller noticing. Its debug log masks tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import random
@@ -15,6 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -57,11 +59,32 @@ class SizedIterable:
         return iter(self._chunks)
 
 
+@dataclass(frozen=True)
+class _Deadline:
+    at: float          # time.monotonic() by which the answer must be here
+    seconds: float     # the whole allowance, for the error message
+
+
 class HTTPClient:
     """Sends requests to one Images endpoint through a keystoneauth1 session.
 
     ``endpoint`` may be given (with or without a version suffix); otherwise it
     is looked up in the service catalog as the ``image`` service.
+
+    Time limits, and why there are three:
+
+    * ``connect_timeout``: opening a connection. Short, so a refused or
+      unroutable server is known in seconds.
+    * ``timeout``: the longest wait for a byte from the server (the socket's
+      read timeout). A stalled body fails after it.
+    * ``deadline``: the overall limit of one request until its answer's
+      headers, retries and back-off included (the retries happen inside it,
+      never after it); ``None`` (the command line's default, as
+      python-glanceclient) bounds each attempt only. The mount sets it, and
+      :meth:`within` gives the requests of one thread a tighter one (a
+      metadata operation's). Uploads are not bounded by it: their data takes
+      as long as it takes, and ``upload_timeout`` bounds the wait for the
+      answer after the data.
     """
 
     def __init__(self, endpoint: str | None = None, *, token: str | None = None,
@@ -69,7 +92,7 @@ class HTTPClient:
                  insecure: bool = False, cacert: str | None = None,
                  cert: str | None = None, key: str | None = None,
                  timeout: float | None = 600.0, connect_timeout: float = 10.0,
-                 upload_timeout: float | None = 600.0,
+                 upload_timeout: float | None = 600.0, deadline: float | None = None,
                  retries: int = 4, max_backoff: float = 30.0,
                  interface: str = "public", region_name: str | None = None,
                  service_type: str = "image", pool_size: int = 32,
@@ -85,12 +108,19 @@ class HTTPClient:
             session = ks_session.Session(auth=auth, verify=verify, cert=client_cert,
                                          user_agent=USER_AGENT)
         self.session = session
+        if getattr(session, "timeout", None) is None and timeout is not None:
+            # keystoneauth asks Keystone for tokens with the session's own
+            # timeout, which is none at all: a stalled Keystone would hold a
+            # request forever.
+            session.timeout = timeout
         self._mount_pool(session, pool_size)
         self._endpoint = strip_version(endpoint) if endpoint else None
         self._endpoint_lock = threading.Lock()
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.upload_timeout = upload_timeout
+        self.deadline = deadline
+        self._local = threading.local()    # the deadline set by within(), per thread
         self.retries = retries
         self.max_backoff = max_backoff
         self.interface = interface
@@ -132,6 +162,29 @@ class HTTPClient:
     def url(self, path: str) -> str:
         return self.endpoint + path
 
+    @contextlib.contextmanager
+    def within(self, seconds: float | None) -> Iterator[None]:
+        """Requests made by this thread inside the block get their answer
+        within ``seconds`` in all (the tighter of this and an enclosing
+        deadline), or raise :class:`DeadlineExceeded`. None: no change."""
+        outer = getattr(self._local, "deadline", None)
+        if seconds is not None:
+            at = time.monotonic() + seconds
+            if outer is None or at < outer.at:
+                self._local.deadline = _Deadline(at, seconds)
+        try:
+            yield
+        finally:
+            self._local.deadline = outer
+
+    def _request_deadline(self) -> _Deadline | None:
+        chosen = getattr(self._local, "deadline", None)
+        if self.deadline is not None:
+            own = _Deadline(time.monotonic() + self.deadline, self.deadline)
+            if chosen is None or own.at < chosen.at:
+                chosen = own
+        return chosen
+
     def request(self, method: str, path: str, *, headers: Mapping[str, str] | None = None,
                 params: Any = None, json: Any = None, data: Any = None,
                 stream: bool = False, ok: Iterable[int] = (),
@@ -149,8 +202,14 @@ class HTTPClient:
         """
         url = self.url(path)
         attempts = self.retries + 1 if method in SAFE_METHODS else 1
+        deadline = None if upload else self._request_deadline()
         delay = 0.5
+        last_error: str | None = None
         for attempt in range(1, attempts + 1):
+            if upload:
+                timeouts = self._upload_timeouts()
+            else:
+                timeouts = self._timeouts(deadline, method, url, attempt, last_error)
             try:
                 resp = self.session.request(
                     url, method, headers=dict(headers or {}), params=params, json=json,
@@ -158,9 +217,7 @@ class HTTPClient:
                     authenticated=self.authenticated,
                     # A consumed upload body cannot be sent again after a 401.
                     allow_reauth=data is None or isinstance(data, (bytes, str)),
-                    timeout=self._upload_timeouts() if upload else
-                    (self.connect_timeout, self.timeout),
-                    connect_retries=0)
+                    timeout=timeouts, connect_retries=0)
             except ks_exc.ClientException as e:
                 error = translate_keystone_error(e, method=method, url=url)
                 if self._identity_unreachable(e):
@@ -169,26 +226,68 @@ class HTTPClient:
                     raise exc.CommunicationError(
                         f"the identity service could not be reached for a token: "
                         f"{error.details}", method=method, url=url) from None
+                if isinstance(error, exc.CommunicationError) and deadline is not None and \
+                        time.monotonic() >= deadline.at - 0.1:
+                    # The attempt ran into the deadline (its timeouts end there).
+                    raise self._expired(deadline, method, url, attempt, error.details) from None
                 if attempt < attempts and isinstance(error, exc.CommunicationError):
-                    LOG.warning("%s %s failed (%s); retry %d of %d", method, url,
+                    wait = _jitter(delay)
+                    if not self._time_for(deadline, wait):
+                        raise error from None   # what failed says more than the clock
+                    LOG.log(self._retry_level, "%s %s failed (%s); retry %d of %d", method, url,
                                 error.details, attempt, attempts - 1)
-                    time.sleep(_jitter(delay))
+                    time.sleep(wait)
                     delay = min(delay * 2, self.max_backoff)
+                    last_error = error.details
                     continue
                 raise error from None
             if resp.status_code in RETRY_STATUSES and attempt < attempts:
                 wait = retry_after(resp.headers.get("Retry-After"), default=delay,
                                    cap=self.max_backoff)
-                LOG.warning("%s %s answered %d; retry %d of %d in %.1fs", method, url,
-                            resp.status_code, attempt, attempts - 1, wait)
-                resp.close()
-                time.sleep(wait)
-                delay = min(delay * 2, self.max_backoff)
-                continue
+                if self._time_for(deadline, wait):
+                    LOG.log(self._retry_level, "%s %s answered %d; retry %d of %d in %.1fs", method, url,
+                                resp.status_code, attempt, attempts - 1, wait)
+                    resp.close()
+                    time.sleep(wait)
+                    delay = min(delay * 2, self.max_backoff)
+                    last_error = f"HTTP {resp.status_code}"
+                    continue
+                # No time left to wait for a retry: the server's own answer says why.
             if resp.status_code >= 300 and resp.status_code not in ok:
                 raise error_from_response(resp, method, url)
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _timeouts(self, deadline: _Deadline | None, method: str, url: str, attempt: int,
+                  last_error: str | None) -> tuple[float | None, float | None]:
+        """(connect, read) timeouts of one attempt: never past the deadline."""
+        if deadline is None:
+            return (self.connect_timeout, self.timeout)
+        left = deadline.at - time.monotonic()
+        if left <= 0:
+            raise self._expired(deadline, method, url, attempt - 1, last_error)
+        read = left if self.timeout is None else min(self.timeout, left)
+        return (min(self.connect_timeout, left), read)
+
+    @property
+    def _retry_level(self) -> int:
+        # The command line tells its user why it is slow; a mount logs the
+        # failure once, when it is given up on (fs.errors), not every retry.
+        return logging.WARNING if self.deadline is None else logging.DEBUG
+
+    @staticmethod
+    def _time_for(deadline: _Deadline | None, wait: float) -> bool:
+        """Whether a retry after ``wait`` seconds still has time to be answered."""
+        return deadline is None or time.monotonic() + wait + 0.5 < deadline.at
+
+    @staticmethod
+    def _expired(deadline: _Deadline | None, method: str, url: str, attempts: int,
+                 last_error: str | None) -> exc.DeadlineExceeded:
+        seconds = deadline.seconds if deadline is not None else 0.0
+        tried = f" ({attempts} attempt{'s' if attempts != 1 else ''}" \
+            f"{', last: ' + last_error if last_error else ''})" if attempts else ""
+        return exc.DeadlineExceeded(f"no answer within {seconds:g} s{tried}",
+                                    method=method, url=url)
 
     def _upload_timeouts(self) -> tuple[float | None, float | None]:
         # urllib3 applies the first figure while the body is sent (its "connect"

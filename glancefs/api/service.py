@@ -8,6 +8,7 @@ changes v1 cannot make.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -130,6 +131,13 @@ class ImageService:
     def ranges_ignored(self) -> bool:
         """True once the server answered a ranged GET with the whole image."""
         return self.client.http.range_ignored
+
+    @contextlib.contextmanager
+    def within(self, seconds: float | None) -> Iterator[None]:
+        """Calls made by this thread inside the block are answered within
+        ``seconds`` in all, retries included, or raise ``DeadlineExceeded``."""
+        with self.client.http.within(seconds):
+            yield
 
     def _record(self, raw: Mapping[str, Any]) -> ImageRecord:
         return ImageRecord.from_v2(raw) if self.version == "2" else ImageRecord.from_v1(raw)

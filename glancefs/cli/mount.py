@@ -224,7 +224,10 @@ def _serve(args: argparse.Namespace, opts: MountOptions, source: str | None,
 
     auth = auth_from(args, opts, source)
     version = api_version_for(args, opts, auth)
+    # Every request the mount makes has an overall deadline (retries inside
+    # it): a stalled server costs a reader `timeout`, never the retry schedule.
     client = client_from_options(auth, version=version, timeout=opts.timeout,
+                                 deadline=opts.timeout, connect_timeout=opts.connect_timeout,
                                  upload_timeout=opts.upload_timeout)
     service = ImageService(client)
     # Fail fast at start-up: an unreachable server should not take the

@@ -2,8 +2,19 @@
 
 One ``list_images()`` call (the API client follows the pages) serves every
 ``readdir``, ``lookup`` and ``getattr`` for ``ttl`` seconds; nothing here
-asks the server per entry. A refresh that fails keeps the previous listing
-(and logs why) rather than making the whole mount disappear.
+asks the server per entry.
+
+Why refreshing is shaped this way (stale-while-revalidate): a mount lives in
+shells, prompts and ``find`` runs, and a server that is slow, stalled or dead
+must not hold them. Once the listing is older than ``ttl``, the next caller
+starts one refresh in the background and waits for it at most
+``FRESH_WAIT`` (a healthy server answers in that time, so callers see fresh
+data); every caller after it answers from the last good listing at once. A
+refresh ends within ``deadline`` (the mount's ``metadata_timeout``), and one
+that fails is logged once, keeps the listing as it was, and is tried again
+with back-off (``RETRY_FIRST`` doubling up to the ``ttl``). An entry goes
+only when a listing that succeeded no longer has it. A name not in the
+listing waits for a refresh in flight (bounded by its deadline), never longer.
 
 Inodes are stable for the life of the mount: an image keeps its inode across
 refreshes and renames, and ``name`` and ``.by-id/<id>`` lead to the same
@@ -14,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -24,6 +36,10 @@ from glancefs.fs.errors import describe
 
 LOG = logging.getLogger("glancefs.fs.catalog")
 
+T = TypeVar("T")
+FRESH_WAIT = 0.3     # seconds a caller waits for a refresh in flight before the old listing
+RETRY_FIRST = 1.0    # seconds after a failed refresh before the next try; doubles
+
 ROOT_INODE = 1
 BY_ID_INODE = 2
 BY_ID_NAME = b".by-id"
@@ -32,10 +48,12 @@ FIRST_IMAGE_INODE = 3
 
 class Catalog:
     def __init__(self, service: ImageService, ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 deadline: float = 10.0) -> None:
         self.service = service
         self.ttl = ttl
         self.clock = clock
+        self.deadline = deadline
         self.records: dict[str, ImageRecord] = {}
         self.listed: set[str] = set()            # ids in the last listing
         self.by_name: dict[bytes, str] = {}
@@ -44,9 +62,19 @@ class Catalog:
         self._inode_of: dict[str, int] = {}
         self._id_of: dict[int, str] = {}
         self._next_inode = FIRST_IMAGE_INODE
-        self._lock = trio.Lock()
         self.limiter = trio.CapacityLimiter(4)
         self.on_change: Callable[[list[int]], None] | None = None
+        # Background refreshes run here once the mount serves (start()).
+        self.nursery: trio.Nursery | None = None
+        self._refreshing: trio.Event | None = None   # set when the refresh in flight ends
+        self._refresh_started = 0.0                  # trio time it started
+        self._failures = 0                           # failed refreshes in a row
+        self._retry_at: float | None = None          # no new refresh before (clock)
+        self._last_error: BaseException | None = None
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Refreshes run in the background from now on."""
+        self.nursery = nursery
 
     # -- loading -----------------------------------------------------------
 
@@ -69,27 +97,91 @@ class Catalog:
     def stale(self) -> bool:
         return self.fetched_at is None or self.clock() - self.fetched_at >= self.ttl
 
-    async def refresh(self, force: bool = False) -> None:
-        """Re-list when stale; one listing at a time, concurrent callers share it."""
-        if not force and not self.stale():
+    async def refresh(self, wait: float = FRESH_WAIT) -> None:
+        """Make the listing fresh if the server answers within ``wait`` seconds
+        (counted from when the refresh in flight started); else return and
+        let callers use the last good listing. Raises only when there has
+        never been a listing to answer from."""
+        first = self.fetched_at is None
+        if not first and not self.stale():
             return
-        started = self.clock()
-        async with self._lock:
-            if self.fetched_at is not None and self.fetched_at >= started and not force:
-                return   # someone refreshed while we waited
-            try:
-                records = await trio.to_thread.run_sync(self.service.list_images,
-                                                        limiter=self.limiter)
-            except exc.ClientException as error:
-                if self.fetched_at is None:
-                    raise
-                LOG.warning("listing images failed, keeping the previous listing: %s",
-                            describe(error))
-                self.fetched_at = self.clock()   # do not hammer a failing server
-                return
-            changed = self.load(records)
-            if changed and self.on_change is not None:
-                self.on_change(changed)
+        if self._refreshing is None:
+            if not first and self._retry_at is not None and self.clock() < self._retry_at:
+                return   # the last try failed just now: answer from the listing
+            self._refreshing = trio.Event()
+            self._refresh_started = trio.current_time()
+            if first or self.nursery is None:
+                await self._refresh()   # nothing to answer from, or not serving yet
+            else:
+                self.nursery.start_soon(self._refresh)
+        done = self._refreshing
+        if done is not None:
+            allowed = self.deadline + 2.0 if first else wait
+            left = self._refresh_started + allowed - trio.current_time()
+            if left > 0:
+                with trio.move_on_after(left):
+                    await done.wait()
+        if first and self.fetched_at is None:
+            raise self._last_error or exc.DeadlineExceeded(
+                f"no listing within {self.deadline:g} s")
+
+    @property
+    def refreshing(self) -> bool:
+        return self._refreshing is not None
+
+    async def _refresh(self) -> None:
+        """One listing, within ``deadline``; the outcome is logged and kept.
+        ``_refreshing`` is set by the caller and cleared here."""
+        try:
+            records = await self.ask(self.service.list_images)
+        except Exception as error:  # noqa: BLE001 - a background task must not end the mount
+            self._failed(error)
+        else:
+            self._loaded(records)
+        finally:
+            done, self._refreshing = self._refreshing, None
+            if done is not None:
+                done.set()
+
+    async def ask(self, fn: Callable[..., T], *args: Any,
+                  limiter: trio.CapacityLimiter | None = None) -> T:
+        """A metadata request in a worker thread, answered within ``deadline``
+        or ``DeadlineExceeded``. The HTTP layer's deadline covers the retries;
+        this one also covers what it cannot see (a token request, a full
+        connection pool): the caller is answered in time, and the thread ends
+        on its own later."""
+        def call() -> T:
+            with self.service.within(self.deadline):
+                return fn(*args)
+        with trio.move_on_after(self.deadline + 1.0):
+            return await trio.to_thread.run_sync(call, limiter=limiter or self.limiter,
+                                                 abandon_on_cancel=True)
+        raise exc.DeadlineExceeded(f"no answer within {self.deadline:g} s")
+
+    def _failed(self, error: Exception) -> None:
+        self._last_error = error
+        self._failures += 1
+        pause = min(RETRY_FIRST * 2 ** (self._failures - 1), max(RETRY_FIRST, self.ttl))
+        self._retry_at = self.clock() + pause
+        if self.fetched_at is None:
+            return   # the caller raises it
+        if self._failures == 1:
+            LOG.warning("listing images failed, answering from the listing of %.0f s ago "
+                        "until the server answers: %s", self.clock() - self.fetched_at,
+                        describe(error))
+        else:
+            LOG.debug("listing images failed again (%d in a row; next try in %.0f s): %s",
+                      self._failures, pause, describe(error))
+
+    def _loaded(self, records: list[ImageRecord]) -> None:
+        if self._failures and self.fetched_at is not None:
+            LOG.info("listing images works again (after %d failed tries)", self._failures)
+        self._failures = 0
+        self._retry_at = None
+        self._last_error = None
+        changed = self.load(records)
+        if changed and self.on_change is not None:
+            self.on_change(changed)
 
     # -- inodes -------------------------------------------------------------------
 
@@ -122,8 +214,7 @@ class Catalog:
         if record is not None:
             return record
         try:
-            record = await trio.to_thread.run_sync(self.service.get, image_id,
-                                                   limiter=self.limiter)
+            record = await self.ask(self.service.get, image_id)
         except exc.HTTPNotFound:
             return None
         except exc.HTTPBadRequest:

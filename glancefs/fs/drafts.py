@@ -47,6 +47,7 @@ from glancefs.fs.writer import (Janitor, PendingMeta, Spool, SpoolBudget, Upload
 
 LOG = logging.getLogger("glancefs.fs.drafts")
 
+CLOSE_WAIT = 2.0          # seconds the mount's end waits for each unfinished upload
 REOPEN_WINDOW = 60.0      # seconds a closed written file may be reopened to go on
 # user.glance.* fields a user may set (through setxattr) on an image or a draft.
 SETTABLE_FIELDS = frozenset({"min_disk", "min_ram", "protected", "visibility", "tags"})
@@ -538,13 +539,15 @@ class WritePath:
                 finally:
                     file.lock.release()
 
-    def close(self) -> None:
-        """The mount ends: what is not uploaded now never will be."""
+    def close(self, wait: float = CLOSE_WAIT) -> None:
+        """The mount ends: what is not uploaded now never will be. An upload
+        thread stuck on a stalled server is waited for ``wait`` seconds at
+        most; its image stays in the journal for the next mount."""
         for file in list(self.files.values()):
             if file.writing and file.upload is not None:
                 LOG.warning("%r was still being written at unmount: its upload is given up",
                             file.name)
-                file.upload.discard("the mount ended")
+                file.upload.discard("the mount ended", wait=wait)
             elif file.draft:
                 LOG.info("%r never received data: no image was made", file.name)
             if file.spool is not None:

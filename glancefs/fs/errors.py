@@ -59,6 +59,7 @@ TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (exc.HTTPException, errno.EIO),
     (exc.NoUniqueMatch, errno.EINVAL),
     (exc.UnsupportedVersion, errno.EPROTONOSUPPORT),
+    (exc.DeadlineExceeded, errno.ETIMEDOUT),    # no answer within the deadline
     (exc.CommunicationError, errno.EHOSTUNREACH),  # see errno_for: EIO mid-transfer
     (exc.ClientException, errno.EIO),
     (TimeoutError, errno.ETIMEDOUT),
@@ -79,6 +80,9 @@ _BY_OPERATION: dict[tuple[str, type[BaseException]], int] = {
     # returns None for it, and a reader may spin. The log line has the status.
     ("read", exc.HTTPServiceUnavailable): errno.EIO,
     ("read", exc.HTTPTooManyRequests): errno.EIO,
+    # A read the server did not serve in time, or could not be asked for: an
+    # I/O error of the read (what cat and cp report), whatever the network did.
+    ("read", exc.CommunicationError): errno.EIO,
     # 409 when removing a property that is not there.
     ("removexattr", exc.HTTPConflict): errno.ENODATA,
     # 413 on a property change: over the server's property quota (DESIGN.md).

@@ -50,6 +50,7 @@ STATUS_ERRNO: dict[str, tuple[int, str]] = {
 }
 # Attributes of images that may still change are trusted this long at most.
 UNSETTLED_TIMEOUT = 1.0
+CLOSE_DEADLINE = 3.0       # seconds the mount's end gives the server, all requests
 NO_QUOTA_FREE = 1 << 50    # "unlimited": what df shows as free without a quota
 
 
@@ -70,13 +71,13 @@ class GlanceFS:
     def __init__(self, service: ImageService, options: MountOptions) -> None:
         self.service = service
         self.options = options
-        self.catalog = Catalog(service, options.ttl)
+        self.catalog = Catalog(service, options.ttl, deadline=options.metadata_timeout)
         disk = (DiskCache(options.cache_dir, options.cache_size, options.block_size)
                 if options.cache_dir else None)
         self.reader = Reader(service, ReadConfig(
             block_size=options.block_size, prefetch_start=options.prefetch_start,
             prefetch_max=options.prefetch_max, memory=options.memory, verify=options.verify,
-            range_supported=service.version != "1"), disk)
+            range_supported=service.version != "1", deadline=options.timeout), disk)
         self.handles: dict[int, Handle] = {}
         self._xattrs: dict[str, tuple[ImageRecord, dict[bytes, bytes]]] = {}
         self.writes = WritePath(service, WriteConfig(
@@ -130,6 +131,11 @@ class GlanceFS:
             if file is not None:
                 return self.written_attr(file)
             record = self.catalog.lookup(name)
+            if record is None and self.catalog.refreshing:
+                # A name not in the last listing: worth the wait for the listing
+                # in flight (bounded by its deadline), not worth a request of its own.
+                await self.catalog.refresh(wait=self.catalog.deadline + 2.0)
+                record = self.catalog.lookup(name)
         elif parent == BY_ID_INODE:
             await self.catalog.refresh()
             try:
@@ -178,8 +184,7 @@ class GlanceFS:
         if record.status != "active":
             # The listing may be old: ask the server about this one image.
             try:
-                record = await trio.to_thread.run_sync(self.service.get, record.id,
-                                                       limiter=self.catalog.limiter)
+                record = await self.catalog.ask(self.service.get, record.id)
             except exc.HTTPNotFound:
                 raise FsError(errno.ENOENT, "the image no longer exists") from None
             self.catalog.update(record)
@@ -279,8 +284,7 @@ class GlanceFS:
         now = trio.current_time()
         if self._usage is None or now - self._usage[0] >= self.options.ttl:
             try:
-                usage = await trio.to_thread.run_sync(self.service.usage,
-                                                      limiter=self.catalog.limiter)
+                usage = await self.catalog.ask(self.service.usage)
             except exc.ClientException as error:
                 refuse("statfs", error)
                 usage = None
@@ -307,8 +311,15 @@ class GlanceFS:
     # -- the write path (glancefs.fs.drafts and glancefs.fs.writer) ---------------------
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Blocking write-path work (HTTP, the spool, a full upload queue)."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.write_limiter)
+        """Blocking write-path work (HTTP, the spool, a full upload queue).
+        Abandoned when cancelled (the mount ends): the thread finishes alone."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.write_limiter,
+                                             abandon_on_cancel=True)
+
+    async def _ask(self, fn: Callable[..., T], *args: Any) -> T:
+        """A request a metadata change waits on (rm, mv, setfattr): answered
+        within ``metadata_timeout``."""
+        return await self.catalog.ask(fn, *args, limiter=self.write_limiter)
 
     def _written(self, inode: int) -> WrittenFile | None:
         file = self.writes.get(inode)
@@ -484,7 +495,7 @@ class GlanceFS:
             await self._thread(self.writes.unlink, target)
         else:
             ids = {target.id}
-            await self._thread(self.service.delete, target.id)
+            await self._ask(self.service.delete, target.id)
         for image_id in ids:
             self.catalog.forget(image_id)
             self.reader.forget_data(image_id)
@@ -516,7 +527,7 @@ class GlanceFS:
             record = await self._thread(self.writes.rename, source, new_name)
             source.shown = new
         else:
-            record = await self._thread(self.service.rename, source, new_name)
+            record = await self._ask(self.service.rename, source, new_name)
         if record is not None:
             self.catalog.add(record, new)
         if target is not None:
@@ -550,22 +561,22 @@ class GlanceFS:
         record = self.catalog.record(inode)
         if record is None:
             raise FsError(errno.ENOENT, f"inode {inode} is not an image")
-        record = await self._thread(self.service.get, record.id)   # changes from a fresh view
+        record = await self._ask(self.service.get, record.id)   # changes from a fresh view
         if kind == "core":
             if value is None:
                 raise FsError(errno.EPERM, f"user.glance.{key} cannot be removed")
-            record = await self._thread(self.service.set_field, record, key,
-                                        parse_field(key, value))
+            record = await self._ask(self.service.set_field, record, key,
+                                     parse_field(key, value))
         elif value is None:
             if key not in record.properties:
                 raise FsError(errno.ENODATA, f"no property {key!r}")
-            record = await self._thread(self.service.remove_property, record, key)
+            record = await self._ask(self.service.remove_property, record, key)
         else:
             try:
                 text = value.decode("utf-8")
             except UnicodeDecodeError:
                 raise FsError(errno.EINVAL, "property values must be UTF-8") from None
-            record = await self._thread(self.service.set_property, record, key, text)
+            record = await self._ask(self.service.set_property, record, key, text)
         self.catalog.update(record)
         if file is not None and file.image is not None and file.image.id == record.id:
             file.image = record
@@ -593,5 +604,8 @@ class GlanceFS:
                 LOG.warning("listing again after deleting leftovers failed: %s", error)
 
     def close(self) -> None:
-        """The mount ends: uploads not finished are given up (and cleaned up)."""
-        self.writes.close()
+        """The mount ends: uploads not finished are given up (and cleaned up).
+        Bounded whatever the server does: what cannot be deleted within
+        CLOSE_DEADLINE stays in the write journal for the next mount."""
+        with self.service.within(CLOSE_DEADLINE):
+            self.writes.close()

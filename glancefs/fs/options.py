@@ -58,7 +58,12 @@ class MountOptions:
     cache_size: int = 4 * GiB          # limit of the on-disk cache
     verify: bool = True                # hash-check full in-order reads
     timeout: float = 30.0              # seconds without a byte from the server before
-                                       # a request fails (a stalled server -> EIO)
+                                       # a request fails (a stalled server -> EIO); also
+                                       # the deadline of a read of data not cached
+    metadata_timeout: float = 10.0     # deadline of a request an ls, stat, getfattr,
+                                       # rm or mv waits on, its retries included
+    connect_timeout: float = 5.0       # seconds to open a connection (refused or
+                                       # unroutable servers are known this fast)
     upload_timeout: float = 600.0      # seconds the server may take to answer once an
                                        # upload's data is sent (it finishes the image)
     # The write path (glancefs.fs.writer).
@@ -108,6 +113,9 @@ class MountOptions:
             raise ValueError("api_version must be 1 or 2")
         if self.ttl < 0:
             raise ValueError("ttl cannot be negative")
+        for name in ("timeout", "metadata_timeout", "connect_timeout", "upload_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be more than 0 seconds")
         if self.write_buffer < 64 * KiB:
             raise ValueError("write_buffer must be at least 64K")
 
@@ -175,7 +183,7 @@ def _convert(name: str, value: str | None) -> Any:
         return int(value)
     if name == "umask":
         return int(value, 8)
-    if name in ("ttl", "timeout", "upload_timeout"):
+    if name in ("ttl", "timeout", "upload_timeout", "metadata_timeout", "connect_timeout"):
         return float(value)
     if name == "api_version":
         return value.strip().lstrip("v").split(".")[0]

@@ -61,6 +61,8 @@ class ReadConfig:
     verify: bool = True
     fetch_threads: int = 32          # HTTP requests in flight, all files
     range_supported: bool = True     # False for servers that ignore Range (v1)
+    deadline: float = 30.0           # seconds a read waits for a block while its
+                                     # fetch makes no progress, then EIO
 
     @property
     def hash_lag(self) -> int:
@@ -549,12 +551,27 @@ class Reader:
             if pending is None:
                 self._request(handle, [index])
                 pending = image.pending[index]
-            await pending.event.wait()
+            await self._arrival(image, index, pending)
             if pending.data is not None:
                 return pending.data
             if pending.error is not None and not isinstance(pending.error, _Stop):
                 raise pending.error
         raise FsError(errno.EIO, f"block {index} of image {image.id} could not be fetched")
+
+    async def _arrival(self, image: ImageData, index: int, pending: Pending) -> None:
+        """Wait for ``pending`` while its fetch makes progress; EIO once it has
+        made none for ``deadline`` seconds (a stalled or unanswering server).
+        A stream still on its way to the block (a server without Range sends
+        everything before it) is progress, however far it has to go."""
+        job = pending.job
+        while True:
+            seen = job.position
+            with trio.move_on_after(self.config.deadline):
+                await pending.event.wait()
+                return
+            if job.position == seen:
+                raise FsError(errno.EIO, f"image {image.id}: no data from the server for "
+                              f"{self.config.deadline:g} s (block {index})")
 
     # -- fetching --------------------------------------------------------------
 

@@ -97,29 +97,20 @@ def set_readahead(mountpoint: str, size: int) -> None:
     """
     if size <= 0:
         return
-    # Not realpath(): it would lstat the mount point itself.
-    target = os.path.abspath(mountpoint)
-    device = None
-    try:
-        with open("/proc/self/mountinfo") as info:
-            for line in info:
-                fields = line.split()
-                if len(fields) > 4 and fields[4] == target:
-                    device = fields[2]
-    except OSError:
-        return
+    device = mount_device(mountpoint)
     if device is None:
         return
     try:
         with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as knob:
             knob.write(str(max(4, size // 1024)))
     except OSError as error:
-        LOG.debug("cannot set read-ahead of %s (%s): %s", target, device, error)
+        LOG.debug("cannot set read-ahead of %s (%s): %s", mountpoint, device, error)
 
 
 async def _main(fs: GlanceFS, ops: Operations, mountpoint: str | None = None) -> None:
     async with trio.open_nursery() as nursery:
         fs.reader.nursery = nursery
+        fs.catalog.start(nursery)
         ops.nursery = nursery
         if mountpoint is not None:
             _readahead_after_init(ops, nursery, mountpoint, fs.options.readahead)
@@ -132,6 +123,8 @@ async def _main(fs: GlanceFS, ops: Operations, mountpoint: str | None = None) ->
         fs.catalog.on_change = invalidate
         with trio.CancelScope() as fuse_scope:
             nursery.start_soon(_signals, fuse_scope)
+            if mountpoint is not None:
+                nursery.start_soon(_watch_unmount, mountpoint, fuse_scope)
             await pyfuse3.main()
         # The kernel side is gone (umount, fusermount3 -u, or a signal).
         nursery.cancel_scope.cancel()
@@ -157,6 +150,52 @@ def _readahead_after_init(ops: Operations, nursery: trio.Nursery, mountpoint: st
         nursery.start_soon(apply)
 
     setattr(ops, "init", init)   # noqa: B010 - an instance attribute, for pyfuse3 to call
+
+
+UNMOUNT_POLL = 0.25   # seconds between looks for an umount from outside
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """The ``major:minor`` of the glancefs mount on ``mountpoint`` (the last
+    one mounted there), from /proc/self/mountinfo, or None. Read from that
+    file: touching the mount point itself would ask this very process."""
+    target = os.path.abspath(mountpoint)
+    device = None
+    try:
+        with open("/proc/self/mountinfo") as info:
+            for line in info:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == target:
+                    tail = line.split(" - ", 1)[-1].split()
+                    if tail and tail[0].startswith("fuse"):
+                        device = fields[2]
+    except OSError:
+        return None
+    return device
+
+
+def _mounted(device: str) -> bool:
+    try:
+        with open("/proc/self/mountinfo") as info:
+            return any(line.split()[2] == device for line in info if line.strip())
+    except OSError:
+        return True
+
+
+async def _watch_unmount(mountpoint: str, fuse_scope: trio.CancelScope) -> None:
+    """End serving as soon as the mount is gone (``umount``, ``fusermount3 -u``).
+
+    pyfuse3's main loop returns only once every request in progress has
+    finished, and those may be waiting for a server that stalls; nobody can
+    receive their answers any more, so they are cancelled at once instead.
+    """
+    device = mount_device(mountpoint)
+    if device is None:
+        return
+    while _mounted(device):
+        await trio.sleep(UNMOUNT_POLL)
+    LOG.info("%s was unmounted: ending the requests still in progress", mountpoint)
+    fuse_scope.cancel()
 
 
 async def _signals(fuse_scope: trio.CancelScope) -> None:

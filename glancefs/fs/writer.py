@@ -63,6 +63,7 @@ GiB = 1024 * MiB
 CHUNK = 1 * MiB
 ZEROS = bytes(CHUNK)
 # Statuses after which waiting for "active" is pointless.
+STOP_WAIT = 60.0   # seconds a stopped upload's thread is waited for
 DEAD_STATUSES = frozenset({"killed", "deleted", "pending_delete", "deactivated"})
 
 
@@ -540,13 +541,19 @@ class Upload:
                  record.size or 0, record.disk_format, record.container_format, record.checksum)
         return record
 
-    def discard(self, why: str = "discarded") -> None:
-        """Give up: stop the stream, delete the half-made image, drop the spool."""
+    def discard(self, why: str = "discarded", wait: float = STOP_WAIT) -> None:
+        """Give up: stop the stream, delete the half-made image, drop the spool.
+        ``wait``: how long the stream's thread may take to stop (the mount's
+        end waits less: an upload stuck on a stalled server is left to the
+        journal)."""
+        # Before the lock: a writer waiting for room in the queue holds it, and
+        # closing the queue is what wakes it.
+        self._queue.close()
         with self._lock:
             if self.state in ("finished", "failed"):
                 return
             self.state = "failed"
-            self._stop_stream(why)
+            self._stop_stream(why, wait)
             if self.spool is not None:
                 self.spool.close()
 
@@ -625,12 +632,16 @@ class Upload:
             self._error = error
             chunks.close()   # wake a writer waiting for room
 
-    def _stop_stream(self, why: str) -> None:
+    def _stop_stream(self, why: str, wait: float = STOP_WAIT) -> None:
         """Stop the running stream; its image is deleted by its thread."""
         self._queue.close()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=60)
+            thread.join(timeout=wait)
+            if thread.is_alive() and self.image_id is not None and self._result is None:
+                # Still stuck sending to a server that stopped reading: delete
+                # its image from here (or leave it to the janitor and journal).
+                self.janitor.discard(self.image_id, why)
         if self._result is not None:   # the stream had already finished
             self.janitor.discard(self._result[0].id, why)
             self._result = None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 
 
@@ -24,13 +23,24 @@ class Fault:
     """One fault for one connection whose request line contains ``match``.
 
     ``cut_after``: forward that many bytes of the answer, then reset.
-    ``respond``: answer with these raw bytes instead of forwarding.
-    ``stall``: forward nothing back for that many seconds first.
+    ``respond``: answer with these raw bytes instead of forwarding
+    (``b""``: close the connection without an answer).
+    ``stall``: forward nothing back for that many seconds first;
+    ``stall_after``: with ``stall``, forward the answer's head and that many
+    bytes of its body first, then stall (a server that stalls mid-body;
+    0: right after the headers).
+    ``hold``: forward nothing, answer nothing: the connection stays open
+    until the fault is cleared (:meth:`FaultProxy.clear`), like a load
+    balancer in front of a server that never answers.
+
+    A stall or a hold ends early when the proxy's faults are cleared.
     """
     match: str = ""
     cut_after: int | None = None
     respond: bytes | None = None
     stall: float = 0.0
+    stall_after: int | None = None
+    hold: bool = False
     times: int = 1
 
 
@@ -64,6 +74,7 @@ class FaultProxy:
         self._listener = socket.create_server(("127.0.0.1", port))
         self.port = self._listener.getsockname()[1]
         self._stopped = threading.Event()
+        self._cleared = threading.Event()    # replaced by clear(): wakes stalls and holds
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
     @property
@@ -75,8 +86,11 @@ class FaultProxy:
             self.faults.append(fault)
 
     def clear(self) -> None:
+        """No more faults; stalls and holds in progress end now."""
         with self._lock:
             self.faults.clear()
+            cleared, self._cleared = self._cleared, threading.Event()
+        cleared.set()
 
     def reset_stats(self) -> None:
         """Count from zero again (connections, bytes, requests)."""
@@ -89,6 +103,7 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._cleared.set()
         self._listener.close()
 
     def __enter__(self) -> "FaultProxy":
@@ -143,12 +158,18 @@ class FaultProxy:
                     if buffer.startswith(_METHODS) and b"\r\n" in buffer and not inspected:
                         inspected = True
                         line = buffer.split(b"\r\n", 1)[0].decode("latin-1")
+                        cleared = self._cleared
                         fault = self._take_fault(line)
                         if fault and fault.respond is not None:
                             client.sendall(fault.respond)
                             break
+                        if fault and fault.hold:
+                            cleared.wait()
+                            break
                         if fault:
-                            state["fault"], state["sent"] = fault, 0
+                            # This request's answer is the one the fault acts on.
+                            state.clear()
+                            state.update(fault=fault, sent=0)
                     if b"\r\n\r\n" in buffer or len(buffer) > 65536:
                         buffer, inspected = b"", False
                     upstream.sendall(data)
@@ -166,9 +187,14 @@ class FaultProxy:
                     if not data:
                         break
                     fault = state["fault"]
-                    if fault and fault.stall:
-                        time.sleep(fault.stall)
-                        fault.stall = 0.0
+                    if fault and fault.stall and fault.stall_after is not None \
+                            and not state.get("stalled"):
+                        data = self._until_stall(client, fault, state, data)
+                        if not data:
+                            continue
+                    elif fault and fault.stall and not state.get("stalled"):
+                        state["stalled"] = True
+                        self._cleared.wait(fault.stall)
                     if fault and fault.cut_after is not None:
                         room = fault.cut_after - state["sent"]
                         if room <= len(data):
@@ -187,6 +213,33 @@ class FaultProxy:
 
         threading.Thread(target=client_to_server, daemon=True).start()
         server_to_client()
+
+    def _until_stall(self, client: socket.socket, fault: Fault, state: dict,
+                     data: bytes) -> bytes:
+        """Forward the head and ``stall_after`` body bytes of ``data``, then
+        stall; returns what is left to forward after the stall."""
+        head = state.setdefault("head", b"")
+        if "body_at" not in state:
+            head += data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                state["head"] = head
+                client.sendall(data)
+                self._count(len(data))
+                return b""
+            state["body_at"] = end + 4 - (len(head) - len(data))   # in this chunk
+            body_start = state["body_at"]
+        else:
+            body_start = 0
+        room = body_start + fault.stall_after - state.get("body_sent", 0)
+        now, rest = data[:max(room, 0)], data[max(room, 0):]
+        client.sendall(now)
+        self._count(len(now))
+        state["body_sent"] = state.get("body_sent", 0) + max(0, len(now) - body_start)
+        if room <= len(data) and not state.get("stalled"):
+            state["stalled"] = True
+            self._cleared.wait(fault.stall)
+        return rest
 
     def _count(self, n: int) -> None:
         with self._lock:

@@ -312,6 +312,15 @@ class GunicornServer:
             self._wait_gone(5)
         self._forget()
 
+    def freeze(self) -> None:
+        """SIGSTOP the whole server (for fault tests): the kernel still accepts
+        connections on its port, and nothing ever answers them."""
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`: the server goes on where it stopped."""
+        self._signal_group(signal.SIGCONT)
+
     def restart(self: _S) -> _S:
         self.stop()
         return self.start()
