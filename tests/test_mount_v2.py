@@ -212,8 +212,11 @@ def test_queued_image_is_listed_but_not_readable(mnt: Path, client: Client) -> N
     with pytest.raises(OSError) as refused:
         open(path, "rb").close()
     assert refused.value.errno == errno.EAGAIN
-    time.sleep(2.2)   # the listing's ttl
-    assert "mnt-queued" in os.listdir(mnt)
+    # Listed once the listing's ttl has run out and a refresh has seen it.
+    deadline = time.monotonic() + 30
+    while "mnt-queued" not in os.listdir(mnt):
+        assert time.monotonic() < deadline, "the queued image is not listed"
+        time.sleep(0.2)
 
 
 def test_deactivated_image_is_eacces(mnt: Path, client: Client) -> None:

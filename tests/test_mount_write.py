@@ -56,6 +56,14 @@ def wait_status(gc: Any, name: str, status: str, timeout: float,
     pytest.fail(f"no image {name!r} became {status}\n{why()}")
 
 
+def wait_listed(mnt: Path, name: str, timeout: float = 30) -> None:
+    """Until the mount's listing shows ``name`` (a refresh after the ttl)."""
+    deadline = time.monotonic() + timeout
+    while name not in os.listdir(mnt):
+        assert time.monotonic() < deadline, f"{name} is not listed after {timeout} s"
+        time.sleep(0.2)
+
+
 def wait_gone(gc: Any, name: str, timeout: float) -> None:
     """Until no image is called ``name`` (the caller asserts what is left)."""
     deadline = time.monotonic() + timeout
@@ -293,7 +301,7 @@ def test_an_active_image_cannot_be_overwritten(setup: Setup) -> None:
         setup.gc.images.upload(image.id, io.BytesIO(b"first"))
     else:
         setup.gc.images.update(image.id, data=io.BytesIO(b"first"))
-    time.sleep(1.2)   # the mount's listing (ttl=1) sees it
+    wait_listed(setup.mnt, "w-final.raw")   # the mount's listing (ttl=1) sees it
     with pytest.raises(PermissionError):     # O_TRUNC over an active image
         write_file(setup.mnt / "w-final.raw", b"second")
     with pytest.raises(PermissionError):     # and in place

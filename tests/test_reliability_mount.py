@@ -163,8 +163,8 @@ def test_stall_longer_than_read_timeout_is_eio_in_bounded_time(proxy, client,
         with pytest.raises(subprocess.CalledProcessError):
             subprocess.run(["cat", str(m.path / ".by-id" / image.id)], check=True,
                            capture_output=True, timeout=60)
-        # 5 attempts (4 retries of a GET) of 2 s each, with back-off between them.
-        assert time.monotonic() - start < 60
+        # The read's deadline is the timeout (2 s), its retries inside it.
+        assert time.monotonic() - start < 30
 
 
 # -- malformed answers ------------------------------------------------------------------
@@ -227,8 +227,10 @@ def test_invalid_json_on_list_keeps_ls_bounded_and_recovers(mount, proxy, client
     assert done.returncode == 0 or "Input/output error" in done.stderr
     assert "expected JSON" in log_after(mount, mark) or done.returncode == 0
     proxy.clear()
-    time.sleep(1.5)
-    assert image.name in os.listdir(mount.path)
+    deadline = time.monotonic() + 30     # the next refresh after the back-off lists it
+    while image.name not in os.listdir(mount.path):
+        assert time.monotonic() < deadline, "the listing did not recover"
+        time.sleep(0.2)
 
 
 # -- the server away and back -----------------------------------------------------------

@@ -14,7 +14,9 @@ refresh ends within ``deadline`` (the mount's ``metadata_timeout``), and one
 that fails is logged once, keeps the listing as it was, and is tried again
 with back-off (``RETRY_FIRST`` doubling up to the ``ttl``). An entry goes
 only when a listing that succeeded no longer has it. A name not in the
-listing waits for a refresh in flight (bounded by its deadline), never longer.
+listing is not asked for on its own: it waits like any caller (``FRESH_WAIT``)
+and is ENOENT until a refresh shows it; ``.by-id/<id>`` is one GET within the
+deadline.
 
 Inodes are stable for the life of the mount: an image keeps its inode across
 refreshes and renames, and ``name`` and ``.by-id/<id>`` lead to the same
@@ -124,10 +126,6 @@ class Catalog:
         if first and self.fetched_at is None:
             raise self._last_error or exc.DeadlineExceeded(
                 f"no listing within {self.deadline:g} s")
-
-    @property
-    def refreshing(self) -> bool:
-        return self._refreshing is not None
 
     async def _refresh(self) -> None:
         """One listing, within ``deadline``; the outcome is logged and kept.

@@ -24,7 +24,7 @@ from glancefs.api.service import ImageRecord, ImageService
 from glancefs.api.v2 import CORE_FIELDS as API_CORE_FIELDS
 from glancefs.fs import names, xattrs
 from glancefs.fs.cache import DiskCache
-from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, ROOT_INODE, Catalog
+from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, FRESH_WAIT, ROOT_INODE, Catalog
 from glancefs.fs.drafts import WritePath, WrittenFile, parse_field
 from glancefs.fs.errors import FsError, refuse
 from glancefs.fs.options import MountOptions
@@ -88,6 +88,8 @@ class GlanceFS:
         self.write_limiter = trio.CapacityLimiter(64)
         self._next_fh = 1
         self._usage: tuple[float, tuple[int, int | None] | None] | None = None
+        self._usage_refresh: trio.Event | None = None   # set when the refresh in flight ends
+        self._usage_asked = 0.0
         self.started_wall = time.time()   # directory times: when mounted
 
     # -- attributes -------------------------------------------------------------
@@ -130,12 +132,10 @@ class GlanceFS:
             file = self._written_by_name(name)
             if file is not None:
                 return self.written_attr(file)
+            # A name not in the listing is not asked for on its own: the refresh
+            # the lookup started (0.3 s) decides. Waiting longer for it would hold
+            # every ls of the directory too (the kernel serializes them with lookups).
             record = self.catalog.lookup(name)
-            if record is None and self.catalog.refreshing:
-                # A name not in the last listing: worth the wait for the listing
-                # in flight (bounded by its deadline), not worth a request of its own.
-                await self.catalog.refresh(wait=self.catalog.deadline + 2.0)
-                record = self.catalog.lookup(name)
         elif parent == BY_ID_INODE:
             await self.catalog.refresh()
             try:
@@ -281,15 +281,22 @@ class GlanceFS:
     # -- the filesystem --------------------------------------------------------------
 
     async def statfs(self) -> dict[str, int]:
+        """df, and umount(8) before it unmounts: answered from the last usage
+        known, refreshed as the listing is (stale-while-revalidate)."""
         now = trio.current_time()
-        if self._usage is None or now - self._usage[0] >= self.options.ttl:
-            try:
-                usage = await self.catalog.ask(self.service.usage)
-            except exc.ClientException as error:
-                refuse("statfs", error)
-                usage = None
-            self._usage = (now, usage)
-        usage = self._usage[1]
+        if self._usage_refresh is None and (
+                self._usage is None or now - self._usage[0] >= self.options.ttl):
+            self._usage_refresh = trio.Event()
+            self._usage_asked = now
+            nursery = self.catalog.nursery
+            if nursery is None:
+                await self._refresh_usage()
+            else:
+                nursery.start_soon(self._refresh_usage)
+        if self._usage_refresh is not None:
+            with trio.move_on_at(self._usage_asked + FRESH_WAIT):
+                await self._usage_refresh.wait()
+        usage = self._usage[1] if self._usage is not None else None
         await self.catalog.refresh()
         if usage is None:
             used = sum(self.catalog.records[i].size or 0 for i in self.catalog.listed)
@@ -307,6 +314,19 @@ class GlanceFS:
         return {"f_bsize": self.options.block_size, "f_frsize": frsize, "f_blocks": total,
                 "f_bfree": free, "f_bavail": free, "f_files": files + 1_000_000,
                 "f_ffree": 1_000_000, "f_favail": 1_000_000, "f_namemax": names.NAME_MAX}
+
+    async def _refresh_usage(self) -> None:
+        try:
+            usage = await self.catalog.ask(self.service.usage)
+        except Exception as error:  # noqa: BLE001 - a background task must not end the mount
+            refuse("statfs", error)
+            # Tried again after a ttl; what was known stays shown until then.
+            usage = self._usage[1] if self._usage is not None else None
+        finally:
+            done, self._usage_refresh = self._usage_refresh, None
+            if done is not None:
+                done.set()
+        self._usage = (trio.current_time(), usage)
 
     # -- the write path (glancefs.fs.drafts and glancefs.fs.writer) ---------------------
 

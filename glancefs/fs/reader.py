@@ -40,6 +40,7 @@ from typing import Any
 
 import trio
 
+from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs.cache import BlockCache, DiskCache
 from glancefs.fs.errors import FsError
@@ -50,6 +51,7 @@ MiB = 1024 * 1024
 STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
+REFAIL_WINDOW = 2.0   # seconds a failed connection fails new fetches of its image at once
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Job:
     want_until: int = 0          # streams pause before delivering this block
     gate: threading.Condition = field(default_factory=threading.Condition)
     done: bool = False
+    stalled_at: int | None = None    # position where a reader gave up waiting on it
 
     @property
     def live(self) -> bool:
@@ -232,6 +235,10 @@ class ImageData:
         self.verifier: Verifier | None = None
         self.inflight: dict[int, tuple[int, int]] = {}   # read serial -> blocks
         self.read_done = trio.Event()
+        # (trio time, error) of a fetch that could not reach the server: the
+        # kernel retries a failed read-ahead as a plain read at once, and that
+        # retry must not wait a second deadline (_check_failure).
+        self.failure: tuple[float, BaseException] | None = None
         hashed = pick_hash(record)
         self.disk_tag = (hashed[1][:16] if hashed else None)
 
@@ -496,6 +503,7 @@ class Reader:
                 out[index - first] = data
             missing = [i for i in missing if i not in found]
         if missing:
+            self._check_failure(image)
             self._request(handle, missing)
         for n, have in enumerate(out):
             if have is None:
@@ -549,6 +557,7 @@ class Reader:
                 return data
             pending = image.pending.get(index)
             if pending is None:
+                self._check_failure(image)
                 self._request(handle, [index])
                 pending = image.pending[index]
             await self._arrival(image, index, pending)
@@ -558,6 +567,16 @@ class Reader:
                 raise pending.error
         raise FsError(errno.EIO, f"block {index} of image {image.id} could not be fetched")
 
+    @staticmethod
+    def _check_failure(image: ImageData) -> None:
+        """Fail at once when a fetch of this image could not reach the server
+        moments ago (its read already waited out the deadline and said why)."""
+        if image.failure is not None:
+            when, error = image.failure
+            if trio.current_time() - when < REFAIL_WINDOW:
+                raise error
+            image.failure = None
+
     async def _arrival(self, image: ImageData, index: int, pending: Pending) -> None:
         """Wait for ``pending`` while its fetch makes progress; EIO once it has
         made none for ``deadline`` seconds (a stalled or unanswering server).
@@ -566,12 +585,17 @@ class Reader:
         job = pending.job
         while True:
             seen = job.position
-            with trio.move_on_after(self.config.deadline):
-                await pending.event.wait()
-                return
-            if job.position == seen:
-                raise FsError(errno.EIO, f"image {image.id}: no data from the server for "
-                              f"{self.config.deadline:g} s (block {index})")
+            if job.stalled_at != seen:
+                with trio.move_on_after(self.config.deadline):
+                    await pending.event.wait()
+                    return
+                if job.position != seen:
+                    continue
+            # Said once per stall: the kernel retries a failed read-ahead as a
+            # plain read at once, and that must not wait a second deadline.
+            job.stalled_at = seen
+            raise FsError(errno.EIO, f"image {image.id}: no data from the server for "
+                          f"{self.config.deadline:g} s (block {index})")
 
     # -- fetching --------------------------------------------------------------
 
@@ -595,12 +619,14 @@ class Reader:
                                           limiter=self.limiter, abandon_on_cancel=True)
         except _Stop as stop:
             error = stop
-        except Exception as exc:  # handed to the readers waiting for these blocks
-            error = exc
+        except Exception as failed:  # handed to the readers waiting for these blocks
+            error = failed
+            if isinstance(failed, exc.CommunicationError):
+                image.failure = (trio.current_time(), failed)
             # Not a warning: each read this fails says why (fs.errors.refuse), and
             # a failed prefetch nobody waits for is fetched again when read.
             LOG.debug("fetching blocks %d-%d of image %s failed: %s", job.first,
-                      job.last - 1, image.id, exc)
+                      job.last - 1, image.id, failed)
         finally:
             job.done = True
             image.jobs.discard(job)
@@ -726,6 +752,7 @@ class Reader:
     def _deliver(self, image: ImageData, index: int, data: bytes, from_disk: bool) -> None:
         """In trio: a block arrived; wake its waiters, feed the verifier."""
         self.cache.put((image.id, index), data)
+        image.failure = None
         pending = image.pending.pop(index, None)
         if pending is not None:
             pending.data = data
