@@ -216,8 +216,11 @@ def test_a_shell_never_hangs_and_the_mount_recovers(kind: str, glance: GlanceSer
                     figures["lookup unseen"], un = timed(
                         ["stat", str(root / f"{tag}-never-was.raw")])
                     assert un.returncode != 0
+                    mark = len(m.log_text())
                     figures["read uncached"], ru = timed(["sha256sum", str(root / uncached.name)])
                     assert ru.returncode != 0 and "Input/output error" in ru.stderr, ru
+                    eio_lines = [line for line in m.log_text()[mark:].splitlines()
+                            if uncached.id in line and "EIO" in line]
                     figures["ls -l loop (longest)"] = loop.longest
                 status, said = writer.finish(timeout=TIMEOUT * 6 + 60)
                 figures["cp (writer) ended after"] = time.monotonic() - began
@@ -231,6 +234,7 @@ def test_a_shell_never_hangs_and_the_mount_recovers(kind: str, glance: GlanceSer
             assert figures["lookup unseen"] < METADATA_TIMEOUT + MARGIN, figures
             assert figures["read uncached"] < TIMEOUT + MARGIN, figures
             assert not loop.failures, loop.failures
+            assert len(eio_lines) == 1, eio_lines   # one log line says why the read failed
 
             # The server is back: the same mount works, no remount.
             fresh = make_image(gc, f"{tag}-after.raw", os.urandom(1000))

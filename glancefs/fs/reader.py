@@ -51,7 +51,7 @@ MiB = 1024 * 1024
 STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
-REFAIL_WINDOW = 2.0   # seconds a failed connection fails new fetches of its image at once
+REFAIL_WINDOW = 2.0   # seconds a long failed fetch fails new fetches of its image at once
 
 
 @dataclass
@@ -613,6 +613,7 @@ class Reader:
 
     async def _run_job(self, image: ImageData, job: Job) -> None:
         error: BaseException | None = None
+        started = trio.current_time()
         try:
             await trio.to_thread.run_sync(self._fetch_thread, image, job,
                                           trio.lowlevel.current_trio_token(),
@@ -621,7 +622,11 @@ class Reader:
             error = stop
         except Exception as failed:  # handed to the readers waiting for these blocks
             error = failed
-            if isinstance(failed, exc.CommunicationError):
+            if isinstance(failed, exc.CommunicationError) and \
+                    trio.current_time() - started >= self.config.deadline / 2:
+                # A failure that took long (a server stalled, or away for the whole
+                # retry schedule): the kernel's retry would wait as long again. One
+                # that came quickly (connections reset) is worth that retry.
                 image.failure = (trio.current_time(), failed)
             # Not a warning: each read this fails says why (fs.errors.refuse), and
             # a failed prefetch nobody waits for is fetched again when read.

@@ -166,10 +166,10 @@ class FaultProxy:
                         if fault and fault.hold:
                             cleared.wait()
                             break
-                        if fault:
-                            # This request's answer is the one the fault acts on.
-                            state.clear()
-                            state.update(fault=fault, sent=0)
+                        # This request's answer is the one its fault (or none) acts
+                        # on: a keep-alive connection's next request starts afresh.
+                        state.clear()
+                        state.update(fault=fault, sent=0)
                     if b"\r\n\r\n" in buffer or len(buffer) > 65536:
                         buffer, inspected = b"", False
                     upstream.sendall(data)
