@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import trio
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.api.v2 import CORE_FIELDS as API_CORE_FIELDS
-from glancefs.fs import names, xattrs
+from glancefs.fs import modtime, names, xattrs
 from glancefs.fs.cache import DiskCache
 from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, FRESH_WAIT, ROOT_INODE, Catalog
 from glancefs.fs.drafts import WritePath, WrittenFile, parse_field
@@ -59,8 +59,8 @@ class Attr:
     inode: int
     mode: int
     size: int
-    mtime: float
-    ctime: float
+    mtime_ns: int
+    ctime_ns: int
     nlink: int
     uid: int
     gid: int
@@ -96,7 +96,7 @@ class GlanceFS:
 
     def _dir_attr(self, inode: int) -> Attr:
         mode = 0o555 if self.options.ro else 0o755
-        when = self.started_wall
+        when = int(self.started_wall * modtime.NS)
         return Attr(inode, stat.S_IFDIR | (mode & ~self.options.umask), 0, when, when, 2,
                     self.options.uid, self.options.gid, self.options.ttl)
 
@@ -107,7 +107,8 @@ class GlanceFS:
         return Attr(
             inode=self.catalog.inode(record.id),
             mode=stat.S_IFREG | ((0o644 if writable else 0o444) & ~self.options.umask),
-            size=record.size or 0, mtime=record.updated, ctime=record.created, nlink=1,
+            size=record.size or 0, mtime_ns=self._mtime_ns(record.properties, record.updated),
+            ctime_ns=int(record.created * modtime.NS), nlink=1,
             uid=self.options.uid, gid=self.options.gid,
             timeout=self.options.ttl if settled else min(self.options.ttl, UNSETTLED_TIMEOUT))
 
@@ -369,10 +370,47 @@ class GlanceFS:
 
     def written_attr(self, file: WrittenFile) -> Attr:
         created = file.image.created if file.image is not None else file.mtime
+        # While written, the time set is in the pending metadata; once the image
+        # holds the last version, the image says.
+        kept = file.image.properties if file.image is not None and not file.writing \
+            else file.meta.properties
         return Attr(inode=file.inode, mode=stat.S_IFREG | (0o644 & ~self.options.umask),
-                    size=file.current_size, mtime=file.mtime, ctime=created, nlink=1,
+                    size=file.current_size, mtime_ns=self._mtime_ns(kept, file.mtime),
+                    ctime_ns=int(created * modtime.NS), nlink=1,
                     uid=self.options.uid, gid=self.options.gid,
                     timeout=min(self.options.ttl, UNSETTLED_TIMEOUT))
+
+    def _mtime_ns(self, properties: Mapping[str, str], otherwise: float) -> int:
+        """What stat shows as mtime (glancefs.fs.modtime): the time a tool set,
+        else ``otherwise`` (updated_at; the last change of a file being written)."""
+        if not self.options.modtime:
+            return int(otherwise * modtime.NS)
+        return modtime.shown_ns(properties, otherwise)
+
+    async def set_mtime(self, inode: int, ns: int) -> None:
+        """utimes/utimensat: the time is kept in the image's ``mtime`` property,
+        with the upload when the file is being written (one create or update),
+        else in one PATCH. Ignored on read-only mounts and with no_modtime."""
+        if self.options.ro or not self.options.modtime or inode in (ROOT_INODE, BY_ID_INODE):
+            return   # directories show when the mount began, whatever is set
+        value = modtime.format_ns(ns)
+        file = self._written(inode)
+        if file is not None:
+            if await self._thread(self.writes.set_meta, file, "property", modtime.PROPERTY,
+                                  value.encode()):
+                return
+        record = self.catalog.record(inode)
+        if record is None:
+            raise FsError(errno.ENOENT, f"inode {inode} is not an image")
+        if record.properties.get(modtime.PROPERTY) == value:
+            return   # already so: no request (rsync sets every time again)
+        record = await self._ask(self.service.get, record.id)
+        if record.properties.get(modtime.PROPERTY) != value:
+            record = await self._ask(self.service.set_property, record, modtime.PROPERTY,
+                                     value)
+        self.catalog.update(record)
+        if file is not None and file.image is not None and file.image.id == record.id:
+            file.image = record
 
     def subject(self, inode: int) -> ImageRecord | None:
         """What a log line about ``inode`` names."""

@@ -56,9 +56,9 @@ def entry(attr: Attr) -> pyfuse3.EntryAttributes:
     out.st_size = attr.size
     out.st_blksize = 1 << 20
     out.st_blocks = (attr.size + 511) // 512
-    out.st_atime_ns = int(attr.mtime * 1e9)
-    out.st_mtime_ns = int(attr.mtime * 1e9)
-    out.st_ctime_ns = int(attr.ctime * 1e9)
+    out.st_atime_ns = attr.mtime_ns
+    out.st_mtime_ns = attr.mtime_ns
+    out.st_ctime_ns = attr.ctime_ns
     return out
 
 
@@ -103,7 +103,9 @@ class Operations(pyfuse3.Operations):
         with fuse_errors("setattr", self.fs.subject(inode)):
             if fields.update_size:
                 await self.fs.set_size(inode, attr.st_size, fh)
-            # chmod/chown/utimes succeed without effect (DESIGN.md): cp -p works.
+            if fields.update_mtime:
+                await self.fs.set_mtime(inode, attr.st_mtime_ns)
+            # chmod/chown (and atime) succeed without effect (DESIGN.md): cp -p works.
             return entry(await self.fs.getattr(inode))
 
     async def opendir(self, inode: int, ctx: Any) -> int:

@@ -74,6 +74,7 @@ class MountOptions:
     # dies mid-upload (glancefs.fs.journal); none: no journal.
     journal_dir: str | None = field(default_factory=default_journal_dir)
     replace_on_close: bool = False     # an active image opened for writing is replaced
+    modtime: bool = True               # utimes kept in the 'mtime' property, shown by stat
     ro: bool = False
     allow_other: bool = False
     uid: int = field(default_factory=os.getuid)
@@ -122,7 +123,8 @@ class MountOptions:
 
 _SIZES = {"block_size", "prefetch_start", "prefetch_max", "memory", "cache_size", "readahead",
           "spool_size", "write_buffer"}
-_BOOLS = {"verify", "ro", "allow_other", "debug", "foreground", "insecure", "replace_on_close"}
+_BOOLS = {"verify", "ro", "allow_other", "debug", "foreground", "insecure", "replace_on_close",
+          "modtime"}
 _ALIASES = {
     "prefetch": "prefetch_max", "max_prefetch": "prefetch_max", "memory_budget": "memory",
     "mem": "memory", "cache": "cache_dir", "logfile": "log", "log_file": "log",
@@ -143,6 +145,7 @@ _NEGATIONS: dict[str, tuple[str, Any]] = {
     "rw": ("ro", False), "noverify": ("verify", False),
     "no_allow_other": ("allow_other", False), "nospool": ("spool_dir", None),
     "nojournal": ("journal_dir", None),
+    "no_modtime": ("modtime", False), "nomodtime": ("modtime", False),
 }
 
 
