@@ -64,8 +64,12 @@ def test_sequential_read_uses_few_growing_requests(v2: ImageService, image: Any)
     async def body(reader: Reader) -> None:
         assert await read_all(reader, record, 128 * 1024) == data
         # Growing streamed GETs, not one per block.
-        assert reader.stats["requests"] <= 12, reader.stats
-        assert reader.stats["bytes"] == len(data)
+        assert reader.stats.totals.gets <= 12, reader.stats.totals
+        assert reader.stats.totals.bytes == len(data)
+        # The whole read in order was verified, and the counters say so.
+        counted = reader.stats.image(record.id)
+        assert (counted.verified, counted.hash_bytes) == (1, len(data))
+        assert counted.hash_cpu_seconds > 0
         # Consumed blocks are not kept: the kernel's page cache has them.
         assert reader.cache.used <= 4 * MiB + reader.config.prefetch_max
     run_reader(v2, ReadConfig(), body)
@@ -82,7 +86,7 @@ def test_random_reads_fetch_their_blocks_only(v2: ImageService, image: Any) -> N
             assert bytes(await reader.read(handle, off, 4096)) == data[off:off + 4096]
         blocks = {o // MiB for o in offsets} | {(o + 4095) // MiB for o in offsets
                                                if o + 4095 < len(data)}
-        assert reader.stats["bytes"] <= len(blocks) * MiB
+        assert reader.stats.totals.bytes <= len(blocks) * MiB
         reader.release(handle)
     run_reader(v2, ReadConfig(), body)
 

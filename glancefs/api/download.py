@@ -100,6 +100,7 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
                 raise exc.CommunicationError(
                     f"download of {where} failed at byte {pos}: {why}") from None
             attempts_left -= 1
+            http.retried += 1
             LOG.warning("download of %s broke at byte %d (%s); resuming", path, pos,
                         _short(error))
             time.sleep(0.2)

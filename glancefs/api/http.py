@@ -129,6 +129,9 @@ class HTTPClient:
         # Set once a ranged GET is answered 200 with the whole body (Images
         # v1 does that): readers of small parts should then stream instead.
         self.range_ignored = False
+        # Requests sent again (and downloads resumed, glancefs.api.download): the
+        # mount's counters report it (glancefs.fs.stats).
+        self.retried = 0
 
     @staticmethod
     def _mount_pool(session: ks_session.Session, pool_size: int) -> None:
@@ -236,6 +239,7 @@ class HTTPClient:
                         raise error from None   # what failed says more than the clock
                     LOG.log(self._retry_level, "%s %s failed (%s); retry %d of %d", method, url,
                                 error.details, attempt, attempts - 1)
+                    self.retried += 1
                     time.sleep(wait)
                     delay = min(delay * 2, self.max_backoff)
                     last_error = error.details
@@ -248,6 +252,7 @@ class HTTPClient:
                     LOG.log(self._retry_level, "%s %s answered %d; retry %d of %d in %.1fs", method, url,
                                 resp.status_code, attempt, attempts - 1, wait)
                     resp.close()
+                    self.retried += 1
                     time.sleep(wait)
                     delay = min(delay * 2, self.max_backoff)
                     last_error = f"HTTP {resp.status_code}"

@@ -128,6 +128,11 @@ class ImageService:
         self.version = client.version
 
     @property
+    def retries(self) -> int:
+        """Requests the client sent again and downloads it resumed, so far."""
+        return self.client.http.retried
+
+    @property
     def ranges_ignored(self) -> bool:
         """True once the server answered a ranged GET with the whole image."""
         return self.client.http.range_ignored

@@ -42,6 +42,7 @@ from typing import Any
 from glancefs.api.service import WRITABLE_FIELDS, ImageRecord, ImageService
 from glancefs.fs.errors import FsError, describe
 from glancefs.fs.journal import Journal, JournalError
+from glancefs.fs.stats import MountStats
 from glancefs.fs.writer import (Janitor, PendingMeta, Spool, SpoolBudget, Upload, WriteConfig,
                                 spool_from_image)
 
@@ -147,9 +148,11 @@ class WritePath:
 
     def __init__(self, service: ImageService, config: WriteConfig,
                  replace_on_close: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 stats: MountStats | None = None) -> None:
         self.service = service
         self.config = config
+        self.stats = stats if stats is not None else MountStats()
         self.replace_on_close = replace_on_close
         self.clock = clock
         self.files: dict[int, WrittenFile] = {}
@@ -349,7 +352,7 @@ class WritePath:
         if file.writing and file.upload is not None:
             return file.upload
         common: dict[str, Any] = {"meta": file.meta, "budget": self.budget,
-                                  "janitor": self.janitor}
+                                  "janitor": self.janitor, "stats": self.stats}
         if file.image is None:
             upload = Upload(self.service, file.name, self.config, size=file.size, **common)
         elif file.spool is not None:

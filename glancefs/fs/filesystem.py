@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.api.v2 import CORE_FIELDS as API_CORE_FIELDS
-from glancefs.fs import modtime, names, xattrs
+from glancefs.fs import modtime, names, stats, xattrs
 from glancefs.fs.cache import DiskCache
 from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, FRESH_WAIT, ROOT_INODE, Catalog
 from glancefs.fs.drafts import WritePath, WrittenFile, parse_field
@@ -74,15 +74,18 @@ class GlanceFS:
         self.catalog = Catalog(service, options.ttl, deadline=options.metadata_timeout)
         disk = (DiskCache(options.cache_dir, options.cache_size, options.block_size)
                 if options.cache_dir else None)
+        self.stats = stats.MountStats()
         self.reader = Reader(service, ReadConfig(
             block_size=options.block_size, prefetch_start=options.prefetch_start,
             prefetch_max=options.prefetch_max, memory=options.memory, verify=options.verify,
-            range_supported=service.version != "1", deadline=options.timeout), disk)
+            range_supported=service.version != "1", deadline=options.timeout), disk,
+            self.stats)
         self.handles: dict[int, Handle] = {}
         self._xattrs: dict[str, tuple[ImageRecord, dict[bytes, bytes]]] = {}
         self.writes = WritePath(service, WriteConfig(
             spool_dir=options.spool_dir, spool_size=options.spool_size,
-            write_buffer=options.write_buffer), replace_on_close=options.replace_on_close)
+            write_buffer=options.write_buffer), replace_on_close=options.replace_on_close,
+            stats=self.stats)
         self.write_handles: dict[int, WrittenFile] = {}
         # Writers wait for the server (a full queue, a flush): their own threads.
         self.write_limiter = trio.CapacityLimiter(64)
@@ -266,6 +269,8 @@ class GlanceFS:
         return self._attributes(await self._record(inode))
 
     async def getxattr(self, inode: int, name: bytes) -> bytes:
+        if inode == ROOT_INODE and name == stats.XATTR_NAME:
+            return self.stats.to_json(retries=self.service.retries)
         if inode in (ROOT_INODE, BY_ID_INODE):
             raise FsError(errno.ENODATA, "directories have no attributes")
         values = await self._file_attributes(inode)
@@ -275,7 +280,9 @@ class GlanceFS:
         return value
 
     async def listxattr(self, inode: int) -> list[bytes]:
-        if inode in (ROOT_INODE, BY_ID_INODE):
+        if inode == ROOT_INODE:
+            return [stats.XATTR_NAME]
+        if inode == BY_ID_INODE:
             return []
         return list(await self._file_attributes(inode))
 

@@ -54,6 +54,7 @@ from glancefs.api.service import ImageRecord, ImageService
 from glancefs.api.v2 import DataSource
 from glancefs.fs.errors import FsError, describe
 from glancefs.fs.journal import Journal
+from glancefs.fs.stats import MountStats
 
 LOG = logging.getLogger("glancefs.fs.writer")
 
@@ -417,10 +418,12 @@ class Upload:
     def __init__(self, service: ImageService, name: str | None, config: WriteConfig, *,
                  meta: PendingMeta | None = None, spool: Spool | None = None,
                  budget: SpoolBudget | None = None, janitor: Janitor | None = None,
-                 size: int = 0, resume: bool = False, replaces: str | None = None) -> None:
+                 size: int = 0, resume: bool = False, replaces: str | None = None,
+                 stats: MountStats | None = None) -> None:
         self.service = service
         self.name = name
         self.config = config
+        self.stats = stats if stats is not None else MountStats()
         self.meta = meta if meta is not None else PendingMeta()
         self.janitor = janitor or Janitor(service)
         self.replaces = replaces
@@ -534,6 +537,7 @@ class Upload:
                 raise
             self.state = "finished"
             self.record = record
+        self.stats.add(record.id, record.name, uploads=1, upload_bytes=self.size)
         self.janitor.settled(record.id)
         if self.replaces and self.replaces != record.id:
             self.janitor.discard(self.replaces, f"replaced by {record.id}")
@@ -651,6 +655,7 @@ class Upload:
 
     def _restart(self, why: str) -> None:
         LOG.info("%r: %s; the image will be uploaded from the spool at close", self.name, why)
+        self.stats.add(None, upload_restarts=1)   # its image is deleted: totals only
         self.why_restart = why
         self._stop_stream(why)
         self._error = None
@@ -750,6 +755,7 @@ class Upload:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=60)
         image_id = self.image_id or (self._result[0].id if self._result else None)
+        self.stats.add(image_id, self.name, upload_failures=1)
         if image_id is not None:
             self.janitor.discard(image_id, f"its upload failed ({type(error).__name__})")
         self.image_id = None
