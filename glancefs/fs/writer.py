@@ -114,6 +114,7 @@ class ChunkQueue:
         self._bytes = 0
         self._cond = threading.Condition()
         self.closed = False
+        self.ended = False     # the end (None) was put: nothing more will come
 
     def put(self, chunk: bytes | None) -> None:
         size = len(chunk) if chunk is not None else 0
@@ -124,6 +125,8 @@ class ChunkQueue:
                 raise _Abandoned()
             self._items.append(chunk)
             self._bytes += size
+            if chunk is None:
+                self.ended = True
             self._cond.notify_all()
 
     def get(self) -> bytes | None:
@@ -624,7 +627,15 @@ class Upload:
             image_id = record.id
             if chunks.closed:
                 raise _Abandoned()
-            record = self.service.upload(record.id, source, size=None, filename=self.name)
+            if chunks.ended and self.stream_pos:
+                # The file was closed before its upload began (a small file: the create
+                # waited for its first 64 KiB): its size is known, and the server is
+                # told (x-openstack-image-size), as for an upload from the spool. Not
+                # an empty file: Images v1 takes a size of 0 for "no data yet" and
+                # leaves the image queued.
+                source.size = self.stream_pos
+            record = self.service.upload(record.id, source, size=source.size,
+                                         filename=self.name)
             self._result = (record, source)
         except _Abandoned:
             if image_id is not None:

@@ -7,7 +7,8 @@ connection takes the next one whose ``match`` fits the request line, so a
 test says exactly which request breaks and how. It also counts the
 connections and the bytes the server sent (headers included), so tests can
 check how much a read transferred (:meth:`FaultProxy.reset_stats` starts the
-count again), and with ``strip_range=True`` it drops the ``Range`` header of
+count again) and keeps each request's head (``Stats.heads``, to check the headers a
+client sent), and with ``strip_range=True`` it drops the ``Range`` header of
 every request, to act like a server that ignores it (v1).
 """
 from __future__ import annotations
@@ -61,6 +62,18 @@ class Stats:
     connections: int = 0
     bytes_from_server: int = 0
     requests: list[str] = field(default_factory=list)
+    heads: list[str] = field(default_factory=list)    # request line and headers
+
+    def headers_of(self, request_start: str) -> list[dict[str, str]]:
+        """The headers (names in lower case) of each request whose line starts with
+        ``request_start`` (e.g. ``"PUT /v2/images/ID/file"``)."""
+        found = []
+        for head in self.heads:
+            line, _, rest = head.partition("\r\n")
+            if line.startswith(request_start):
+                pairs = (h.partition(":") for h in rest.split("\r\n") if h)
+                found.append({k.strip().lower(): v.strip() for k, _, v in pairs})
+        return found
 
 
 class FaultProxy:
@@ -121,6 +134,10 @@ class FaultProxy:
                     return fault
         return None
 
+    def _keep_head(self, head: bytes) -> None:
+        with self._lock:
+            self.stats.heads.append(head.decode("latin-1"))
+
     def _accept_loop(self) -> None:
         while not self._stopped.is_set():
             try:
@@ -171,6 +188,8 @@ class FaultProxy:
                         state.clear()
                         state.update(fault=fault, sent=0)
                     if b"\r\n\r\n" in buffer or len(buffer) > 65536:
+                        if inspected and b"\r\n\r\n" in buffer:
+                            self._keep_head(buffer.split(b"\r\n\r\n", 1)[0])
                         buffer, inspected = b"", False
                     upstream.sendall(data)
             except OSError:
