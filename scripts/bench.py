@@ -20,6 +20,10 @@ Sections (``--only``; all by default):
 * ``write``: ``cp`` into the mount vs glanceclient's upload vs ``curl -T``, the mount's peak RSS
   during the copy.
 * ``list``: ``ls -l`` of N images through the mount, cold and warm, vs ``glance image-list``.
+* ``far``: the same Glance made far (glancefs.testing.linkproxy: by default 20 ms each way,
+  40 MiB/s per connection, 400 MiB/s in all): python-glanceclient's download, the glancefs
+  client's download and the mount's cold verified read of one image through the link, their
+  ratios, and the bound the link and the machine's CPU set (``--far-*`` options).
 
 The hash rates (sha512 and md5, one core) are always measured: they are the ceiling of any
 verified read, since the hash of one stream cannot be split across cores. The read section
@@ -28,8 +32,9 @@ mount's own counters, ``getfattr -n user.glancefs.stats MOUNTPOINT``): the hash 
 has just arrived, with the other cores busy; and the data GETs and bytes each cold read cost,
 from the same counters.
 
-Usage: ``scripts/bench [--size-mib N] [--images N] [--only read,write,list,client]
-[--repeat N] [--json PATH] [--workdir DIR] [--keep]``.
+Usage: ``scripts/bench [--size-mib N] [--images N] [--only client,read,write,list,far]
+[--repeat N] [--far-size-mib N] [--far-delay-ms MS] [--far-rate R] [--far-total-rate R]
+[--json PATH] [--workdir DIR] [--keep]``.
 """
 from __future__ import annotations
 
@@ -65,10 +70,11 @@ from glancefs import Client  # noqa: E402
 from glancefs.testing.faultproxy import FaultProxy, Stats  # noqa: E402
 from glancefs.testing.glance_server import (  # noqa: E402
     GlanceServer, ensure_glance_venv, free_port, glance_bin)
+from glancefs.testing.linkproxy import LinkProxy, parse_rate  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-SECTIONS = ("client", "read", "write", "list")
+SECTIONS = ("client", "read", "write", "list", "far")
 STEP_TIMEOUT = 900          # seconds any one subprocess may take
 MOUNT_TIMEOUT = 120         # seconds until a mount must be ready (5,000 images listed first)
 CLIENT_RSS_BUDGET = 64 * MiB  # issue 2: a 1 GiB transfer holds a few chunks, not the image
@@ -483,7 +489,7 @@ class Bench:
         self.image_id: str | None = None
         self.image_name = f"bench-{args.size_mib}MiB.raw"
         self.mounts: list[Mount] = []
-        self.proxies: list[FaultProxy] = []
+        self.proxies: list[FaultProxy | LinkProxy] = []
         self._mount_error: str | None = None
         self._mount_checked = False
         self._cache: dict[str, Any] = {}
@@ -568,21 +574,26 @@ class Bench:
             self.sample(key, measure)
         return rate(self.size, min(self.samples[key]))
 
-    def _glancefs_client(self, *args: str) -> dict[str, Any]:
-        done = run([sys.executable, "-c", GLANCEFS_CLIENT, *args[:1], self.endpoint, *args[1:]],
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    def _glancefs_client(self, *args: str, endpoint: str | None = None,
+                         size: int | None = None) -> dict[str, Any]:
+        """One transfer by the embedded client in its own process; through ``endpoint``
+        (a far link) its memory figures are not kept (the client section's are)."""
+        done = run([sys.executable, "-c", GLANCEFS_CLIENT, *args[:1], endpoint or self.endpoint,
+                    *args[1:]], env={**os.environ, "PYTHONPATH": str(ROOT)})
         if done.returncode:
             raise RuntimeError(f"glancefs client {args[0]}: {done.stderr[-1500:]}")
         out = json.loads(done.stdout)
-        if out["size"] != self.size:
+        expected = size or self.size
+        if out["size"] != expected:
             raise RuntimeError(f"glancefs client {args[0]}: {out['size']} bytes, "
-                               f"expected {self.size}")
-        self.client_rss.setdefault(args[0], []).append((out["baseline"], out["peak"]))
+                               f"expected {expected}")
+        if endpoint is None:
+            self.client_rss.setdefault(args[0], []).append((out["baseline"], out["peak"]))
         return out
 
-    def _glanceclient(self, *args: str) -> dict[str, Any]:
-        done = run([str(glance_bin("python")), "-c", GLANCECLIENT, *args[:1], self.endpoint,
-                    *args[1:]])
+    def _glanceclient(self, *args: str, endpoint: str | None = None) -> dict[str, Any]:
+        done = run([str(glance_bin("python")), "-c", GLANCECLIENT, *args[:1],
+                    endpoint or self.endpoint, *args[1:]])
         if done.returncode:
             raise RuntimeError(f"glanceclient {args[0]}: {done.stderr[-800:]}")
         return json.loads(done.stdout)
@@ -741,15 +752,16 @@ class Bench:
         with m:
             yield m
 
-    def cold_mount(self, options: str = "", endpoint: str | None = None
-                   ) -> contextlib.AbstractContextManager[Mount]:
-        """A fresh mount with the page cache dropped, and the server's stored file read
-        back into it (so the server is in the same state as for the curl reference)."""
+    def cold_mount(self, options: str = "", endpoint: str | None = None,
+                   image_id: str | None = None) -> contextlib.AbstractContextManager[Mount]:
+        """A fresh mount with the page cache dropped, and the server's stored file (of
+        ``image_id``, the main image by default) read back into it (so the server is in
+        the same state as for the curl reference)."""
         if not drop_caches() and "drop_caches" not in self._cache:
             self._cache["drop_caches"] = False
             self.report.note("cannot write /proc/sys/vm/drop_caches (not root?): "
                              "'cold' means a fresh mount only")
-        read_through(self.store_file(self.main_image()))
+        read_through(self.store_file(image_id or self.main_image()))
         return self.mount(options, endpoint)
 
     def cat(self, path: Path) -> float:
@@ -829,9 +841,10 @@ class Bench:
                   max(peaks) * MiB / budget, "x", "<= 1",
                   note=f"budget {budget / MiB:.0f} MiB (default memory= option)")
 
-    def add_counted(self, key: str, label: str, counted: dict[str, Any] | None) -> None:
-        """What the mount's counters say a cold read of the image cost: data GETs and
-        bytes from the server per byte read."""
+    def add_counted(self, key: str, label: str, counted: dict[str, Any] | None,
+                    size: int | None = None) -> None:
+        """What the mount's counters say a cold read of the image (``size`` bytes, the
+        main image's by default) cost: data GETs and bytes from the server per byte."""
         r = self.report
         if counted is None:
             r.note(f"{label}: the mount's counters (user.glancefs.stats) could not be read")
@@ -839,7 +852,7 @@ class Bench:
         totals = counted["totals"]
         r.add(f"{key}_gets", f"{label}: data GETs (mount's counters)", totals["gets"], "")
         r.add(f"{key}_fetched", f"{label}: bytes from the server / image size",
-              totals["bytes"] / self.size, "x")
+              totals["bytes"] / (size or self.size), "x")
 
     def add_hash_rate(self, counted: dict[str, Any] | None) -> None:
         """The rate of the mount's hashing thread during the verified read: its CPU time
@@ -875,11 +888,13 @@ class Bench:
         return seconds, {name: b - a for name, a, b in zip(("file system", "Glance", "reader"),
                                                           before, after)}
 
-    def add_cpu(self, key: str, label: str, cpu: dict[str, float]) -> None:
+    def add_cpu(self, key: str, label: str, cpu: dict[str, float],
+                size: int | None = None) -> None:
         """CPU seconds per GiB of each party, and the rate that work allows on this machine:
-        with every core busy all the time, no faster than total CPU / cores."""
+        with every core busy all the time, no faster than total CPU / cores. ``size``: the
+        bytes that work moved (the main image's by default)."""
         r = self.report
-        per_gib = GiB / self.size
+        per_gib = GiB / (size or self.size)
         for name, seconds in cpu.items():
             if seconds > 0.005:
                 r.add(f"{key}_cpu_{name.replace(' ', '_').lower()}",
@@ -1075,6 +1090,102 @@ class Bench:
             r.add("list_mount_rss", f"mount peak RSS with {total} images", peak / MiB, "MiB")
 
 
+    # -- far section ----------------------------------------------------------------------
+
+    def far_image(self) -> tuple[str, int]:
+        """The image the far figures read: the main one when the sizes agree, else one of
+        --far-size-mib uploaded here (on loopback, not through the link)."""
+        size = self.args.far_size_mib * MiB
+        if size == self.size:
+            return self.main_image(), size
+        if "far_image" not in self._cache:
+            source = self.work / f"far-source-{self.args.far_size_mib}MiB.raw"
+            log(f"writing and uploading the {self.args.far_size_mib} MiB far-link image")
+            md5, _ = make_source(source, size)
+            try:
+                with open(source, "rb") as f:
+                    image = self.client.images.create(
+                        name=f"bench-far-{self.args.far_size_mib}MiB.raw", disk_format="raw",
+                        container_format="bare")
+                    image.update(data=f)
+            finally:
+                source.unlink()
+            if image.get("checksum") != md5:
+                raise RuntimeError(f"far image {image['id']}: checksum {image.get('checksum')}, "
+                                   f"expected {md5}")
+            self._cache["far_image"] = image["id"]
+        return self._cache["far_image"], size
+
+    def section_far(self) -> None:
+        """The same Glance, far away: where one stream per file is the whole story."""
+        r, a = self.report, self.args
+        assert self.server is not None
+        image_id, size = self.far_image()
+        link = LinkProxy("127.0.0.1", self.server.port, delay=a.far_delay_ms / 1000,
+                         rate=a.far_rate, total_rate=a.far_total_rate).start()
+        self.proxies.append(link)
+        r.section(f"far link: {a.far_size_mib} MiB image, {a.far_delay_ms:g} ms each way, "
+                  f"{_caps(a.far_rate, a.far_total_rate)}")
+        with requests.Session() as session:
+            trips = []
+            for _ in range(6):
+                start = time.perf_counter()
+                session.get(f"{link.endpoint}/versions", timeout=60).raise_for_status()
+                trips.append(time.perf_counter() - start)
+        r.add("far_rtt", "far: small request (keep-alive), round trip", min(trips[1:]) * 1000,
+              "ms", note=f"the link alone: {2 * a.far_delay_ms:g} ms")
+        best_gc, best_gfs = float("inf"), float("inf")
+        for i in range(self.repeat):
+            log(f"far link: glanceclient and glancefs client downloads ({i + 1}/{self.repeat})")
+            out = self._glanceclient("download", image_id, endpoint=link.endpoint)
+            if out["size"] != size:
+                raise RuntimeError(f"glanceclient far download: {out['size']} bytes, "
+                                   f"expected {size}")
+            best_gc = min(best_gc, out["seconds"])
+            out = self._glancefs_client("download", image_id, endpoint=link.endpoint,
+                                        size=size)
+            best_gfs = min(best_gfs, out["seconds"])
+        r.add("far_glanceclient", "far: download, glanceclient (Python API)",
+              rate(size, best_gc), "MiB/s")
+        r.add("far_glancefs", "far: download, glancefs client (image-download's code)",
+              rate(size, best_gfs), "MiB/s")
+        r.add("far_cap_connection", "far link: cap per connection",
+              a.far_rate / MiB if a.far_rate else None, "MiB/s")
+        r.add("far_cap_total", "far link: cap of all connections",
+              a.far_total_rate / MiB if a.far_total_rate else None, "MiB/s")
+        r.ratio("far_glanceclient_cap", "far: glanceclient / per-connection cap",
+                "far_glanceclient", "far_cap_connection")
+        r.ratio("far_glancefs_glanceclient", "far: glancefs client / glanceclient",
+                "far_glancefs", "far_glanceclient", ">= 3")
+        if not self.mount_available():
+            return
+        cold, cold_cpu, counted = float("inf"), {}, None
+        for i in range(self.repeat):
+            with self.cold_mount("verify=on", endpoint=link.endpoint, image_id=image_id) as m:
+                log(f"far link: mount cold read, verify on ({i + 1}/{self.repeat})")
+                path = m.path / ".by-id" / image_id
+                seconds, cpu = self.cpu_of(lambda: self.cat(path), m.pid)
+                if seconds < cold:
+                    cold, cold_cpu, counted = seconds, cpu, mount_stats(m.path)
+        r.add("far_mount_cold", "far: mount cold read, verify on", rate(size, cold), "MiB/s")
+        self.add_cpu("far_mount_cold", "far: mount cold read", cold_cpu, size)
+        self.add_counted("far_mount_cold", "far: mount cold read", counted, size)
+        r.ratio("far_mount_glanceclient", "far: mount read / glanceclient", "far_mount_cold",
+                "far_glanceclient", ">= 3")
+        caps = [v for v in (r.get("far_cap_total"), r.get("far_mount_cold_cpu_bound"))
+                if v is not None]
+        r.add("far_bound", "far: min(cap of all connections, CPU bound of the read)",
+              min(caps) if caps else None, "MiB/s")
+        r.ratio("far_mount_bound", "far: mount read / that bound", "far_mount_cold",
+                "far_bound", ">= 0.8")
+
+
+def _caps(per_connection: float | None, total: float | None) -> str:
+    def text(value: float | None) -> str:
+        return f"{value / MiB:g} MiB/s" if value else "uncapped"
+    return f"{text(per_connection)} per connection, {text(total)} in all"
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -1093,6 +1204,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="runs of each download/read; the best counts (default 3)")
     parser.add_argument("--hash-mib", type=int, default=1024,
                         help="data hashed for the hash rates (default 1024)")
+    parser.add_argument("--far-size-mib", type=int, default=None,
+                        help="size of the image read through the far link (default 128, or "
+                             "--size-mib when smaller)")
+    parser.add_argument("--far-delay-ms", type=float, default=20.0,
+                        help="far link: one-way delay each direction, ms (default 20)")
+    parser.add_argument("--far-rate", type=parse_rate, default=parse_rate("40M"),
+                        help="far link: cap per connection, bytes/s, K/M/G binary "
+                             "(default 40M; none: uncapped)")
+    parser.add_argument("--far-total-rate", type=parse_rate, default=parse_rate("400M"),
+                        help="far link: cap of all connections (default 400M; none: uncapped)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="directory for the server, the source file and the mounts "
@@ -1103,8 +1224,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {','.join(unknown)}; choose from {','.join(SECTIONS)}")
-    if args.size_mib < 1 or args.images < 0 or args.hash_mib < 1:
-        parser.error("--size-mib and --hash-mib must be >= 1, --images >= 0")
+    if args.far_size_mib is None:
+        args.far_size_mib = min(128, args.size_mib)
+    if args.size_mib < 1 or args.images < 0 or args.hash_mib < 1 or args.far_size_mib < 1:
+        parser.error("--size-mib, --far-size-mib and --hash-mib must be >= 1, --images >= 0")
+    if args.far_delay_ms < 0:
+        parser.error("--far-delay-ms must be >= 0")
     args.sections = [s for s in SECTIONS if s in only]
     return args
 
@@ -1160,6 +1285,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "size_mib": args.size_mib, "images": args.images, "sections": args.sections,
             "repeat": args.repeat, "cpus": os.cpu_count(), "seconds": round(elapsed, 1),
+            "far": {"size_mib": args.far_size_mib, "delay_ms": args.far_delay_ms,
+                    "rate": args.far_rate, "total_rate": args.far_total_rate},
             "loadavg_at_start": load[0],
             "figures": {f.key: f.as_json() for f in report.figures},
             "notes": report.notes, "errors": report.errors,

@@ -31,13 +31,14 @@ def test_bench_runs_with_small_sizes(tmp_path: Path) -> None:
     figures = report["figures"]
     for key in ("sha512_rate", "md5_rate", "dl_glancefs", "dl_curl", "dl_glanceclient",
                 "up_glancefs", "up_curl", "up_glanceclient", "client_rss_download",
-                "list_glance_cli"):
+                "list_glance_cli", "far_rtt", "far_glanceclient", "far_glancefs"):
         assert figures[key]["value"] is not None and figures[key]["value"] > 0, key
     # The mount figures, when the mount works here (a note says why otherwise).
     if not any(note.startswith("mount: not available") for note in report["notes"]):
         for key in ("mount_cold_verify_on", "mount_cold_verify_off", "random_kib_per_read",
                     "list_ls_warm", "mount_cold_verify_on_cpu_bound", "dl_curl_cpu_bound",
-                    "fuse_ceiling", "mount_cold_verify_on_gets"):
+                    "fuse_ceiling", "mount_cold_verify_on_gets", "far_mount_cold",
+                    "far_mount_bound"):
             assert figures[key]["value"] is not None, key
         # From the mount's counters, not its log: a tiny image hashes in very little CPU
         # time, which is a figure (or, below the clock's resolution, a note), never missing.
@@ -45,6 +46,8 @@ def test_bench_runs_with_small_sizes(tmp_path: Path) -> None:
         assert hashed["value"] is not None or hashed["note"].startswith("below measurable"), \
             hashed
         assert figures["mount_cold_verify_on_fetched"]["value"] >= 1
+    # The far link's delay is in every round trip (20 ms each way by default).
+    assert figures["far_rtt"]["value"] >= 40
     assert "figure" in done.stdout and "sha512 rate" in done.stdout
     # Nothing is left behind: no mount, and the work directory is removed.
     with open("/proc/self/mounts") as mounts:
