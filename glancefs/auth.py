@@ -18,6 +18,8 @@ from typing import Any
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
+from glancefs.api.values import is_true
+
 LOG = logging.getLogger(__name__)
 
 
@@ -68,7 +70,7 @@ class AuthOptions:
             if name in names and name not in values:
                 values[name] = value
         if "insecure" in values:
-            values["insecure"] = str(values["insecure"]).lower() in ("1", "true", "yes")
+            values["insecure"] = is_true(values["insecure"])
         return cls(**values)
 
     def merged(self, overrides: Mapping[str, Any]) -> "AuthOptions":

@@ -8,6 +8,7 @@ from keystoneauth1 import session as ks_session
 
 from glancefs.api import exceptions as exc
 from glancefs.api import v1, v2
+from glancefs.api.values import major_version
 from glancefs.api.http import HTTPClient
 
 
@@ -22,10 +23,9 @@ def Client(version: str | int | float = "2", endpoint: str | None = None,
     (``insecure``, ``cacert``, ``timeout``, ``retries``, ``interface``,
     ``region_name``) go to :class:`glancefs.api.http.HTTPClient`.
     """
-    major = str(version).split(".")[0].lstrip("v")
+    try:
+        major = major_version(version)
+    except ValueError as error:
+        raise exc.UnsupportedVersion(str(error)) from None
     http = HTTPClient(endpoint, token=token, session=session, **kwargs)
-    if major == "2":
-        return v2.Client(http)
-    if major == "1":
-        return v1.Client(http)
-    raise exc.UnsupportedVersion(f"Images API version {version!r} does not exist; use 1 or 2")
+    return v2.Client(http) if major == "2" else v1.Client(http)

@@ -76,7 +76,7 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
     whole = offset == 0 and length is None or (offset == 0 and size is not None and end == size)
     check = expected.hasher() if verify and whole else None
     hashing = BackgroundHash(check[2]) if check else None
-    attempts_left = http.retries if resume_attempts is None else resume_attempts
+    attempts_left = http.retries_now if resume_attempts is None else resume_attempts
     pos = offset
     while True:
         try:
@@ -84,7 +84,7 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
                 pos += len(chunk)
                 if hashing:
                     hashing.update(chunk)
-                attempts_left = http.retries if resume_attempts is None else resume_attempts
+                attempts_left = http.retries_now if resume_attempts is None else resume_attempts
                 yield chunk
             break
         except _STREAM_ERRORS as error:

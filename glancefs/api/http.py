@@ -166,19 +166,30 @@ class HTTPClient:
         return self.endpoint + path
 
     @contextlib.contextmanager
-    def within(self, seconds: float | None) -> Iterator[None]:
+    def within(self, seconds: float | None, retries: int | None = None) -> Iterator[None]:
         """Requests made by this thread inside the block get their answer
         within ``seconds`` in all (the tighter of this and an enclosing
-        deadline), or raise :class:`DeadlineExceeded`. None: no change."""
+        deadline), or raise :class:`DeadlineExceeded`; with ``retries``, they
+        are retried that many times at most. None: no change."""
         outer = getattr(self._local, "deadline", None)
+        outer_retries = getattr(self._local, "retries", None)
         if seconds is not None:
             at = time.monotonic() + seconds
             if outer is None or at < outer.at:
                 self._local.deadline = _Deadline(at, seconds)
+        if retries is not None:
+            self._local.retries = retries
         try:
             yield
         finally:
             self._local.deadline = outer
+            self._local.retries = outer_retries
+
+    @property
+    def retries_now(self) -> int:
+        """How many times a failed request of this thread is retried."""
+        chosen = getattr(self._local, "retries", None)
+        return self.retries if chosen is None else chosen
 
     def _request_deadline(self) -> _Deadline | None:
         chosen = getattr(self._local, "deadline", None)
@@ -204,7 +215,7 @@ class HTTPClient:
         POST or a re-sent upload body could create or corrupt an image.
         """
         url = self.url(path)
-        attempts = self.retries + 1 if method in SAFE_METHODS else 1
+        attempts = self.retries_now + 1 if method in SAFE_METHODS else 1
         deadline = None if upload else self._request_deadline()
         delay = 0.5
         last_error: str | None = None

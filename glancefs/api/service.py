@@ -17,17 +17,15 @@ from types import MappingProxyType
 from typing import Any
 
 from glancefs.api import exceptions as exc
+from glancefs.api import fields as schema
 from glancefs.api import v1, v2
-from glancefs.api.v2 import CORE_FIELDS, DataSource
+from glancefs.api.v2 import DataSource
 
 LOG = logging.getLogger(__name__)
 
 LIST_PAGE_SIZE = 1000
 # Fields a user may change through the filesystem, with their types.
-WRITABLE_FIELDS: Mapping[str, type] = MappingProxyType({
-    "name": str, "disk_format": str, "container_format": str, "min_disk": int,
-    "min_ram": int, "protected": bool, "visibility": str, "tags": list,
-})
+WRITABLE_FIELDS: Mapping[str, type] = schema.SETTABLE
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ class ImageRecord:
 
     @classmethod
     def from_v2(cls, raw: Mapping[str, Any]) -> "ImageRecord":
-        props = {k: _text(v) for k, v in raw.items() if k not in CORE_FIELDS and v is not None}
+        props = {k: _text(v) for k, v in raw.items() if k not in schema.CORE and v is not None}
         return cls(
             id=raw["id"], name=raw.get("name"), status=raw.get("status", "unknown"),
             size=raw.get("size"), disk_format=raw.get("disk_format"),
@@ -138,11 +136,18 @@ class ImageService:
         return self.client.http.range_ignored
 
     @contextlib.contextmanager
-    def within(self, seconds: float | None) -> Iterator[None]:
+    def within(self, seconds: float | None, retries: int | None = None) -> Iterator[None]:
         """Calls made by this thread inside the block are answered within
-        ``seconds`` in all, retries included, or raise ``DeadlineExceeded``."""
-        with self.client.http.within(seconds):
+        ``seconds`` in all, retries included, or raise ``DeadlineExceeded``;
+        ``retries``: retried that many times at most (0: fail fast)."""
+        with self.client.http.within(seconds, retries):
             yield
+
+    @property
+    def endpoint(self) -> str:
+        """The Images endpoint this service talks to (found in the catalog
+        with Keystone): what identifies the server, e.g. for the write journal."""
+        return self.client.http.endpoint
 
     def _record(self, raw: Mapping[str, Any]) -> ImageRecord:
         return ImageRecord.from_v2(raw) if self.version == "2" else ImageRecord.from_v1(raw)

@@ -19,6 +19,7 @@ from glancefs.api.formats import guess_formats
 from glancefs.api.http import CHUNK_SIZE, HTTPClient
 from glancefs.api.resource import Image, Resource
 from glancefs.api.v2 import DataSource, image_id_of
+from glancefs.api.values import is_true
 
 LOG = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def meta_from_headers(headers: Any) -> dict[str, Any]:
 def normalise(meta: dict[str, Any]) -> dict[str, Any]:
     for key in _BOOLEANS:
         if isinstance(meta.get(key), str):
-            meta[key] = meta[key].strip().lower() in ("true", "1", "yes", "on")
+            meta[key] = is_true(meta[key])
     for key in _INTEGERS:
         if isinstance(meta.get(key), str):
             meta[key] = int(meta[key]) if meta[key].strip().isdigit() else None

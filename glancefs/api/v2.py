@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from glancefs.api import download
 from glancefs.api import exceptions as exc
+from glancefs.api import fields
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
 from glancefs.api.http import CHUNK_SIZE, HTTPClient, SizedIterable
 from glancefs.api.resource import Image, Resource
@@ -19,12 +20,9 @@ LOG = logging.getLogger(__name__)
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 DEFAULT_PAGE_SIZE = 200
 WIRE_CHUNK = 64 * 1024      # chunk of an upload body (chunked encoding), as glanceclient sends
-# Fields the server owns; a user can never set them (they are still readable).
-READ_ONLY_FIELDS = frozenset({
-    "id", "status", "checksum", "os_hash_algo", "os_hash_value", "size", "virtual_size",
-    "created_at", "updated_at", "file", "schema", "self", "direct_url", "locations",
-    "stores", "os_glance_failed_import", "os_glance_importing_to_stores",
-})
+# The one field schema (glancefs.api.fields), under the names this module used.
+READ_ONLY_FIELDS = fields.SERVER_OWNED
+CORE_FIELDS = fields.CORE
 
 
 def image_id_of(image: Any) -> str:
@@ -308,12 +306,6 @@ class Images:
 
     def get_stores_info(self) -> Resource:
         return Info(self.http).get_stores_info()
-
-
-CORE_FIELDS = READ_ONLY_FIELDS | {
-    "name", "disk_format", "container_format", "visibility", "protected", "owner",
-    "min_disk", "min_ram", "tags", "os_hidden",
-}
 
 
 def patch_ops(current: dict[str, Any], changes: dict[str, Any],

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from glancefs.api import exceptions as exc
+from glancefs.api.values import parse_bool
 from glancefs.cli.output import Printer, human_size
 from glancefs.cli.progress import Progress, ProgressReader
 
@@ -149,12 +150,10 @@ def command(table: dict[str, Command], name: str,
 
 
 def bool_value(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("true", "yes", "on", "1", "t", "y"):
-        return True
-    if low in ("false", "no", "off", "0", "f", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, not {text!r}")
+    try:
+        return parse_bool(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected True or False, not {text!r}") from None
 
 
 def key_value(text: str) -> tuple[str, str]:

@@ -164,10 +164,11 @@ def api_version(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
                 raw = load_cloud(cloud).get("image_api_version")
             except Exception:  # the missing cloud is reported when a client is built
                 raw = None
-    major = str(raw or "2").strip().lower().lstrip("v").split(".")[0]
-    if major not in ("1", "2"):
-        raise ParserExit(2, f"{PROG}: Images API version {raw!r} does not exist; use 1 or 2")
-    return major
+    from glancefs.api.values import major_version
+    try:
+        return major_version(raw or "2")
+    except ValueError as error:
+        raise ParserExit(2, f"{PROG}: {error}") from None
 
 
 # -- parsers --------------------------------------------------------------------------------

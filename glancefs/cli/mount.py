@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from glancefs.api.values import major_version
 from glancefs.fs.options import MountOptions, apply_option_string, parse_size
 
 PROG = "glancefs"
@@ -119,9 +120,9 @@ def auth_from(args: argparse.Namespace, opts: MountOptions, source: str | None) 
 
 
 def api_version_for(args: argparse.Namespace, opts: MountOptions, auth: Any) -> str:
-    return (opts.api_version or getattr(args, "image_api_version", None)
-            or os.environ.get("OS_IMAGE_API_VERSION") or auth.image_api_version or "2"
-            ).strip().lstrip("v").split(".")[0]
+    return major_version(opts.api_version or getattr(args, "image_api_version", None)
+                         or os.environ.get("OS_IMAGE_API_VERSION") or auth.image_api_version
+                         or "2")
 
 
 def setup_logging(opts: MountOptions, background: bool) -> None:
@@ -230,16 +231,10 @@ def _serve(args: argparse.Namespace, opts: MountOptions, source: str | None,
                                  deadline=opts.timeout, connect_timeout=opts.connect_timeout,
                                  upload_timeout=opts.upload_timeout)
     service = ImageService(client)
-    # Fail fast at start-up: an unreachable server should not take the
-    # client's whole retry schedule to be reported.
-    retries = client.http.retries
-    client.http.retries = 0
     try:
         fs, ops = prepare(service, opts)
     except Exception as error:
         raise _with_endpoint(error, auth) from None
-    finally:
-        client.http.retries = retries
     serve(fs, ops, mountpoint, fsname, ready=ready)
     return 0
 

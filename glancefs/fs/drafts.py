@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glancefs.api.service import WRITABLE_FIELDS, ImageRecord, ImageService
+from glancefs.api.values import parse_bool
 from glancefs.fs.errors import FsError, describe
 from glancefs.fs.journal import Journal, JournalError
 from glancefs.fs.stats import MountStats
@@ -113,12 +114,11 @@ def parse_field(name: str, raw: bytes) -> Any:
             raise FsError(errno.EINVAL, f"user.glance.{name} must be an integer, "
                           f"not {text!r}") from None
     if want is bool:
-        lowered = text.lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise FsError(errno.EINVAL, f"user.glance.{name} must be true or false, not {text!r}")
+        try:
+            return parse_bool(text)
+        except ValueError:
+            raise FsError(errno.EINVAL, f"user.glance.{name} must be true or false, "
+                          f"not {text!r}") from None
     if want is list:
         if text.startswith("["):
             try:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageRecord, ImageService
-from glancefs.api.v2 import CORE_FIELDS as API_CORE_FIELDS
+from glancefs.api import fields
 from glancefs.fs import modtime, names, stats, xattrs
 from glancefs.fs.cache import DiskCache
 from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, FRESH_WAIT, ROOT_INODE, Catalog
@@ -618,7 +618,7 @@ class GlanceFS:
             raise FsError(errno.EPERM, "user.glance.name: rename the file (mv) instead")
         if kind == "core" and key in xattrs.READ_ONLY_FIELDS:
             raise FsError(errno.EPERM, f"user.glance.{key} is managed by the server")
-        if kind == "property" and key in API_CORE_FIELDS:
+        if kind == "property" and key in fields.CORE:
             raise FsError(errno.EPERM, f"{key!r} is not a property: use user.glance.{key}")
         file = self._written(inode)
         if file is not None and await self._thread(self.writes.set_meta, file, kind, key, value):
@@ -656,10 +656,10 @@ class GlanceFS:
         creates nothing and deletes nothing."""
         if self.options.ro or not self.options.journal_dir:
             return
-        http = getattr(self.service.client, "http", None)
-        endpoint = getattr(http, "endpoint", None)
-        if not endpoint:
-            LOG.warning("no write journal: the image endpoint is not known")
+        try:
+            endpoint = self.service.endpoint
+        except exc.ClientException as error:
+            LOG.warning("no write journal: the image endpoint is not known (%s)", error)
             return
         if self.writes.start_journal(self.options.journal_dir, endpoint):
             # The first listing still shows the leftovers just deleted.

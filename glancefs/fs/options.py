@@ -13,35 +13,9 @@ from typing import Any
 
 from glancefs.fs.journal import default_dir as default_journal_dir
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
+from glancefs.api.values import GiB, KiB, MiB, major_version, parse_bool, parse_size
 
-
-def parse_size(text: str) -> int:
-    """``512``, ``64k``, ``256M``, ``2G``, ``1GiB`` -> bytes."""
-    value = text.strip().lower().removesuffix("ib").removesuffix("b")
-    units = {"k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
-    scale = 1
-    if value and value[-1] in units:
-        scale = units[value[-1]]
-        value = value[:-1]
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"not a size: {text!r} (use e.g. 512M or 2G)") from None
-    if number < 0:
-        raise ValueError(f"a size cannot be negative: {text!r}")
-    return int(number * scale)
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "on", "yes", "true", ""):
-        return True
-    if lowered in ("0", "off", "no", "false"):
-        return False
-    raise ValueError(f"not on/off: {text!r}")
+__all__ = ["MountOptions", "apply_option_string", "parse_bool", "parse_size", "failure_text"]
 
 
 @dataclass
@@ -110,8 +84,8 @@ class MountOptions:
                                   min(self.prefetch_start, self.prefetch_max))
         if self.memory < 4 * self.block_size:
             raise ValueError(f"memory must be at least 4 blocks ({4 * self.block_size} bytes)")
-        if self.api_version not in (None, "1", "2"):
-            raise ValueError("api_version must be 1 or 2")
+        if self.api_version is not None:
+            self.api_version = major_version(self.api_version)
         if self.ttl < 0:
             raise ValueError("ttl cannot be negative")
         for name in ("timeout", "metadata_timeout", "connect_timeout", "upload_timeout"):
@@ -177,7 +151,8 @@ def apply_option_string(opts: MountOptions, text: str) -> None:
 
 def _convert(name: str, value: str | None) -> Any:
     if name in _BOOLS:
-        return True if value is None else parse_bool(value)
+        # A bare flag, or ``flag=`` (fstab writes those), switches it on.
+        return True if value is None or not value.strip() else parse_bool(value)
     if value is None:
         raise ValueError("needs a value (key=value)")
     if name in _SIZES:
@@ -189,7 +164,7 @@ def _convert(name: str, value: str | None) -> Any:
     if name in ("ttl", "timeout", "upload_timeout", "metadata_timeout", "connect_timeout"):
         return float(value)
     if name == "api_version":
-        return value.strip().lstrip("v").split(".")[0]
+        return major_version(value)
     if name in ("spool_dir", "journal_dir") and value.strip().lower() in ("", "none", "off",
                                                                          "no"):
         return None

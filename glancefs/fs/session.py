@@ -57,7 +57,10 @@ def check_mountpoint(path: str) -> None:
 def prepare(service: ImageService, options: MountOptions) -> tuple[GlanceFS, Operations]:
     """Build the filesystem and load the first listing (raises the API's errors)."""
     fs = GlanceFS(service, options)
-    fs.catalog.load(service.list_images())
+    # Fail fast: an unreachable server should not take the whole retry
+    # schedule to be reported to the user waiting for mount.glancefs.
+    with service.within(options.metadata_timeout, retries=0):
+        fs.catalog.load(service.list_images())
     # Before the mount is ready, so a crashed mount's leftovers go before
     # anyone lists them; unanswered deletions are retried in the background.
     fs.start_journal()

@@ -1,8 +1,8 @@
 """Image metadata as extended attributes.
 
-* ``user.glance.<field>`` for the core fields (DESIGN.md's list, plus
-  ``name``, the image's real name, which matters when the file name is
-  escaped or carries a duplicate suffix).
+* ``user.glance.<field>`` for the core fields (``glancefs.api.fields``, the
+  one schema; ``name`` is the image's real name, which matters when the
+  file name is escaped or carries a duplicate suffix).
 * ``user.<key>`` for every other property, e.g. ``user.os_distro``.
 
 Values are the API's values as text: strings as they are, integers in
@@ -17,19 +17,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from glancefs.api import fields
 from glancefs.api.service import ImageRecord
 
 CORE_PREFIX = "user.glance."
 PROPERTY_PREFIX = "user."
-CORE_FIELDS: tuple[str, ...] = (
-    "id", "name", "status", "disk_format", "container_format", "checksum", "os_hash_algo",
-    "os_hash_value", "size", "virtual_size", "visibility", "protected", "owner", "min_disk",
-    "min_ram", "tags", "created_at", "updated_at", "stores",
-)
-# Set by the server; setxattr on these is EPERM (write-path issue).
-READ_ONLY_FIELDS = frozenset({"id", "status", "checksum", "os_hash_algo", "os_hash_value",
-                              "size", "virtual_size", "owner", "created_at", "updated_at",
-                              "stores"})
+CORE_FIELDS = fields.SHOWN               # user.glance.<field>, in this order
+READ_ONLY_FIELDS = fields.READ_ONLY_SHOWN  # set by the server (or an admin): EPERM
 XATTR_NAME_MAX = 255
 
 
