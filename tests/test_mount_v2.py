@@ -376,3 +376,16 @@ def test_owner_and_mode_options(glance_v2: GlanceServer, images: dict[str, Image
         with pytest.raises(OSError) as refused:
             (mount.path / "x").write_bytes(b"")
         assert refused.value.errno in (errno.EROFS, errno.EACCES)
+
+
+def test_the_kernel_reads_ahead_as_the_readahead_option_says(mnt: Path) -> None:
+    """2M by default: 1 MiB reads instead of the kernel's 128 KiB offer (set after
+    FUSE INIT, which would otherwise lower it again)."""
+    from glancefs.fs.session import mount_device
+    device = mount_device(str(mnt))
+    assert device is not None
+    knob = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+    deadline = time.monotonic() + 10
+    while knob.read_text().strip() != "2048":
+        assert time.monotonic() < deadline, knob.read_text()
+        time.sleep(0.05)

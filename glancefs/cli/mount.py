@@ -232,10 +232,10 @@ def _serve(args: argparse.Namespace, opts: MountOptions, source: str | None,
                                  upload_timeout=opts.upload_timeout)
     service = ImageService(client)
     try:
-        fs, ops = prepare(service, opts)
+        fs = prepare(service, opts)
     except Exception as error:
         raise _with_endpoint(error, auth) from None
-    serve(fs, ops, mountpoint, fsname, ready=ready)
+    serve(fs, mountpoint, fsname, ready=ready)
     return 0
 
 

@@ -74,9 +74,13 @@ class Catalog:
         self._retry_at: float | None = None          # no new refresh before (clock)
         self._last_error: BaseException | None = None
 
-    def start(self, nursery: trio.Nursery) -> None:
-        """Refreshes run in the background from now on."""
+    def start(self, nursery: trio.Nursery,
+              on_change: Callable[[list[int]], None] | None = None) -> None:
+        """Refreshes run in the background from now on; ``on_change`` hears of
+        the inodes whose size or status a refresh changed."""
         self.nursery = nursery
+        if on_change is not None:
+            self.on_change = on_change
 
     # -- loading -----------------------------------------------------------
 

@@ -3,7 +3,7 @@
 A :class:`WrittenFile` is what the mount knows of a file it is writing: its
 name, size and pending metadata, the :class:`~glancefs.fs.writer.Upload` of
 the version being written, and, after an upload, the image and the spool
-that holds its data. The rules (DESIGN.md, Writing; README.rst documents them):
+that holds its data. The rules (docs/design.rst, Writing; README.rst documents them):
 
 * A created file is shown at once, as a *draft*: no image exists until data
   arrives. A file nobody wrote data into (``touch``, ``truncate -s``) stays a

@@ -37,6 +37,18 @@ class FsError(Exception):
         self.message = message
 
 
+# What open() says for an image that is not active (docs/design.rst, Attributes).
+STATUS_ERRNO: dict[str, tuple[int, str]] = {
+    "queued": (errno.EAGAIN, "has no data yet"),
+    "saving": (errno.EAGAIN, "is being uploaded"),
+    "uploading": (errno.EAGAIN, "is being uploaded"),
+    "importing": (errno.EAGAIN, "is being imported"),
+    "deactivated": (errno.EACCES, "is deactivated"),
+    "killed": (errno.EIO, "was killed by an upload error"),
+    "deleted": (errno.ENOENT, "was deleted"),
+    "pending_delete": (errno.ENOENT, "is being deleted"),
+}
+
 # (exception class, errno); the first match in order wins, so subclasses come
 # before their bases. Operation-specific exceptions are in _BY_OPERATION.
 TABLE: tuple[tuple[type[BaseException], int], ...] = (
@@ -85,7 +97,7 @@ _BY_OPERATION: dict[tuple[str, type[BaseException]], int] = {
     ("read", exc.CommunicationError): errno.EIO,
     # 409 when removing a property that is not there.
     ("removexattr", exc.HTTPConflict): errno.ENODATA,
-    # 413 on a property change: over the server's property quota (DESIGN.md).
+    # 413 on a property change: over the server's property quota (docs/design.rst).
     ("setxattr", exc.HTTPOverLimit): errno.ENOSPC,
     # 404 of a property or xattr, not of the file.
     ("getxattr", exc.HTTPNotFound): errno.ENODATA,
@@ -107,7 +119,8 @@ def errno_for(error: BaseException, operation: str = "") -> int:
         # Glance's image_size_cap answers 413 without "quota": the file is too big,
         # the disk is not full.
         return errno.EFBIG
-    if isinstance(error, exc.CommunicationError) and not error.method:
+    if isinstance(error, exc.CommunicationError) and not error.method and \
+            not isinstance(error, exc.DeadlineExceeded):
         # Raised by a download that lost its connection and could not resume: the
         # server was reached, the transfer broke.
         return errno.EIO

@@ -1,6 +1,10 @@
-"""The filesystem in plain domain terms (borg's split): directories, files,
-attributes, reads and xattrs of images, with no pyfuse3 in sight.
+"""The filesystem in plain domain terms (borg's split): a tree of nodes
+(glancefs.fs.nodes) behind the operations of a filesystem, with no pyfuse3
+in sight.
 
+GlanceFS resolves an inode to its node and delegates; it never asks which
+kind of file it holds. It keeps what all nodes share: the catalog (the
+listing), the read path, the write path, and one table of open files.
 glancefs.fs.operations adapts this to pyfuse3; tests and other front ends
 can drive it directly. Refusals are :class:`FsError` (or the API's own
 exceptions), turned into errno in exactly one place (errors.py).
@@ -10,25 +14,23 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 import time
-from dataclasses import dataclass
-
-import trio
-
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import trio
+
 from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageRecord, ImageService
-from glancefs.api import fields
 from glancefs.fs import modtime, names, stats, xattrs
 from glancefs.fs.cache import DiskCache
-from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, FRESH_WAIT, ROOT_INODE, Catalog
-from glancefs.fs.drafts import WritePath, WrittenFile, parse_field
+from glancefs.fs.catalog import BY_ID_INODE, FRESH_WAIT, ROOT_INODE, Catalog
+from glancefs.fs.drafts import WritePath, WrittenFile
 from glancefs.fs.errors import FsError, refuse
+from glancefs.fs.nodes import (Attr, ByIdDir, Directory, ImageNode, Node, OpenFile, RootDir,
+                               WriteHandle, WrittenNode)
 from glancefs.fs.options import MountOptions
-from glancefs.fs.reader import Handle, ReadConfig, Reader
+from glancefs.fs.reader import ReadConfig, Reader
 from glancefs.fs.writer import WriteConfig
 
 T = TypeVar("T")
@@ -37,34 +39,10 @@ RENAME_EXCHANGE = 2
 
 LOG = logging.getLogger("glancefs.fs")
 
-# What open() says for an image that is not active (DESIGN.md, Attributes).
-STATUS_ERRNO: dict[str, tuple[int, str]] = {
-    "queued": (errno.EAGAIN, "has no data yet"),
-    "saving": (errno.EAGAIN, "is being uploaded"),
-    "uploading": (errno.EAGAIN, "is being uploaded"),
-    "importing": (errno.EAGAIN, "is being imported"),
-    "deactivated": (errno.EACCES, "is deactivated"),
-    "killed": (errno.EIO, "was killed by an upload error"),
-    "deleted": (errno.ENOENT, "was deleted"),
-    "pending_delete": (errno.ENOENT, "is being deleted"),
-}
-# Attributes of images that may still change are trusted this long at most.
-UNSETTLED_TIMEOUT = 1.0
 CLOSE_DEADLINE = 3.0       # seconds the mount's end gives the server, all requests
 NO_QUOTA_FREE = 1 << 50    # "unlimited": what df shows as free without a quota
 
-
-@dataclass
-class Attr:
-    inode: int
-    mode: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    nlink: int
-    uid: int
-    gid: int
-    timeout: float
+__all__ = ["Attr", "GlanceFS", "RENAME_EXCHANGE", "RENAME_NOREPLACE"]
 
 
 class GlanceFS:
@@ -80,13 +58,12 @@ class GlanceFS:
             prefetch_max=options.prefetch_max, memory=options.memory, verify=options.verify,
             range_supported=service.version != "1", deadline=options.timeout), disk,
             self.stats)
-        self.handles: dict[int, Handle] = {}
         self._xattrs: dict[str, tuple[ImageRecord, dict[bytes, bytes]]] = {}
         self.writes = WritePath(service, WriteConfig(
             spool_dir=options.spool_dir, spool_size=options.spool_size,
             write_buffer=options.write_buffer), replace_on_close=options.replace_on_close,
             stats=self.stats)
-        self.write_handles: dict[int, WrittenFile] = {}
+        self.open_files: dict[int, OpenFile] = {}     # the one table of open files
         # Writers wait for the server (a full queue, a flush): their own threads.
         self.write_limiter = trio.CapacityLimiter(64)
         self._next_fh = 1
@@ -94,164 +71,136 @@ class GlanceFS:
         self._usage_refresh: trio.Event | None = None   # set when the refresh in flight ends
         self._usage_asked = 0.0
         self.started_wall = time.time()   # directory times: when mounted
+        self.root = RootDir(self, ROOT_INODE)
+        self.by_id = ByIdDir(self, BY_ID_INODE)
 
-    # -- attributes -------------------------------------------------------------
+    def start(self, nursery: trio.Nursery,
+              on_change: Callable[[list[int]], None] | None = None) -> None:
+        """Serving starts: background work (listing refreshes, fetches) runs in
+        ``nursery``; ``on_change`` hears of inodes whose data changed."""
+        self.reader.nursery = nursery
+        self.catalog.start(nursery, on_change)
 
-    def _dir_attr(self, inode: int) -> Attr:
-        mode = 0o555 if self.options.ro else 0o755
-        when = int(self.started_wall * modtime.NS)
-        return Attr(inode, stat.S_IFDIR | (mode & ~self.options.umask), 0, when, when, 2,
-                    self.options.uid, self.options.gid, self.options.ttl)
+    # -- the tree ------------------------------------------------------------------------
 
-    def file_attr(self, record: ImageRecord) -> Attr:
-        settled = record.status == "active"
-        writable = (self.options.replace_on_close and settled and not record.protected
-                    and not self.options.ro)
-        return Attr(
-            inode=self.catalog.inode(record.id),
-            mode=stat.S_IFREG | ((0o644 if writable else 0o444) & ~self.options.umask),
-            size=record.size or 0, mtime_ns=self._mtime_ns(record.properties, record.updated),
-            ctime_ns=int(record.created * modtime.NS), nlink=1,
-            uid=self.options.uid, gid=self.options.gid,
-            timeout=self.options.ttl if settled else min(self.options.ttl, UNSETTLED_TIMEOUT))
-
-    async def getattr(self, inode: int) -> Attr:
-        if inode in (ROOT_INODE, BY_ID_INODE):
-            return self._dir_attr(inode)
+    def node_now(self, inode: int) -> Node | None:
+        """The node of ``inode`` from what is known now (no request), or None."""
+        if inode == ROOT_INODE:
+            return self.root
+        if inode == BY_ID_INODE:
+            return self.by_id
         file = self._written(inode)
         if file is not None:
-            return self.written_attr(file)
-        await self.catalog.refresh()
+            return WrittenNode(self, file)
         record = self.catalog.record(inode)
-        if record is None:
+        return None if record is None else ImageNode(self, record)
+
+    async def node(self, inode: int, fresh: bool = True) -> Node:
+        """The node of ``inode``; an image's record from a listing refreshed
+        as the ttl says (``fresh``)."""
+        if fresh and inode not in (ROOT_INODE, BY_ID_INODE) and self._written(inode) is None:
+            await self.catalog.refresh()
+        node = self.node_now(inode)
+        if node is None:
             raise FsError(errno.ENOENT, f"inode {inode} is not an image")
-        return self.file_attr(record)
+        return node
+
+    def subject(self, inode: int) -> ImageRecord | None:
+        """What a log line about ``inode`` names."""
+        node = self.node_now(inode)
+        return None if node is None else node.subject()
+
+    # -- metadata ----------------------------------------------------------------------
+
+    async def getattr(self, inode: int) -> Attr:
+        return (await self.node(inode)).attr()
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
-        if parent == ROOT_INODE:
-            if name == BY_ID_NAME:
-                return self._dir_attr(BY_ID_INODE)
-            await self.catalog.refresh()
-            self._sync_written()
-            file = self._written_by_name(name)
-            if file is not None:
-                return self.written_attr(file)
-            # A name not in the listing is not asked for on its own: the refresh
-            # the lookup started (0.3 s) decides. Waiting longer for it would hold
-            # every ls of the directory too (the kernel serializes them with lookups).
-            record = self.catalog.lookup(name)
-        elif parent == BY_ID_INODE:
-            await self.catalog.refresh()
-            try:
-                image_id = name.decode("ascii")
-            except UnicodeDecodeError:
-                image_id = ""
-            record = await self.catalog.lookup_id(image_id) if image_id else None
-        else:
-            raise FsError(errno.ENOTDIR, f"inode {parent} is not a directory")
-        if record is None:
-            raise FsError(errno.ENOENT, f"no image named {name!r}")
-        return self.file_attr(record)
+        directory = await self.node(parent, fresh=False)
+        return (await directory.lookup(name)).attr()
 
     async def listdir(self, inode: int) -> list[tuple[bytes, Attr]]:
-        if inode not in (ROOT_INODE, BY_ID_INODE):
-            raise FsError(errno.ENOTDIR, f"inode {inode} is not a directory")
-        await self.catalog.refresh()
-        if inode == BY_ID_INODE:
-            records = sorted((self.catalog.records[i] for i in self.catalog.listed),
-                             key=lambda r: r.id)
-            return [(r.id.encode(), self.file_attr(r)) for r in records]
-        self._sync_written()
-        written = {f.shown: f for f in self._visible_written()}
-        ours = {f.inode for f in written.values()}
-        out = [(BY_ID_NAME, self._dir_attr(BY_ID_INODE))]
-        out.extend((shown, self.file_attr(record)) for shown, record in self.catalog.entries()
-                   if shown not in written and self.catalog.inode(record.id) not in ours)
-        out.extend((shown, self.written_attr(f)) for shown, f in sorted(written.items()))
-        return out
+        return await (await self.node(inode, fresh=False)).entries()
 
-    # -- data ---------------------------------------------------------------------
+    def file_attr(self, record: ImageRecord) -> Attr:
+        return ImageNode(self, record).attr()
+
+    def mtime_ns(self, properties: Mapping[str, str], otherwise: float) -> int:
+        """What stat shows as mtime (glancefs.fs.modtime): the time a tool set,
+        else ``otherwise`` (updated_at; the last change of a file being written)."""
+        if not self.options.modtime:
+            return int(otherwise * modtime.NS)
+        return modtime.shown_ns(properties, otherwise)
+
+    async def set_mtime(self, inode: int, ns: int) -> None:
+        """utimes/utimensat: the time is kept in the image's ``mtime`` property,
+        with the upload when the file is being written (one create or update),
+        else in one PATCH. Ignored on read-only mounts and with no_modtime."""
+        if self.options.ro or not self.options.modtime:
+            return
+        await (await self.node(inode, fresh=False)).set_mtime(ns)
+
+    async def set_size(self, inode: int, size: int, fh: int | None) -> None:
+        """truncate/ftruncate: drafts and files being written change; an active
+        image only with replace_on_close (a new version replaces it)."""
+        await (await self.node(inode, fresh=False)).set_size(size, fh)
+
+    # -- data ----------------------------------------------------------------------------
+
+    def new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
 
     async def open(self, inode: int, flags: int) -> tuple[int, bool]:
         """(file handle, keep the kernel's page cache)."""
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             return await self.open_write(inode, flags), False
-        file = self._written(inode)
-        if file is not None and (file.writing or file.image is None):
-            # Data that is not (all) on the server yet: served from the spool.
-            fh = self._new_fh()
-            self.write_handles[fh] = file
-            return fh, False
-        record = self.catalog.record(inode)
-        if record is None:
-            raise FsError(errno.ENOENT, f"inode {inode} is not an image")
-        if record.status != "active":
-            # The listing may be old: ask the server about this one image.
-            try:
-                record = await self.catalog.ask(self.service.get, record.id)
-            except exc.HTTPNotFound:
-                raise FsError(errno.ENOENT, "the image no longer exists") from None
-            self.catalog.update(record)
-        if record.status != "active":
-            number, why = STATUS_ERRNO.get(record.status, (errno.EIO, "is not active"))
-            raise FsError(number, f"image status is {record.status!r}: it {why}")
-        handle = self.reader.open(record)
-        fh = self._new_fh()
-        self.handles[fh] = handle
-        # A file written through this mount may change again: no page cache kept.
-        return fh, file is None
+        node = await self.node(inode, fresh=False)
+        fh = self.new_fh()
+        opened, keep = await node.open_read(fh)
+        self.open_files[fh] = opened
+        return fh, keep
 
-    def _new_fh(self) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
+    async def open_write(self, inode: int, flags: int) -> int:
+        self.check_writable("open for writing")
+        node = await self.node(inode, fresh=False)
+        fh = self.new_fh()
+        self.open_files[fh] = await node.open_write(fh, flags)
         return fh
 
-    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        file = self.write_handles.get(fh)
-        if file is not None and fh not in self.handles:
-            try:
-                return await self._thread(self.writes.read, file, off, size)
-            except FsError as error:
-                if error.errno != errno.EAGAIN or file.image is None:
-                    raise
-                # Its upload finished and no spool is kept: read the image.
-                self.handles[fh] = self.reader.open(file.image)
-        handle = self.handles.get(fh)
-        if handle is None:
+    def _open_file(self, fh: int) -> OpenFile:
+        opened = self.open_files.get(fh)
+        if opened is None:
             raise FsError(errno.EBADF, f"file handle {fh} is not open")
-        return await self.reader.read(handle, off, size)
+        return opened
 
-    def record_of_handle(self, fh: int) -> ImageRecord | None:
-        handle = self.handles.get(fh)
-        if handle is not None:
-            return handle.image.record
-        file = self.write_handles.get(fh)
-        if file is not None:
-            return file.image or self.writes.pending_record(file)
-        return None
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        return await self._open_file(fh).read(off, size)
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        opened = self.open_files.get(fh)
+        if opened is None:
+            raise FsError(errno.EBADF, f"file handle {fh} is not open for writing")
+        return await opened.write(off, data)
+
+    async def flush(self, fh: int) -> None:
+        opened = self.open_files.get(fh)
+        if opened is not None:
+            await opened.flush()
 
     async def release(self, fh: int) -> None:
-        handle = self.handles.pop(fh, None)
-        if handle is not None:
-            self.reader.release(handle)
-        file = self.write_handles.pop(fh, None)
-        if file is not None:
-            previous = file.image.id if file.image is not None else None
-            record = await self._thread(self.writes.release, file, fh)
-            if record is not None:
-                self._uploaded(file, record, previous)
+        opened = self.open_files.pop(fh, None)
+        if opened is not None:
+            await opened.release()
 
-    # -- extended attributes ----------------------------------------------------------
+    def record_of_handle(self, fh: int) -> ImageRecord | None:
+        opened = self.open_files.get(fh)
+        return None if opened is None else opened.subject()
 
-    async def _record(self, inode: int) -> ImageRecord:
-        await self.catalog.refresh()
-        record = self.catalog.record(inode)
-        if record is None:
-            raise FsError(errno.ENOENT if inode not in (ROOT_INODE, BY_ID_INODE)
-                          else errno.ENODATA, "no such image")
-        return record
+    # -- extended attributes -------------------------------------------------------------
 
-    def _attributes(self, record: ImageRecord) -> dict[bytes, bytes]:
+    def attributes(self, record: ImageRecord) -> dict[bytes, bytes]:
         """The xattrs of a record, built once per record (records are immutable)."""
         cached = self._xattrs.get(record.id)
         if cached is None or cached[0] is not record:
@@ -259,32 +208,32 @@ class GlanceFS:
             self._xattrs[record.id] = cached
         return cached[1]
 
-    async def _file_attributes(self, inode: int) -> dict[bytes, bytes]:
-        file = self._written(inode)
-        if file is not None and (file.image is None or file.writing):
-            values = xattrs.attributes(self.writes.pending_record(file))
-            if not file.image_id:
-                values.pop(b"user.glance.id", None)
-            return values
-        return self._attributes(await self._record(inode))
-
     async def getxattr(self, inode: int, name: bytes) -> bytes:
-        if inode == ROOT_INODE and name == stats.XATTR_NAME:
-            return self.stats.to_json(retries=self.service.retries)
-        if inode in (ROOT_INODE, BY_ID_INODE):
-            raise FsError(errno.ENODATA, "directories have no attributes")
-        values = await self._file_attributes(inode)
-        value = values.get(name)
+        value = (await (await self.node(inode)).xattrs()).get(name)
         if value is None:
             raise FsError(errno.ENODATA, f"no attribute {name!r}")
         return value
 
     async def listxattr(self, inode: int) -> list[bytes]:
-        if inode == ROOT_INODE:
-            return [stats.XATTR_NAME]
-        if inode == BY_ID_INODE:
-            return []
-        return list(await self._file_attributes(inode))
+        return list(await (await self.node(inode)).xattrs())
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes) -> None:
+        await self._change_xattr(inode, name, value)
+
+    async def removexattr(self, inode: int, name: bytes) -> None:
+        await self._change_xattr(inode, name, None)
+
+    async def _change_xattr(self, inode: int, name: bytes, value: bytes | None) -> None:
+        """user.KEY adds, replaces or removes a property, user.glance.FIELD sets a
+        field: one PATCH (v2) or PUT (v1) each, from a fresh record."""
+        node = await self.node(inode, fresh=False)
+        if isinstance(node, Directory):
+            raise FsError(errno.EPERM, "directories have no attributes")
+        parsed = xattrs.parse_name(name)
+        if parsed is None:
+            raise FsError(errno.EOPNOTSUPP, f"only user.* attributes exist here, not {name!r}")
+        self.check_writable("change attributes")
+        await node.change_xattr(*parsed, value)
 
     # -- the filesystem --------------------------------------------------------------
 
@@ -336,102 +285,10 @@ class GlanceFS:
                 done.set()
         self._usage = (trio.current_time(), usage)
 
-    # -- the write path (glancefs.fs.drafts and glancefs.fs.writer) ---------------------
-
-    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Blocking write-path work (HTTP, the spool, a full upload queue).
-        Abandoned when cancelled (the mount ends): the thread finishes alone."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.write_limiter,
-                                             abandon_on_cancel=True)
-
-    async def _ask(self, fn: Callable[..., T], *args: Any) -> T:
-        """A request a metadata change waits on (rm, mv, setfattr): answered
-        within ``metadata_timeout``."""
-        return await self.catalog.ask(fn, *args, limiter=self.write_limiter)
-
-    def _written(self, inode: int) -> WrittenFile | None:
-        file = self.writes.get(inode)
-        if file is None or file.unlinked or file.failed is not None:
-            return None
-        return file
-
-    def _visible_written(self) -> list[WrittenFile]:
-        return [f for f in list(self.writes.files.values())
-                if f.shown and not f.unlinked and f.failed is None]
-
-    def _written_by_name(self, shown: bytes) -> WrittenFile | None:
-        for file in self._visible_written():
-            if file.shown == shown:
-                return file
-        return None
-
-    def _sync_written(self) -> None:
-        """Images created by uploads in progress belong to their files' inodes
-        (so a listing never shows them twice); closed files past their reopen
-        window become plain images."""
-        for file in list(self.writes.files.values()):
-            image_id = file.image_id
-            if image_id and self.catalog.image_id(file.inode) != image_id:
-                self.catalog.bind(file.inode, image_id)
-        self.writes.expire()
-
-    def written_attr(self, file: WrittenFile) -> Attr:
-        created = file.image.created if file.image is not None else file.mtime
-        # While written, the time set is in the pending metadata; once the image
-        # holds the last version, the image says.
-        kept = file.image.properties if file.image is not None and not file.writing \
-            else file.meta.properties
-        return Attr(inode=file.inode, mode=stat.S_IFREG | (0o644 & ~self.options.umask),
-                    size=file.current_size, mtime_ns=self._mtime_ns(kept, file.mtime),
-                    ctime_ns=int(created * modtime.NS), nlink=1,
-                    uid=self.options.uid, gid=self.options.gid,
-                    timeout=min(self.options.ttl, UNSETTLED_TIMEOUT))
-
-    def _mtime_ns(self, properties: Mapping[str, str], otherwise: float) -> int:
-        """What stat shows as mtime (glancefs.fs.modtime): the time a tool set,
-        else ``otherwise`` (updated_at; the last change of a file being written)."""
-        if not self.options.modtime:
-            return int(otherwise * modtime.NS)
-        return modtime.shown_ns(properties, otherwise)
-
-    async def set_mtime(self, inode: int, ns: int) -> None:
-        """utimes/utimensat: the time is kept in the image's ``mtime`` property,
-        with the upload when the file is being written (one create or update),
-        else in one PATCH. Ignored on read-only mounts and with no_modtime."""
-        if self.options.ro or not self.options.modtime or inode in (ROOT_INODE, BY_ID_INODE):
-            return   # directories show when the mount began, whatever is set
-        value = modtime.format_ns(ns)
-        file = self._written(inode)
-        if file is not None:
-            if await self._thread(self.writes.set_meta, file, "property", modtime.PROPERTY,
-                                  value.encode()):
-                return
-        record = self.catalog.record(inode)
-        if record is None:
-            raise FsError(errno.ENOENT, f"inode {inode} is not an image")
-        if record.properties.get(modtime.PROPERTY) == value:
-            return   # already so: no request (rsync sets every time again)
-        record = await self._ask(self.service.get, record.id)
-        if record.properties.get(modtime.PROPERTY) != value:
-            record = await self._ask(self.service.set_property, record, modtime.PROPERTY,
-                                     value)
-        self.catalog.update(record)
-        if file is not None and file.image is not None and file.image.id == record.id:
-            file.image = record
-
-    def subject(self, inode: int) -> ImageRecord | None:
-        """What a log line about ``inode`` names."""
-        file = self._written(inode)
-        if file is not None:
-            return file.image or self.writes.pending_record(file)
-        return self.catalog.record(inode)
-
-    def _check_writable(self, what: str) -> None:
-        if self.options.ro:
-            raise FsError(errno.EROFS, f"{what}: the mount is read-only")
+    # -- names: create, remove, rename (in the root) ---------------------------------------
 
     def _image_name(self, parent: int, shown: bytes, what: str) -> str | None:
-        self._check_writable(what)
+        self.check_writable(what)
         if parent != ROOT_INODE:
             raise FsError(errno.EPERM, f"{what}: images live at the top of the mount, "
                           ".by-id only shows them")
@@ -450,121 +307,27 @@ class GlanceFS:
             raise FsError(errno.EINVAL, f"{what}: {shown!r} is not a UTF-8 name: {error}") from None
         return name
 
-    async def _entry(self, shown: bytes) -> WrittenFile | ImageRecord | None:
-        await self.catalog.refresh()
-        self._sync_written()
-        file = self._written_by_name(shown)
-        return file if file is not None else self.catalog.lookup(shown)
+    async def _entry(self, shown: bytes) -> Node | None:
+        return await self.root.entry(shown)
 
     async def create(self, parent: int, shown: bytes, flags: int) -> tuple[int, Attr]:
         """A new file: shown at once, its image made when data arrives."""
         name = self._image_name(parent, shown, "create")
         if await self._entry(shown) is not None:
             raise FsError(errno.EEXIST, f"{shown!r} exists")
-        fh = self._new_fh()
+        fh = self.new_fh()
         file = self.writes.create(self.catalog.new_inode(), name, fh, flags)
         file.shown = shown
-        self.write_handles[fh] = file
+        self.open_files[fh] = WriteHandle(self, file, fh)
         LOG.info("create %r (image name %r)", shown.decode("utf-8", "replace"), name)
-        return fh, self.written_attr(file)
-
-    async def open_write(self, inode: int, flags: int) -> int:
-        self._check_writable("open for writing")
-        record = None
-        if self._written(inode) is None:
-            record = self.catalog.record(inode)
-            if record is None:
-                raise FsError(errno.ENOENT, f"inode {inode} is not an image")
-            if record.status != "active":
-                number, why = STATUS_ERRNO.get(record.status, (errno.EIO, "is not active"))
-                raise FsError(number, f"image status is {record.status!r}: it {why}")
-        fh = self._new_fh()
-        file = await self._thread(self.writes.open, inode, record, fh, flags)
-        if not file.shown and record is not None:
-            file.shown = self.catalog.name_of.get(record.id) or names.escape(record.name)
-        self.write_handles[fh] = file
-        return fh
-
-    def _write_file(self, fh: int) -> WrittenFile:
-        file = self.write_handles.get(fh)
-        if file is None or fh in self.handles:
-            raise FsError(errno.EBADF, f"file handle {fh} is not open for writing")
-        return file
-
-    async def write(self, fh: int, off: int, data: bytes) -> int:
-        file = self._write_file(fh)
-        try:
-            return await self._thread(self.writes.write, file, fh, off, data)
-        except BaseException:
-            self._if_gone(file)
-            raise
-
-    def _if_gone(self, file: WrittenFile) -> None:
-        """A new file whose upload failed is gone, with its half-made image."""
-        if file.failed is not None:
-            image_id = self.catalog.image_id(file.inode)
-            if image_id is not None and (file.image is None or file.image.id != image_id):
-                self.catalog.forget(image_id)
-
-    async def flush(self, fh: int) -> None:
-        """Where cp learns whether its copy made it: the upload finishes here."""
-        file = self.write_handles.get(fh)
-        if file is None:
-            return
-        previous = file.image.id if file.image is not None else None
-        try:
-            record = await self._thread(self.writes.flush, file, fh)
-        except BaseException:
-            self._if_gone(file)
-            raise
-        if record is not None:
-            self._uploaded(file, record, previous)
-
-    def _uploaded(self, file: WrittenFile, record: ImageRecord, previous: str | None) -> None:
-        self.catalog.bind(file.inode, record.id)
-        self.catalog.add(record, file.shown or names.escape(record.name))
-        if previous is not None and previous != record.id:
-            self.catalog.forget(previous)       # replaced, and deleted by the upload
-            self.reader.forget_data(previous)
-
-    async def set_size(self, inode: int, size: int, fh: int | None) -> None:
-        """truncate/ftruncate: drafts and files being written change; an active
-        image only with replace_on_close (a new version replaces it)."""
-        file = self._written(inode)
-        if file is None:
-            record = self.catalog.record(inode)
-            if record is None:
-                raise FsError(errno.ENOENT, f"inode {inode} is not an image")
-            if (record.size or 0) == size:
-                return
-            self._check_writable("truncate")
-            file = self.writes.adopt(inode, record)
-            file.shown = self.catalog.name_of.get(record.id) or names.escape(record.name)
-        previous = file.image.id if file.image is not None else None
-        handle = fh if fh in self.write_handles and fh not in self.handles else None
-        record = await self._thread(self.writes.truncate, file, size, handle)
-        if record is not None:
-            self._uploaded(file, record, previous)
+        return fh, WrittenNode(self, file).attr()
 
     async def unlink(self, parent: int, shown: bytes) -> None:
         self._image_name(parent, shown, "unlink")
         target = await self._entry(shown)
         if target is None:
             raise FsError(errno.ENOENT, f"no image named {shown!r}")
-        await self._remove(target)
-
-    async def _remove(self, target: WrittenFile | ImageRecord) -> None:
-        if isinstance(target, WrittenFile):
-            ids = {i for i in (target.image_id,
-                               target.image.id if target.image is not None else None) if i}
-            await self._thread(self.writes.unlink, target)
-        else:
-            ids = {target.id}
-            await self._ask(self.service.delete, target.id)
-        for image_id in ids:
-            self.catalog.forget(image_id)
-            self.reader.forget_data(image_id)
-        LOG.info("deleted %s", ", ".join(sorted(ids)) or "a file that had no image yet")
+        await target.remove()
 
     async def rename(self, parent_old: int, old: bytes, parent_new: int, new: bytes,
                      flags: int) -> None:
@@ -583,71 +346,81 @@ class GlanceFS:
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise FsError(errno.EEXIST, f"{new!r} exists")
-            protected = target.protected if isinstance(target, ImageRecord) else (
-                target.image is not None and target.image.protected)
-            if protected:
+            if target.protected:
                 raise FsError(errno.EPERM, f"{new!r} is a protected image: it cannot be "
                               "replaced")
-        if isinstance(source, WrittenFile):
-            record = await self._thread(self.writes.rename, source, new_name)
-            source.shown = new
-        else:
-            record = await self._ask(self.service.rename, source, new_name)
+        record = await source.rename(new_name, new)
         if record is not None:
             self.catalog.add(record, new)
         if target is not None:
-            await self._remove(target)
-
-    async def setxattr(self, inode: int, name: bytes, value: bytes) -> None:
-        await self._change_xattr(inode, name, value)
-
-    async def removexattr(self, inode: int, name: bytes) -> None:
-        await self._change_xattr(inode, name, None)
-
-    async def _change_xattr(self, inode: int, name: bytes, value: bytes | None) -> None:
-        """user.KEY adds, replaces or removes a property, user.glance.FIELD sets a
-        field: one PATCH (v2) or PUT (v1) each, from a fresh record."""
-        if inode in (ROOT_INODE, BY_ID_INODE):
-            raise FsError(errno.EPERM, "directories have no attributes")
-        parsed = xattrs.parse_name(name)
-        if parsed is None:
-            raise FsError(errno.EOPNOTSUPP, f"only user.* attributes exist here, not {name!r}")
-        self._check_writable("change attributes")
-        kind, key = parsed
-        if kind == "core" and key == "name":
-            raise FsError(errno.EPERM, "user.glance.name: rename the file (mv) instead")
-        if kind == "core" and key in xattrs.READ_ONLY_FIELDS:
-            raise FsError(errno.EPERM, f"user.glance.{key} is managed by the server")
-        if kind == "property" and key in fields.CORE:
-            raise FsError(errno.EPERM, f"{key!r} is not a property: use user.glance.{key}")
-        file = self._written(inode)
-        if file is not None and await self._thread(self.writes.set_meta, file, kind, key, value):
-            return
-        record = self.catalog.record(inode)
-        if record is None:
-            raise FsError(errno.ENOENT, f"inode {inode} is not an image")
-        record = await self._ask(self.service.get, record.id)   # changes from a fresh view
-        if kind == "core":
-            if value is None:
-                raise FsError(errno.EPERM, f"user.glance.{key} cannot be removed")
-            record = await self._ask(self.service.set_field, record, key,
-                                     parse_field(key, value))
-        elif value is None:
-            if key not in record.properties:
-                raise FsError(errno.ENODATA, f"no property {key!r}")
-            record = await self._ask(self.service.remove_property, record, key)
-        else:
-            try:
-                text = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise FsError(errno.EINVAL, "property values must be UTF-8") from None
-            record = await self._ask(self.service.set_property, record, key, text)
-        self.catalog.update(record)
-        if file is not None and file.image is not None and file.image.id == record.id:
-            file.image = record
+            await target.remove()
 
     def refuse_write(self, what: str) -> FsError:
         return FsError(errno.EPERM, f"{what}: images are plain files in one directory")
+
+    # -- what the nodes share ------------------------------------------------------------
+
+    async def thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking write-path work (HTTP, the spool, a full upload queue).
+        Abandoned when cancelled (the mount ends): the thread finishes alone."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.write_limiter,
+                                             abandon_on_cancel=True)
+
+    async def ask(self, fn: Callable[..., T], *args: Any) -> T:
+        """A request a metadata change waits on (rm, mv, setfattr): answered
+        within ``metadata_timeout``."""
+        return await self.catalog.ask(fn, *args, limiter=self.write_limiter)
+
+    def check_writable(self, what: str) -> None:
+        if self.options.ro:
+            raise FsError(errno.EROFS, f"{what}: the mount is read-only")
+
+    def forget(self, image_id: str) -> None:
+        """An image deleted or replaced through the mount: gone from the
+        listing and from the caches at once."""
+        self.catalog.forget(image_id)
+        self.reader.forget_data(image_id)
+
+    def _written(self, inode: int) -> WrittenFile | None:
+        file = self.writes.get(inode)
+        if file is None or file.unlinked or file.failed is not None:
+            return None
+        return file
+
+    def visible_written(self) -> list[WrittenFile]:
+        return [f for f in list(self.writes.files.values())
+                if f.shown and not f.unlinked and f.failed is None]
+
+    def written_by_name(self, shown: bytes) -> WrittenFile | None:
+        for file in self.visible_written():
+            if file.shown == shown:
+                return file
+        return None
+
+    def sync_written(self) -> None:
+        """Images created by uploads in progress belong to their files' inodes
+        (so a listing never shows them twice); closed files past their reopen
+        window become plain images."""
+        for file in list(self.writes.files.values()):
+            image_id = file.image_id
+            if image_id and self.catalog.image_id(file.inode) != image_id:
+                self.catalog.bind(file.inode, image_id)
+        self.writes.expire()
+
+    def if_gone(self, file: WrittenFile) -> None:
+        """A new file whose upload failed is gone, with its half-made image."""
+        if file.failed is not None:
+            image_id = self.catalog.image_id(file.inode)
+            if image_id is not None and (file.image is None or file.image.id != image_id):
+                self.catalog.forget(image_id)
+
+    def uploaded(self, file: WrittenFile, record: ImageRecord, previous: str | None) -> None:
+        self.catalog.bind(file.inode, record.id)
+        self.catalog.add(record, file.shown or names.escape(record.name))
+        if previous is not None and previous != record.id:
+            self.forget(previous)       # replaced, and deleted by the upload
+
+    # -- the mount's life ----------------------------------------------------------------
 
     def start_journal(self) -> None:
         """The write journal (glancefs.fs.journal), once the listing proved the

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pyfuse3
@@ -67,13 +67,32 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: GlanceFS) -> None:
+    def __init__(self, fs: GlanceFS,
+                 after_init: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``after_init``: run once the kernel has the reply to FUSE INIT."""
         super().__init__()
         self.fs = fs
+        self._after_init = after_init
         self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
         self._next_dir = 1
         self.nursery: trio.Nursery | None = None
         fs.reader.on_corrupt = self._drop_kernel_cache
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Serving starts: tasks of the adapter (invalidations) run here."""
+        self.nursery = nursery
+
+    def init(self) -> None:
+        # pyfuse3 sends the INIT reply as soon as this returns; a task started
+        # here runs after it, before the kernel can have sent anything else.
+        if self._after_init is not None and self.nursery is not None:
+            self.nursery.start_soon(self._after_init)
+
+    def invalidate(self, inodes: list[int]) -> None:
+        """Size or status changed in a new listing: the kernel must ask again."""
+        for inode in inodes:
+            if self.nursery is not None:
+                self.nursery.start_soon(self._invalidate, inode)
 
     def _drop_kernel_cache(self, image_id: str) -> None:
         """After a hash mismatch the kernel must not keep serving those pages."""
@@ -105,7 +124,7 @@ class Operations(pyfuse3.Operations):
                 await self.fs.set_size(inode, attr.st_size, fh)
             if fields.update_mtime:
                 await self.fs.set_mtime(inode, attr.st_mtime_ns)
-            # chmod/chown (and atime) succeed without effect (DESIGN.md): cp -p works.
+            # chmod/chown (and atime) succeed without effect (docs/design.rst): cp -p works.
             return entry(await self.fs.getattr(inode))
 
     async def opendir(self, inode: int, ctx: Any) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pyfuse3
 import trio
@@ -54,7 +54,7 @@ def check_mountpoint(path: str) -> None:
         raise MountError(f"mount point {path} is not writable by you")
 
 
-def prepare(service: ImageService, options: MountOptions) -> tuple[GlanceFS, Operations]:
+def prepare(service: ImageService, options: MountOptions) -> GlanceFS:
     """Build the filesystem and load the first listing (raises the API's errors)."""
     fs = GlanceFS(service, options)
     # Fail fast: an unreachable server should not take the whole retry
@@ -64,13 +64,14 @@ def prepare(service: ImageService, options: MountOptions) -> tuple[GlanceFS, Ope
     # Before the mount is ready, so a crashed mount's leftovers go before
     # anyone lists them; unanswered deletions are retried in the background.
     fs.start_journal()
-    return fs, Operations(fs)
+    return fs
 
 
-def serve(fs: GlanceFS, ops: Operations, mountpoint: str, source: str,
+def serve(fs: GlanceFS, mountpoint: str, source: str,
           ready: Callable[[], None] | None = None) -> None:
     """Mount at ``mountpoint`` and serve until unmounted or signalled."""
     check_mountpoint(mountpoint)
+    ops = Operations(fs, after_init=_after_init(mountpoint, fs.options.readahead))
     try:
         pyfuse3.init(ops, mountpoint, fuse_options(fs.options, source))
     except RuntimeError as error:
@@ -111,19 +112,10 @@ def set_readahead(mountpoint: str, size: int) -> None:
 
 
 async def _main(fs: GlanceFS, ops: Operations, mountpoint: str | None = None) -> None:
+    """The mount's one nursery: handed to the objects as they start (s3ql's way)."""
     async with trio.open_nursery() as nursery:
-        fs.reader.nursery = nursery
-        fs.catalog.start(nursery)
-        ops.nursery = nursery
-        if mountpoint is not None:
-            _readahead_after_init(ops, nursery, mountpoint, fs.options.readahead)
-
-        def invalidate(inodes: list[int]) -> None:
-            # Size or status changed in a new listing: the kernel must ask again.
-            for inode in inodes:
-                nursery.start_soon(ops._invalidate, inode)
-
-        fs.catalog.on_change = invalidate
+        ops.start(nursery)
+        fs.start(nursery, on_change=ops.invalidate)
         with trio.CancelScope() as fuse_scope:
             nursery.start_soon(_signals, fuse_scope)
             if mountpoint is not None:
@@ -133,26 +125,13 @@ async def _main(fs: GlanceFS, ops: Operations, mountpoint: str | None = None) ->
         nursery.cancel_scope.cancel()
 
 
-def _readahead_after_init(ops: Operations, nursery: trio.Nursery, mountpoint: str,
-                          size: int) -> None:
-    """Set the read-ahead once the kernel has the reply to FUSE INIT.
-
-    The kernel lowers the mount's read-ahead to the ``max_readahead`` of that
-    reply (its own offer, 128 KiB), so a value written before is lost. pyfuse3
-    calls ``init()`` just before it sends the reply; a task started there runs
-    after it, before the kernel can have sent any read.
-    """
-    original = ops.init
-
-    def init() -> None:
-        original()
-
-        async def apply() -> None:
-            set_readahead(mountpoint, size)
-
-        nursery.start_soon(apply)
-
-    setattr(ops, "init", init)   # noqa: B010 - an instance attribute, for pyfuse3 to call
+def _after_init(mountpoint: str, size: int) -> Callable[[], Awaitable[None]]:
+    """Set the read-ahead once the kernel has the reply to FUSE INIT: the
+    kernel lowers the mount's read-ahead to the ``max_readahead`` of that
+    reply (its own offer, 128 KiB), so a value written before is lost."""
+    async def apply() -> None:
+        set_readahead(mountpoint, size)
+    return apply
 
 
 UNMOUNT_POLL = 0.25   # seconds between looks for an umount from outside

@@ -1,6 +1,6 @@
 """The write path's staging unit: one upload of a file written through the mount.
 
-Why it is shaped this way (DESIGN.md, Writing):
+Why it is shaped this way (docs/design.rst, Writing):
 
 * Writes that keep going forward stream into one upload while the writer is
   still writing: they pass through a bounded queue (``write_buffer`` bytes)
