@@ -166,15 +166,17 @@ class ImageService:
         fields: dict[str, Any] = {"name": name, "disk_format": disk_format,
                                   "container_format": container_format, "id": image_id}
         fields = {k: v for k, v in fields.items() if v is not None}
-        if self.version == "2":
-            return self._record(self.client.images.create(**fields, **dict(properties or {})))
+        if isinstance(self.client, v2.Client):
+            # v2 takes properties as top-level keys, beside the fields.
+            return self._record(self.client.images.create(**{**dict(properties or {}),
+                                                            **fields}))
         return self._record(self.client.images.create(properties=dict(properties or {}), **fields))
 
     def upload(self, image_id: str, data: DataSource | Iterable[bytes], size: int | None = None,
                filename: str | None = None) -> ImageRecord:
         """Send the data into a queued image; returns the active image after
         checking that the server's hashes equal the data sent."""
-        if self.version == "2":
+        if isinstance(self.client, v2.Client):
             self.client.images.upload(image_id, data, image_size=size, filename=filename)
             return self.get(image_id)
         return self._record(self.client.images.update(image_id, data=data, image_size=size))
@@ -184,7 +186,7 @@ class ImageService:
         raw = {"id": image.id, "status": image.status, "size": image.size,
                "checksum": image.checksum, "os_hash_algo": image.os_hash_algo,
                "os_hash_value": image.os_hash_value}
-        kwargs = {"chunk_size": chunk_size} if chunk_size else {}
+        kwargs: dict[str, Any] = {"chunk_size": chunk_size} if chunk_size else {}
         return self.client.images.data(raw, do_checksum=verify, offset=offset,
                                        length=length, **kwargs)
 
@@ -229,7 +231,7 @@ class ImageService:
     def _change(self, image: ImageRecord, changes: dict[str, Any],
                 removals: Iterable[str]) -> ImageRecord:
         """One PATCH (v2) or PUT (v1), built from the record the caller saw."""
-        if self.version == "2":
+        if isinstance(self.client, v2.Client):
             current = {**image.properties, **{k: v for k, v in image.core_fields().items()
                                                if v is not None}}
             ops = v2.patch_ops(current, changes, removals)
@@ -245,7 +247,7 @@ class ImageService:
 
     def usage(self) -> tuple[int, int | None] | None:
         """(bytes used, quota or None) where the server publishes them."""
-        if self.version != "2":
+        if not isinstance(self.client, v2.Client):
             return None
         try:
             usage = self.client.info.get_usage().get("usage", {})

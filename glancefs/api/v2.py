@@ -1,6 +1,7 @@
 """Images API v2: images, data, tags, members, import, info and schemas."""
 from __future__ import annotations
 
+import builtins  # Images.list shadows list in the class's annotations
 import hashlib
 import io
 import logging
@@ -218,7 +219,7 @@ class Images:
             self.upload(image_id, data, image_size=image_size)
         return self.get(image_id)
 
-    def patch(self, image: Any, ops: list[dict[str, Any]]) -> Image:
+    def patch(self, image: Any, ops: builtins.list[dict[str, Any]]) -> Image:
         return self._model(self.http.json_request(
             "PATCH", f"/v2/images/{image_id_of(image)}", json=ops,
             headers={"Content-Type": PATCH_TYPE}))
@@ -268,7 +269,8 @@ class Images:
         self.upload(image, image_data, image_size=image_size, _stage=True)
 
     def image_import(self, image: Any, method: str = "glance-direct", uri: str | None = None,
-                     stores: list[str] | None = None, all_stores: bool | None = None,
+                     stores: builtins.list[str] | None = None,
+                     all_stores: bool | None = None,
                      allow_failure: bool = True, backend: str | None = None) -> None:
         body: dict[str, Any] = {"method": {"name": method}}
         if uri:

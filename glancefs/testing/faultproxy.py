@@ -58,6 +58,17 @@ _METHODS = (b"GET ", b"PUT ", b"POST ", b"HEAD ", b"PATCH ", b"DELETE ")
 
 
 @dataclass
+class _Answer:
+    """What the fault of the request in flight on one connection did so far."""
+    fault: Fault | None = None
+    sent: int = 0                 # bytes of the answer forwarded
+    head: bytes = b""             # the answer's head, while it is incomplete
+    body_at: int | None = None    # where the body began, in the chunk that held it
+    body_sent: int = 0
+    stalled: bool = False
+
+
+@dataclass
 class Stats:
     connections: int = 0
     bytes_from_server: int = 0
@@ -157,7 +168,7 @@ class FaultProxy:
         except OSError:
             client.close()
             return
-        state = {"fault": None, "sent": 0}
+        answer = [_Answer()]      # the answer in flight on this connection
         done = threading.Event()
 
         def client_to_server() -> None:
@@ -185,8 +196,7 @@ class FaultProxy:
                             break
                         # This request's answer is the one its fault (or none) acts
                         # on: a keep-alive connection's next request starts afresh.
-                        state.clear()
-                        state.update(fault=fault, sent=0)
+                        answer[0] = _Answer(fault)
                     if b"\r\n\r\n" in buffer or len(buffer) > 65536:
                         if inspected and b"\r\n\r\n" in buffer:
                             self._keep_head(buffer.split(b"\r\n\r\n", 1)[0])
@@ -205,24 +215,25 @@ class FaultProxy:
                     data = upstream.recv(262144)
                     if not data:
                         break
-                    fault = state["fault"]
+                    state = answer[0]
+                    fault = state.fault
                     if fault and fault.stall and fault.stall_after is not None \
-                            and not state.get("stalled"):
+                            and not state.stalled:
                         data = self._until_stall(client, fault, state, data)
                         if not data:
                             continue
-                    elif fault and fault.stall and not state.get("stalled"):
-                        state["stalled"] = True
+                    elif fault and fault.stall and not state.stalled:
+                        state.stalled = True
                         self._cleared.wait(fault.stall)
                     if fault and fault.cut_after is not None:
-                        room = fault.cut_after - state["sent"]
+                        room = fault.cut_after - state.sent
                         if room <= len(data):
                             client.sendall(data[:max(room, 0)])
                             self._count(max(room, 0))
                             _reset(client)
                             break
                     client.sendall(data)
-                    state["sent"] += len(data)
+                    state.sent += len(data)
                     self._count(len(data))
             except OSError:
                 pass
@@ -233,30 +244,30 @@ class FaultProxy:
         threading.Thread(target=client_to_server, daemon=True).start()
         server_to_client()
 
-    def _until_stall(self, client: socket.socket, fault: Fault, state: dict,
+    def _until_stall(self, client: socket.socket, fault: Fault, state: _Answer,
                      data: bytes) -> bytes:
         """Forward the head and ``stall_after`` body bytes of ``data``, then
         stall; returns what is left to forward after the stall."""
-        head = state.setdefault("head", b"")
-        if "body_at" not in state:
-            head += data
+        assert fault.stall_after is not None
+        if state.body_at is None:
+            head = state.head + data
             end = head.find(b"\r\n\r\n")
             if end < 0:
-                state["head"] = head
+                state.head = head
                 client.sendall(data)
                 self._count(len(data))
                 return b""
-            state["body_at"] = end + 4 - (len(head) - len(data))   # in this chunk
-            body_start = state["body_at"]
+            state.body_at = end + 4 - (len(head) - len(data))   # in this chunk
+            body_start = state.body_at
         else:
             body_start = 0
-        room = body_start + fault.stall_after - state.get("body_sent", 0)
+        room = body_start + fault.stall_after - state.body_sent
         now, rest = data[:max(room, 0)], data[max(room, 0):]
         client.sendall(now)
         self._count(len(now))
-        state["body_sent"] = state.get("body_sent", 0) + max(0, len(now) - body_start)
-        if room <= len(data) and not state.get("stalled"):
-            state["stalled"] = True
+        state.body_sent += max(0, len(now) - body_start)
+        if room <= len(data) and not state.stalled:
+            state.stalled = True
             self._cleared.wait(fault.stall)
         return rest
 

@@ -33,6 +33,7 @@ import secrets
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -285,7 +286,7 @@ class KeystoneServer(gunicorn_server.GunicornServer):
 
 
 def _find(ks: KeystoneServer, token: str, collection: str, **query: str) -> dict | None:
-    qs = "&".join(f"{k}={urllib.request.quote(v)}" for k, v in query.items())
+    qs = "&".join(f"{k}={urllib.parse.quote(v)}" for k, v in query.items())
     found = ks.api("GET", f"{collection}?{qs}", token=token)[collection]
     return found[0] if found else None
 

@@ -28,6 +28,7 @@ import copy
 import datetime as _dt
 import hashlib
 import http.server
+import io
 import json
 import os
 import re
@@ -198,7 +199,7 @@ def _header_str(value: Any) -> str:
 class _BodyReader:
     """Incremental reader of a request body, never buffering all of it."""
 
-    def __init__(self, rfile: BinaryIO, headers: Any) -> None:
+    def __init__(self, rfile: BinaryIO | io.BufferedIOBase, headers: Any) -> None:
         self._rfile = rfile
         te = (headers.get("Transfer-Encoding") or "").strip().lower()
         cl = headers.get("Content-Length")
@@ -715,8 +716,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _versions(self, method: str, explicit: bool) -> None:
         if method not in ("GET", "HEAD"):
             raise self._not_allowed("GET, HEAD")
-        host = self.headers.get("Host") or "%s:%d" % \
-            self.server.server_address[:2]  # type: ignore[str-format]
+        host = self.headers.get("Host") or _address(self.server.server_address)
         base = "http://%s" % host
 
         def version(vid: str, status: str) -> dict[str, Any]:
@@ -812,8 +812,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             for key, want in bool_filters.items():
                 if bool(image[key]) != want:
                     return False
-            for key, want in props.items():
-                if image["properties"].get(key) != want:
+            for key, wanted in props.items():
+                if image["properties"].get(key) != wanted:
                     return False
             return True
 
@@ -973,8 +973,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _base_url(self) -> str:
         host = self.headers.get("Host")
         if not host:
-            addr = self.server.server_address
-            host = "%s:%d" % (addr[0], addr[1])  # type: ignore[misc]
+            host = _address(self.server.server_address)
         return "http://%s" % host
 
     def _update(self, image_id: str) -> None:
@@ -1285,8 +1284,7 @@ class V1Server:
     def endpoint(self) -> str:
         if self._httpd is None:
             raise RuntimeError("server not started")
-        host, port = self._httpd.server_address[:2]
-        return "http://%s:%d" % (host, port)  # type: ignore[str-format]
+        return "http://" + _address(self._httpd.server_address)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -1377,3 +1375,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _address(server_address: Any) -> str:
+    """``host:port`` of a listening socket's address (an IPv4 pair here)."""
+    host, port = server_address[0], server_address[1]
+    return f"{host.decode() if isinstance(host, bytes) else host}:{int(port)}"
