@@ -7,10 +7,21 @@ Why it is shaped this way:
 * A reader that keeps going forward gets a prefetch window that starts at
   ``prefetch_start`` and doubles each time it crosses into a new block, up to
   ``prefetch_max`` (and a fair share of the memory budget). The window is
-  filled by ranged GETs of twice the window (one to the end of the image once
-  the window is at its cap), paced by the window and streaming block by block
-  into the cache, so the reader is served while the rest is still arriving.
-  A seek resets the window and cancels the streams.
+  filled by ranged GETs of twice the window while it grows, paced by the window
+  and streaming block by block into the cache, so the reader is served while
+  the rest is still arriving. A seek resets the window and cancels the streams.
+* Parallel ranged reads: once the window is at its cap, it is filled by parts
+  (``download.part_size``: the window split by ``streams``, at least 4 MiB),
+  started in order, each its own GET paced by the window, up to ``streams``
+  of them in flight (``streams=1``: one GET to the end of the image instead).
+  The rule for adding streams: a reader starts with one; another is added
+  (up to ``streams``) each time the reader, its window at the cap, has to
+  wait for a block that a stream is still fetching, and the newest stream
+  has already delivered its first block (so its effect is seen before the
+  next is added). A stream that waits for the reader instead (the usual case
+  on loopback, where the mount's CPU and not one connection is the limit)
+  never makes the reader wait, so there one stream it stays. Blocks arriving
+  out of order wait in the cache; the Verifier still takes them in order.
 * Blocking HTTP runs in worker threads (``trio.to_thread``); blocks come back
   to trio one at a time, so a slow request never holds up other FUSE requests.
 * A server that ignores ``Range`` (Images v1) sends the whole image for every
@@ -41,6 +52,7 @@ from typing import Any
 import trio
 
 from glancefs.api import exceptions as exc
+from glancefs.api.download import part_size
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs.cache import BlockCache, DiskCache
 from glancefs.fs.errors import FsError
@@ -63,6 +75,7 @@ class ReadConfig:
     memory: int = 256 * MiB
     verify: bool = True
     fetch_threads: int = 32          # HTTP requests in flight, all files
+    streams: int = 4                 # ranged GETs in flight per sequential reader, at most
     range_supported: bool = True     # False for servers that ignore Range (v1)
     deadline: float = 30.0           # seconds a read waits for a block while its
                                      # fetch makes no progress, then EIO
@@ -253,6 +266,8 @@ class Handle:
         self.last_block = -1
         self.window = 0
         self.streams: list[Job] = []     # sequential GETs in flight, oldest first
+        self.allowed = 1                 # of them at once, grown by the rule in the module doc
+        self.starved = False             # the reader waited for a stream since the last growth
         self.verifying = False           # this file's reads have started a hash
 
 
@@ -457,7 +472,9 @@ class Reader:
 
         A sequential reader is served by streaming GETs of twice the window
         while the window grows, then (window at its cap) by one GET to the end
-        of the image: few request latencies. Each GET is paced by the window:
+        of the image with ``streams=1`` (few request latencies), or by parts
+        started in order, as many at once as the rule in the module's docstring
+        allows (no GET larger than a part then). Each GET is paced by the window:
         its thread stops handing over (and so reading) blocks that far ahead
         and resumes as the reader catches up, so memory stays bounded; sizes
         that grow only while the reader keeps up bound what a reader that
@@ -472,23 +489,44 @@ class Reader:
             job.want(target)
         if not self.config.range_supported:
             return   # its stream starts from byte 0 when a block is missing (_request)
+        if handle.window >= self._window_cap() and self.config.streams > 1:
+            # Parallel ranged reads (the rule is in the module's docstring).
+            newest = handle.streams[-1] if handle.streams else None
+            if handle.starved and handle.allowed < self.config.streams and (
+                    newest is None or newest.position > newest.first):
+                handle.allowed += 1
+                self.stats.add(image.id, streams_added=1)
+                LOG.debug("image %s: the reader waits for its streams; %d in flight now",
+                          image.id, handle.allowed)
+            handle.starved = False
+            if len(handle.streams) >= handle.allowed:
+                return   # as many parts in flight as the rule allows; the next when one ends
         start = max([(end + bs - 1) // bs] + [job.last for job in handle.streams])
-        while start < target and ((image.id, start) in self.cache or start in image.pending):
-            start += 1
-        if start >= target:
-            return
         # GETs of twice the window while it grows (what a reader that stops
         # early costs in transfer stays small: the socket buffers of a paused
         # GET fill too); once the window is at its cap the reader has proven it
         # keeps going, and one GET to the end of the image, paced by the window
         # (_gate), saves a server round trip per window.
-        if handle.window >= self._window_cap():
-            size = image.nblocks
+        at_cap = handle.window >= self._window_cap()
+        if self.config.streams <= 1:
+            size = image.nblocks if at_cap else max(1, 2 * handle.window // bs)
         else:
-            size = max(1, 2 * handle.window // bs)
-        job = Job(start, min(image.nblocks, start + size), stream=True, want_until=target)
-        handle.streams.append(job)
-        self._start_job(image, job)
+            # Never more than a part, even while the window grows: a far link's
+            # parallel streams can only start at the end of the GETs before them.
+            part = part_size(self._window_cap(), self.config.streams, bs) // bs
+            size = part if at_cap else min(part, max(1, 2 * handle.window // bs))
+        while True:
+            while start < target and ((image.id, start) in self.cache or
+                                      start in image.pending):
+                start += 1
+            if start >= target:
+                return
+            job = Job(start, min(image.nblocks, start + size), stream=True, want_until=target)
+            handle.streams.append(job)
+            self._start_job(image, job)
+            if not at_cap or self.config.streams <= 1 or len(handle.streams) >= handle.allowed:
+                return
+            start = job.last
 
     async def _blocks(self, handle: Handle, first: int, last: int) -> list[bytes]:
         image = handle.image
@@ -564,6 +602,11 @@ class Reader:
                 self._check_failure(image)
                 self._request(handle, [index])
                 pending = image.pending[index]
+            if pending.job.stream and handle.window >= self._window_cap() and \
+                    pending.job in handle.streams:
+                # The reader waits for its streams: the link, not the reader, is
+                # the limit (the rule for adding streams, in the module's docstring).
+                handle.starved = True
             await self._arrival(image, index, pending)
             if pending.data is not None:
                 return pending.data
