@@ -64,6 +64,7 @@ MiB = 1024 * 1024
 STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
+STARVED_SHARE = 0.5   # reads that waited for their streams, for one more stream
 REFAIL_WINDOW = 2.0   # seconds a long failed fetch fails new fetches of its image at once
 
 
@@ -266,8 +267,21 @@ class Handle:
         self.last_block = -1
         self.window = 0
         self.streams: list[Job] = []     # sequential GETs in flight, oldest first
-        self.allowed = 1                 # of them at once, grown by the rule in the module doc
-        self.starved = False             # the reader waited for a stream since the last growth
+        # Parallel ranged reads (Reader._adapt): streams allowed at once; whether
+        # this read waited for them; its reads since the mark, and those that
+        # waited; (trio time, offset) where the measurement of its progress began;
+        # the rate before the stream being tried was added (None: none is); whether that one's measurement began; whether
+        # adding streams stopped for good.
+        self.allowed = 1
+        self.delivered = 0               # blocks its ended streams delivered
+        self.starved = False
+        self.reads = 0
+        self.waits = 0
+        self.mark: tuple[float, int] | None = None
+        self.probe: float | None = None
+        self.probing = False
+        self.settled = False
+        self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
 
 
@@ -392,8 +406,11 @@ class Reader:
         self._serial += 1
         serial = self._serial
         image.inflight[serial] = (first, last)
+        handle.starved = False
         try:
             blocks = await self._blocks(handle, first, last)
+            handle.reads += 1
+            handle.waits += handle.starved
             verifier = image.verifier
             if verifier is not None and verifier.active:
                 for index in range(first, last + 1):
@@ -461,6 +478,10 @@ class Reader:
                 for job in handle.streams:
                     job.cancel()
                 handle.streams = []
+            # Streams are added again only for a reader that proves sequential
+            # anew (what it learned, settled, stays).
+            handle.allowed, handle.mark, handle.probe = 1, None, None
+            handle.starved_runs = 0
         handle.last_block = max(handle.last_block, first) if sequential else first
 
     def _window_cap(self) -> int:
@@ -484,21 +505,17 @@ class Reader:
         image = handle.image
         bs = self.config.block_size
         target = min(image.nblocks, (end + handle.window + bs - 1) // bs)
-        handle.streams = [job for job in handle.streams if job.live]
+        live = [job for job in handle.streams if job.live]
+        if len(live) < len(handle.streams):
+            handle.delivered += sum(job.position - job.first for job in handle.streams
+                                    if not job.live)
+            handle.streams = live
         for job in handle.streams:
             job.want(target)
         if not self.config.range_supported:
             return   # its stream starts from byte 0 when a block is missing (_request)
         if handle.window >= self._window_cap() and self.config.streams > 1:
-            # Parallel ranged reads (the rule is in the module's docstring).
-            newest = handle.streams[-1] if handle.streams else None
-            if handle.starved and handle.allowed < self.config.streams and (
-                    newest is None or newest.position > newest.first):
-                handle.allowed += 1
-                self.stats.add(image.id, streams_added=1)
-                LOG.debug("image %s: the reader waits for its streams; %d in flight now",
-                          image.id, handle.allowed)
-            handle.starved = False
+            self._adapt(handle)
             if len(handle.streams) >= handle.allowed:
                 return   # as many parts in flight as the rule allows; the next when one ends
         start = max([(end + bs - 1) // bs] + [job.last for job in handle.streams])
@@ -508,13 +525,17 @@ class Reader:
         # keeps going, and one GET to the end of the image, paced by the window
         # (_gate), saves a server round trip per window.
         at_cap = handle.window >= self._window_cap()
-        if self.config.streams <= 1:
-            size = image.nblocks if at_cap else max(1, 2 * handle.window // bs)
+        part = part_size(self._window_cap(), self.config.streams, bs) // bs
+        if not at_cap:
+            size = max(1, 2 * handle.window // bs)
+            if self.config.streams > 1:
+                # No longer than a part: the rule measures one stream once these
+                # end (_adapt), and a far reader's parallel parts start then.
+                size = min(size, part)
+        elif handle.allowed <= 1:
+            size = image.nblocks
         else:
-            # Never more than a part, even while the window grows: a far link's
-            # parallel streams can only start at the end of the GETs before them.
-            part = part_size(self._window_cap(), self.config.streams, bs) // bs
-            size = part if at_cap else min(part, max(1, 2 * handle.window // bs))
+            size = part
         while True:
             while start < target and ((image.id, start) in self.cache or
                                       start in image.pending):
@@ -524,9 +545,93 @@ class Reader:
             job = Job(start, min(image.nblocks, start + size), stream=True, want_until=target)
             handle.streams.append(job)
             self._start_job(image, job)
-            if not at_cap or self.config.streams <= 1 or len(handle.streams) >= handle.allowed:
+            if not at_cap or handle.allowed <= 1 or len(handle.streams) >= handle.allowed:
                 return
             start = job.last
+
+    def _adapt(self, handle: Handle) -> None:
+        """The rule for adding streams (module docstring), for a reader at its cap.
+
+        What its streams deliver (blocks arrived, in any order: the reader's own
+        progress lags behind a new stream by up to a part) is measured over
+        each half part, while no more streams are in flight than allowed. After
+        a measurement in which at least STARVED_SHARE of its reads waited for
+        blocks (two in a row for the first stream added), a stream is added;
+        once that stream has delivered its first block, the next half part is
+        measured and compared with the one before: less than half the gain one
+        more stream could give (k -> k+1 streams: 1 + 0.5/k times as fast) and
+        the stream is dropped again, for good. Where the mount's CPU, or a cap
+        on all connections together, is the limit, no added stream stays.
+        """
+        if handle.settled or (handle.allowed >= self.config.streams and handle.probe is None):
+            return
+        image = handle.image
+        bs = self.config.block_size
+        part = part_size(handle.window, self.config.streams, bs)
+        now = trio.current_time()
+        newest = handle.streams[-1] if handle.streams else None
+        arrived = (handle.delivered + sum(job.position - job.first for job in handle.streams)) * bs
+        if len(handle.streams) > handle.allowed:
+            # More in flight than the rule allows (GETs from while the window grew,
+            # parts of a stream just dropped): not what is being measured.
+            handle.mark = None
+            handle.starved_runs = 0
+            return
+        if handle.mark is None or (handle.probe is not None and not handle.probing):
+            if handle.probe is not None:
+                if newest is not None and newest.position <= newest.first:
+                    return    # the stream being tried has not started: not measured yet
+                handle.probing = True
+            handle.mark = (now, arrived)
+            handle.reads = handle.waits = 0
+            return
+        since, offset = handle.mark
+        if arrived - offset < part // 2 or now <= since:
+            return
+        measured = (arrived - offset) / (now - since)
+        waited = handle.waits / max(1, handle.reads)
+        LOG.debug("image %s: %d streams: %.0f MiB/s, %d of %d reads waited", image.id,
+                  handle.allowed, measured / MiB, handle.waits, handle.reads)
+        handle.mark = (now, arrived)
+        handle.reads = handle.waits = 0
+        if handle.probe is not None:
+            before = handle.allowed - 1
+            if measured < (1 + 0.5 / before) * handle.probe:
+                LOG.debug("image %s: %d streams no faster than %d (%.0f MiB/s): back to %d",
+                          image.id, before + 1, before, handle.probe / MiB, before)
+                handle.allowed = before
+                handle.settled = True
+                handle.probe = None
+                self.stats.add(image.id, streams_dropped=1)
+                return
+            handle.probe = None
+        handle.starved_runs = handle.starved_runs + 1 if waited >= STARVED_SHARE else 0
+        # The first stream is added only after two measurements in a row in which
+        # the reader waited: a reader held back by CPU (loopback) waits now and
+        # then, one held back by its connection all the time.
+        if handle.settled or handle.allowed >= self.config.streams or \
+                handle.starved_runs < (2 if handle.allowed == 1 else 1):
+            return
+        handle.probe = measured
+        handle.probing = False
+        handle.allowed += 1
+        self.stats.add(image.id, streams_added=1)
+        LOG.debug("image %s: the reader waits for its streams at %.0f MiB/s: %d in flight",
+                  image.id, measured / MiB, handle.allowed)
+        if newest is not None:
+            self._trim(image, newest, part // bs)
+
+    def _trim(self, image: ImageData, job: Job, part: int) -> None:
+        """End ``job`` (the newest stream, a GET to the end of the image or a long
+        one from while the window grew) a part past where it is, so parts can
+        follow it in parallel. Never before a block a reader waits for on it; its
+        thread stops at the new end without reading further (_fetch_run)."""
+        waited = [index for index, pending in image.pending.items() if pending.job is job]
+        cut = max([job.position + part] + [index + 1 for index in waited])
+        if cut < job.last:
+            LOG.debug("image %s: stream of blocks %d-%d now ends at %d", image.id, job.first,
+                      job.last - 1, cut - 1)
+            job.last = cut
 
     async def _blocks(self, handle: Handle, first: int, last: int) -> list[bytes]:
         image = handle.image
@@ -746,6 +851,10 @@ class Reader:
                         self._gate(job, index)
                     self._hand_over(token, image, job, index, data, False)
                     index += 1
+                    if stop > index >= job.last:
+                        # Trimmed (_trim): parts after it come from other GETs, so
+                        # not a byte more is read of this one.
+                        return
                 if job.cancelled:
                     raise _Stop()
         finally:
