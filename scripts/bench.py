@@ -873,6 +873,11 @@ class Bench:
         r.add(f"{key}_gets", f"{label}: data GETs (mount's counters)", totals["gets"], "")
         r.add(f"{key}_fetched", f"{label}: bytes from the server / image size",
               totals["bytes"] / (size or self.size), "x")
+        if "streams_added" in totals:
+            # Parallel ranged reads: what the mount's rule did (fs.reader._adapt).
+            r.add(f"{key}_streams", f"{label}: streams added (mount's counters)",
+                  totals["streams_added"], "",
+                  note=f"{totals.get('streams_dropped', 0)} of them dropped again")
 
     def add_hash_rate(self, counted: dict[str, Any] | None) -> None:
         """The rate of the mount's hashing thread during the verified read: its CPU time
@@ -1215,9 +1220,7 @@ class Bench:
                     "far_mount_cold", "far_mount_cold_streams1")
             self.add_counted("far_mount_cold_streams1", "far: mount cold read, streams=1",
                              one_counted, size)
-        if counted is not None:
-            r.add("far_mount_cold_streams_added", "far: streams the mount added (its counters)",
-                  counted["totals"].get("streams_added"), "")
+
         self.add_cpu("far_mount_cold", "far: mount cold read", cold_cpu, size)
         self.add_counted("far_mount_cold", "far: mount cold read", counted, size)
         r.ratio("far_mount_glanceclient", "far: mount read / glanceclient", "far_mount_cold",

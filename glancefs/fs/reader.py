@@ -7,21 +7,26 @@ Why it is shaped this way:
 * A reader that keeps going forward gets a prefetch window that starts at
   ``prefetch_start`` and doubles each time it crosses into a new block, up to
   ``prefetch_max`` (and a fair share of the memory budget). The window is
-  filled by ranged GETs of twice the window while it grows, paced by the window
-  and streaming block by block into the cache, so the reader is served while
-  the rest is still arriving. A seek resets the window and cancels the streams.
-* Parallel ranged reads: once the window is at its cap, it is filled by parts
-  (``download.part_size``: the window split by ``streams``, at least 4 MiB),
-  started in order, each its own GET paced by the window, up to ``streams``
-  of them in flight (``streams=1``: one GET to the end of the image instead).
-  The rule for adding streams: a reader starts with one; another is added
-  (up to ``streams``) each time the reader, its window at the cap, has to
-  wait for a block that a stream is still fetching, and the newest stream
-  has already delivered its first block (so its effect is seen before the
-  next is added). A stream that waits for the reader instead (the usual case
-  on loopback, where the mount's CPU and not one connection is the limit)
-  never makes the reader wait, so there one stream it stays. Blocks arriving
-  out of order wait in the cache; the Verifier still takes them in order.
+  filled by ranged GETs of twice the window while it grows (at most a part,
+  below, with ``streams`` > 1), paced by the window and streaming block by
+  block into the cache, so the reader is served while the rest is still
+  arriving. A seek resets the window and cancels the streams.
+* Parallel ranged reads: once the window is at its cap, a reader where one
+  connection is the limit (a far Glance) is fed by parts (``download.
+  part_size``: the window split by ``streams``, at least 4 MiB), started in
+  order, each its own GET paced by the window, up to ``streams`` at once.
+  The rule for adding streams (``Reader._adapt``): a reader starts with one
+  GET to the end of the image, as with ``streams=1``. What its streams
+  deliver is measured every half part; when most of the reader's reads
+  waited for blocks (two measurements in a row, or nearly all reads in one),
+  a stream is added (the newest GET is trimmed a part past where it is, so
+  parts follow it). Once that stream delivered its first block, the next
+  half part is measured: unless it came at least half the possible gain
+  faster (k -> k+1 streams: 1 + 0.5/k times), the stream is dropped again
+  for good. On loopback the mount's CPU, not a connection, is the limit: the
+  reader rarely waits, so streams are rarely tried and never kept. Blocks
+  arriving out of order wait in the cache; the Verifier takes them in order
+  (``_deliver``/``_advance``).
 * Blocking HTTP runs in worker threads (``trio.to_thread``); blocks come back
   to trio one at a time, so a slow request never holds up other FUSE requests.
 * A server that ignores ``Range`` (Images v1) sends the whole image for every
@@ -65,6 +70,7 @@ STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
 STARVED_SHARE = 0.5   # reads that waited for their streams, for one more stream
+ALL_WAITED = 0.9      # ... at once for the first one, without a second measurement
 REFAIL_WINDOW = 2.0   # seconds a long failed fetch fails new fetches of its image at once
 
 
@@ -556,7 +562,8 @@ class Reader:
         progress lags behind a new stream by up to a part) is measured over
         each half part, while no more streams are in flight than allowed. After
         a measurement in which at least STARVED_SHARE of its reads waited for
-        blocks (two in a row for the first stream added), a stream is added;
+        blocks (for the first stream added: two in a row, or one in which
+        ALL_WAITED did), a stream is added;
         once that stream has delivered its first block, the next half part is
         measured and compared with the one before: less than half the gain one
         more stream could give (k -> k+1 streams: 1 + 0.5/k times as fast) and
@@ -607,10 +614,12 @@ class Reader:
             handle.probe = None
         handle.starved_runs = handle.starved_runs + 1 if waited >= STARVED_SHARE else 0
         # The first stream is added only after two measurements in a row in which
-        # the reader waited: a reader held back by CPU (loopback) waits now and
-        # then, one held back by its connection all the time.
-        if handle.settled or handle.allowed >= self.config.streams or \
-                handle.starved_runs < (2 if handle.allowed == 1 else 1):
+        # most reads waited, or one in which nearly all did: a reader held back by
+        # CPU (loopback) waits now and then, one held back by its connection
+        # all the time.
+        if handle.allowed == 1 and waited < ALL_WAITED and handle.starved_runs < 2:
+            return
+        if handle.settled or handle.allowed >= self.config.streams or not handle.starved_runs:
             return
         handle.probe = measured
         handle.probing = False
