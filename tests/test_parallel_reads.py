@@ -25,6 +25,7 @@ from glancefs.api.download import PART_MIN, part_size
 from glancefs.testing.faultproxy import Fault, FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from glancefs.testing.linkproxy import LinkProxy
+from glancefs.testing.v1server import V1Server
 from tests.mount_support import Image, make_image, mount_env, mounted
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
@@ -156,3 +157,19 @@ def test_image_download_streams(link: LinkProxy, big: Image, tmp_path: Path,
     assert link.stats.peak_open >= 2
     # One metadata answer besides the data, and no byte of the image twice.
     assert len(big.data) <= link.stats.bytes_down < len(big.data) + 256 * 1024
+
+
+def test_v1_keeps_one_stream(glance_v1: V1Server, tmp_path: Path) -> None:
+    """Images v1 servers ignore Range: every GET would send the image from byte 0, so a
+    reader keeps its one stream whatever ``streams`` says."""
+    image = make_image(Client("1", endpoint=glance_v1.endpoint), "parallel-v1.raw",
+                       os.urandom(12 * MiB + 99))
+    with LinkProxy("127.0.0.1", glance_v1.port, delay=DELAY, rate=RATE) as link, \
+            mounted(link.endpoint, tmp_path / "mnt", options=FAR_OPTIONS,
+                    api_version="1") as m:
+        path = m.path / ".by-id" / image.id
+        assert sha256_of(path) == image.sha256
+        mine = counters(m.path, image.id)
+    assert mine["streams_added"] == 0
+    assert mine["gets"] == 1
+    assert mine["bytes"] == len(image.data)
