@@ -35,7 +35,7 @@ LOG = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 PART_MIN = 4 * MiB        # a smaller part costs a request latency per few MiB
-PART_WINDOW = 64 * MiB    # what a parallel download holds at most (the mount's default prefetch_max)
+PART_WINDOW = 64 * MiB    # what a parallel download holds (the mount's default prefetch_max)
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _STREAM_ERRORS = (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,

@@ -273,20 +273,16 @@ class Handle:
         self.last_block = -1
         self.window = 0
         self.streams: list[Job] = []     # sequential GETs in flight, oldest first
-        # Parallel ranged reads (Reader._adapt): streams allowed at once; whether
-        # this read waited for them; its reads since the mark, and those that
-        # waited; (trio time, offset) where the measurement of its progress began;
-        # the rate before the stream being tried was added (None: none is); whether that one's measurement began; whether
-        # adding streams stopped for good.
-        self.allowed = 1
+        # Parallel ranged reads: the state of the rule for adding streams (Reader._adapt).
+        self.allowed = 1                 # streams at once
         self.delivered = 0               # blocks its ended streams delivered
-        self.starved = False
-        self.reads = 0
+        self.starved = False             # this read waited for a stream
+        self.reads = 0                   # reads since the mark, and those that waited
         self.waits = 0
-        self.mark: tuple[float, int] | None = None
-        self.probe: float | None = None
-        self.probing = False
-        self.settled = False
+        self.mark: tuple[float, int] | None = None   # (trio time, bytes arrived) then
+        self.probe: float | None = None  # the rate before the stream being tried
+        self.probing = False             # that stream's measurement has begun
+        self.settled = False             # a stream was dropped: none is added again
         self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
 
@@ -522,7 +518,7 @@ class Reader:
             return   # its stream starts from byte 0 when a block is missing (_request)
         if handle.window >= self._window_cap() and self.config.streams > 1:
             self._adapt(handle)
-            if len(handle.streams) >= handle.allowed:
+            if len(handle.streams) >= handle.allowed > 1:
                 return   # as many parts in flight as the rule allows; the next when one ends
         start = max([(end + bs - 1) // bs] + [job.last for job in handle.streams])
         # GETs of twice the window while it grows (what a reader that stops
@@ -563,12 +559,12 @@ class Reader:
         each half part, while no more streams are in flight than allowed. After
         a measurement in which at least STARVED_SHARE of its reads waited for
         blocks (for the first stream added: two in a row, or one in which
-        ALL_WAITED did), a stream is added;
-        once that stream has delivered its first block, the next half part is
-        measured and compared with the one before: less than half the gain one
-        more stream could give (k -> k+1 streams: 1 + 0.5/k times as fast) and
-        the stream is dropped again, for good. Where the mount's CPU, or a cap
-        on all connections together, is the limit, no added stream stays.
+        ALL_WAITED did), a stream is added; once that stream has delivered its
+        first block, the next half part is measured and compared with the one
+        before: less than half the gain one more stream could give (k -> k+1
+        streams: 1 + 0.5/k times as fast) and the stream is dropped again, for
+        good. Where the mount's CPU, or a cap on all connections together, is
+        the limit, no added stream stays.
         """
         if handle.settled or (handle.allowed >= self.config.streams and handle.probe is None):
             return
@@ -577,7 +573,8 @@ class Reader:
         part = part_size(handle.window, self.config.streams, bs)
         now = trio.current_time()
         newest = handle.streams[-1] if handle.streams else None
-        arrived = (handle.delivered + sum(job.position - job.first for job in handle.streams)) * bs
+        arrived = bs * (handle.delivered +
+                        sum(job.position - job.first for job in handle.streams))
         if len(handle.streams) > handle.allowed:
             # More in flight than the rule allows (GETs from while the window grew,
             # parts of a stream just dropped): not what is being measured.
