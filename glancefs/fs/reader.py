@@ -17,8 +17,8 @@ Why it is shaped this way:
   order, each its own GET paced by the window, up to ``streams`` at once.
   The rule for adding streams (``Reader._adapt``): a reader starts with one
   GET to the end of the image, as with ``streams=1``. What its streams
-  deliver is measured every half part; when most of the reader's reads
-  waited for blocks (two measurements in a row, or nearly all reads in one),
+  deliver is measured every half part; when the reader had to wait for most
+  of the blocks it read (two measurements in a row, or nearly all in one),
   a stream is added (the newest GET is trimmed a part past where it is, so
   parts follow it). Once that stream delivered its first block, the next
   half part is measured: unless it came at least half the possible gain
@@ -69,7 +69,7 @@ MiB = 1024 * 1024
 STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
-STARVED_SHARE = 0.5   # reads that waited for their streams, for one more stream
+STARVED_SHARE = 0.5   # blocks read that were waited for, for one more stream
 ALL_WAITED = 0.9      # ... at once for the first one, without a second measurement
 REFAIL_WINDOW = 2.0   # seconds a long failed fetch fails new fetches of its image at once
 
@@ -276,9 +276,9 @@ class Handle:
         # Parallel ranged reads: the state of the rule for adding streams (Reader._adapt).
         self.allowed = 1                 # streams at once
         self.delivered = 0               # blocks its ended streams delivered
-        self.starved = False             # this read waited for a stream
-        self.reads = 0                   # reads since the mark, and those that waited
-        self.waits = 0
+        self.seen = -1                   # the furthest block its reads asked for
+        self.reads = 0                   # blocks read since the mark (each once), and
+        self.waits = 0                   # those a read waited for a stream to bring
         self.mark: tuple[float, int] | None = None   # (trio time, bytes arrived) then
         self.probe: float | None = None  # the rate before the stream being tried
         self.probing = False             # that stream's measurement has begun
@@ -408,11 +408,13 @@ class Reader:
         self._serial += 1
         serial = self._serial
         image.inflight[serial] = (first, last)
-        handle.starved = False
+        if last > handle.seen:
+            # Blocks, not reads: the share that waited must not depend on the
+            # kernel's read size (a 1 MiB block is 1 to 8 reads).
+            handle.reads += last - max(first - 1, handle.seen)
+            handle.seen = last
         try:
             blocks = await self._blocks(handle, first, last)
-            handle.reads += 1
-            handle.waits += handle.starved
             verifier = image.verifier
             if verifier is not None and verifier.active:
                 for index in range(first, last + 1):
@@ -483,7 +485,7 @@ class Reader:
             # Streams are added again only for a reader that proves sequential
             # anew (what it learned, settled, stays).
             handle.allowed, handle.mark, handle.probe = 1, None, None
-            handle.starved_runs = 0
+            handle.starved_runs, handle.seen = 0, first - 1
         handle.last_block = max(handle.last_block, first) if sequential else first
 
     def _window_cap(self) -> int:
@@ -557,8 +559,8 @@ class Reader:
         What its streams deliver (blocks arrived, in any order: the reader's own
         progress lags behind a new stream by up to a part) is measured over
         each half part, while no more streams are in flight than allowed. After
-        a measurement in which at least STARVED_SHARE of its reads waited for
-        blocks (for the first stream added: two in a row, or one in which
+        a measurement in which at least STARVED_SHARE of the blocks it read
+        had to be waited for (for the first stream added: two in a row, or one in which
         ALL_WAITED did), a stream is added; once that stream has delivered its
         first block, the next half part is measured and compared with the one
         before: less than half the gain one more stream could give (k -> k+1
@@ -594,7 +596,7 @@ class Reader:
             return
         measured = (arrived - offset) / (now - since)
         waited = handle.waits / max(1, handle.reads)
-        LOG.debug("image %s: %d streams: %.0f MiB/s, %d of %d reads waited", image.id,
+        LOG.debug("image %s: %d streams: %.0f MiB/s, %d of %d blocks waited for", image.id,
                   handle.allowed, measured / MiB, handle.waits, handle.reads)
         handle.mark = (now, arrived)
         handle.reads = handle.waits = 0
@@ -611,7 +613,7 @@ class Reader:
             handle.probe = None
         handle.starved_runs = handle.starved_runs + 1 if waited >= STARVED_SHARE else 0
         # The first stream is added only after two measurements in a row in which
-        # most reads waited, or one in which nearly all did: a reader held back by
+        # most blocks were waited for, or one with nearly all: a reader held back by
         # CPU (loopback) waits now and then, one held back by its connection
         # all the time.
         if handle.allowed == 1 and waited < ALL_WAITED and handle.starved_runs < 2:
@@ -717,7 +719,7 @@ class Reader:
                     pending.job in handle.streams:
                 # The reader waits for its streams: the link, not the reader, is
                 # the limit (the rule for adding streams, in the module's docstring).
-                handle.starved = True
+                handle.waits += 1
             await self._arrival(image, index, pending)
             if pending.data is not None:
                 return pending.data
