@@ -173,3 +173,17 @@ def test_v1_keeps_one_stream(glance_v1: V1Server, tmp_path: Path) -> None:
     assert mine["streams_added"] == 0
     assert mine["gets"] == 1
     assert mine["bytes"] == len(image.data)
+
+
+def test_image_download_streams_resume_a_reset_part(glance_v2: GlanceServer, big: Image,
+                                                    tmp_path: Path) -> None:
+    with FaultProxy("127.0.0.1", glance_v2.port) as faults:
+        # Two of the ranged GETs break after 300 kB each: those parts resume alone.
+        faults.add(Fault(match=f"/v2/images/{big.id}/file ", cut_after=300_000, times=2))
+        target = tmp_path / "out.raw"
+        done = run_download(faults.endpoint, big.id, "--streams", "4", "--file", str(target))
+        assert done.returncode == 0, done.stderr.decode()
+        assert hashlib.sha256(target.read_bytes()).hexdigest() == big.sha256
+        data_gets = [r for r in faults.stats.requests if f"/v2/images/{big.id}/file " in r]
+    # Two parts (24 MiB in 16 MiB parts), each GET once, and two resumptions.
+    assert len(data_gets) == 4, data_gets

@@ -148,7 +148,8 @@ def parallel_stream(http: HTTPClient, path: str, *, expected: Expected, streams:
     Parts (:func:`part_size` of ``window``) are started in order, each a
     :func:`stream` of its range on its own connection, so a broken connection
     resumes that part only. The oldest part is yielded as it arrives; later parts
-    buffer in memory (``window`` bytes at most). The chunks are hashed in order and
+    buffer in memory (about ``window`` bytes: ``streams`` parts, and the one being
+    yielded). The chunks are hashed in order and
     checked at the end as :func:`stream` does. One stream (or an unknown size, or a
     server known to ignore Range) is :func:`stream` itself.
     """
@@ -177,8 +178,9 @@ def parallel_stream(http: HTTPClient, path: str, *, expected: Expected, streams:
                 if hashing:
                     hashing.update(chunk)
                 yield chunk
-                # The oldest part is a window's worth behind the newest at most:
-                # start the next as soon as one ends, not when the oldest is yielded.
+                # Parts after the oldest may end first (they only wait in memory
+                # then): the next starts when the newest ends, not when the
+                # consumer reaches it, so the connections stay busy.
                 while len(running) < streams and running and running[-1].finished.is_set():
                     planned = next(following, None)
                     if planned is None:

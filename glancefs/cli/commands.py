@@ -362,10 +362,6 @@ DATA_ARGS = [
         help="Size of the data in bytes, when it cannot be found out (data on a pipe)."),
     arg("--progress", action="store_true", default=False,
         help="Show a progress bar on stderr (when stderr is a terminal)."),
-    arg("--streams", metavar="<N>", type=positive, default=4,
-        help="Ranged GETs in flight at once (default 4): where one connection is "
-             "capped (a far Glance) the parts arrive in parallel, and are written and "
-             "verified in order. Images v1 servers ignore Range: always 1 there."),
 ]
 SHOW_ARGS = [
     arg("--human-readable", action="store_true", default=False,
