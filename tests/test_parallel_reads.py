@@ -22,6 +22,7 @@ import pytest
 
 from glancefs.api import Client
 from glancefs.api.download import PART_MIN, part_size
+from glancefs.fs.options import MountOptions, apply_option_string
 from glancefs.testing.faultproxy import Fault, FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from glancefs.testing.linkproxy import LinkProxy
@@ -67,6 +68,18 @@ def test_part_size_is_one_rule() -> None:
     assert part_size(8 * MiB, 4, MiB) == PART_MIN           # never below the minimum
     assert part_size(64 * MiB, 1, MiB) == 64 * MiB
     assert part_size(10 * MiB + 5, 3, MiB) % MiB == 0       # whole blocks
+
+
+def test_the_streams_option() -> None:
+    opts = MountOptions()
+    assert opts.streams == 4
+    apply_option_string(opts, "streams=8")
+    assert opts.streams == 8
+    opts.check()
+    for bad in ("streams=0", "streams=many"):
+        with pytest.raises(ValueError):
+            apply_option_string(opts, bad)
+            opts.check()
 
 
 def test_a_far_sequential_read_uses_parallel_streams(link: LinkProxy, big: Image,
