@@ -33,8 +33,12 @@ has just arrived, with the other cores busy; and the data GETs and bytes each co
 from the same counters.
 
 Usage: ``scripts/bench [--size-mib N] [--images N] [--only client,read,write,list,far]
-[--repeat N] [--far-size-mib N] [--far-delay-ms MS] [--far-rate R] [--far-total-rate R]
-[--json PATH] [--workdir DIR] [--keep]``.
+[--repeat N] [--streams N] [--far-size-mib N] [--far-delay-ms MS] [--far-rate R]
+[--far-total-rate R] [--json PATH] [--workdir DIR] [--keep]``.
+
+Parallel ranged reads (``--streams N``, default 4): the read section's verified cold read
+and the far section's mount read and client download are taken with ``streams=N`` and with
+one stream in the same rounds, and their ratio printed (loopback target >= 0.95).
 """
 from __future__ import annotations
 
@@ -342,7 +346,9 @@ if mode == "upload":
 else:
     image = {"id": arg}
     size = 0
-    for chunk in glance.images.data(arg):          # verified against os_hash_value
+    streams = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    # Verified against os_hash_value; streams > 1: image-download --streams's fetcher.
+    for chunk in glance.images.data(arg, streams=streams):
         size += len(chunk)
 seconds = time.perf_counter() - start
 print(json.dumps({"id": image["id"], "seconds": seconds, "size": size,
@@ -786,12 +792,20 @@ class Bench:
         from glancefs.fs.options import MountOptions
         budget = MountOptions().memory
         peaks: list[float] = []
+        streams = self.args.streams
+        one = float("inf")
         for verify in ("on", "off"):
             cold, warm = float("inf"), float("inf")
             cold_cpu: dict[str, float] = {}
             counted: dict[str, Any] | None = None
             for i in range(self.repeat):
-                with self.cold_mount(f"verify={verify}") as m:
+                if verify == "on" and streams > 1:
+                    # The same read with one stream, in the same rounds: parallel
+                    # ranged reads must not cost a loopback read anything.
+                    with self.cold_mount("verify=on,streams=1") as m:
+                        log(f"cold read, verify=on, streams=1 ({i + 1}/{self.repeat})")
+                        one = min(one, self.cat(self.image_path(m)))
+                with self.cold_mount(f"verify={verify},streams={streams}") as m:
                     log(f"cold read, verify={verify} ({i + 1}/{self.repeat})")
                     path = self.image_path(m)
                     seconds, cpu = self.cpu_of(lambda: self.cat(path), m.pid)
@@ -807,8 +821,14 @@ class Bench:
                         if verify == "on":
                             self._cache["mount_rss_peak"] = max(
                                 self._cache.get("mount_rss_peak", 0), peak / MiB)
-            r.add(f"mount_cold_verify_{verify}", f"mount cold read, verify {verify}",
+            r.add(f"mount_cold_verify_{verify}",
+                  f"mount cold read, verify {verify} (streams={streams})",
                   rate(self.size, cold), "MiB/s")
+            if verify == "on" and streams > 1:
+                r.add("mount_cold_verify_on_streams1", "mount cold read, verify on, streams=1",
+                      rate(self.size, one), "MiB/s")
+                r.ratio("mount_read_streams", f"mount read: streams={streams} / streams=1",
+                        "mount_cold_verify_on", "mount_cold_verify_on_streams1", ">= 0.95")
             r.add(f"mount_warm_verify_{verify}", f"mount warm read, verify {verify}",
                   rate(self.size, warm), "MiB/s")
             self.add_cpu(f"mount_cold_verify_{verify}", f"cold read, verify {verify}", cold_cpu)
@@ -853,6 +873,11 @@ class Bench:
         r.add(f"{key}_gets", f"{label}: data GETs (mount's counters)", totals["gets"], "")
         r.add(f"{key}_fetched", f"{label}: bytes from the server / image size",
               totals["bytes"] / (size or self.size), "x")
+        if "streams_added" in totals:
+            # Parallel ranged reads: what the mount's rule did (fs.reader._adapt).
+            r.add(f"{key}_streams", f"{label}: streams added (mount's counters)",
+                  totals["streams_added"], "",
+                  note=f"{totals.get('streams_dropped', 0)} of them dropped again")
 
     def add_hash_rate(self, counted: dict[str, Any] | None) -> None:
         """The rate of the mount's hashing thread during the verified read: its CPU time
@@ -1134,7 +1159,8 @@ class Bench:
                 trips.append(time.perf_counter() - start)
         r.add("far_rtt", "far: small request (keep-alive), round trip", min(trips[1:]) * 1000,
               "ms", note=f"the link alone: {2 * a.far_delay_ms:g} ms")
-        best_gc, best_gfs = float("inf"), float("inf")
+        streams = a.streams
+        best_gc, best_gfs, best_one = float("inf"), float("inf"), float("inf")
         for i in range(self.repeat):
             log(f"far link: glanceclient and glancefs client downloads ({i + 1}/{self.repeat})")
             out = self._glanceclient("download", image_id, endpoint=link.endpoint)
@@ -1142,13 +1168,22 @@ class Bench:
                 raise RuntimeError(f"glanceclient far download: {out['size']} bytes, "
                                    f"expected {size}")
             best_gc = min(best_gc, out["seconds"])
-            out = self._glancefs_client("download", image_id, endpoint=link.endpoint,
-                                        size=size)
+            out = self._glancefs_client("download", image_id, str(streams),
+                                        endpoint=link.endpoint, size=size)
             best_gfs = min(best_gfs, out["seconds"])
+            if streams > 1:
+                out = self._glancefs_client("download", image_id, "1",
+                                            endpoint=link.endpoint, size=size)
+                best_one = min(best_one, out["seconds"])
         r.add("far_glanceclient", "far: download, glanceclient (Python API)",
               rate(size, best_gc), "MiB/s")
-        r.add("far_glancefs", "far: download, glancefs client (image-download's code)",
-              rate(size, best_gfs), "MiB/s")
+        r.add("far_glancefs", f"far: download, glancefs client (image-download --streams "
+              f"{streams}'s code)", rate(size, best_gfs), "MiB/s")
+        if streams > 1:
+            r.add("far_glancefs_streams1", "far: download, glancefs client, --streams 1",
+                  rate(size, best_one), "MiB/s")
+            r.ratio("far_glancefs_streams", f"far: glancefs client, --streams {streams} / 1",
+                    "far_glancefs", "far_glancefs_streams1")
         r.add("far_cap_connection", "far link: cap per connection",
               a.far_rate / MiB if a.far_rate else None, "MiB/s")
         r.add("far_cap_total", "far link: cap of all connections",
@@ -1160,14 +1195,32 @@ class Bench:
         if not self.mount_available():
             return
         cold, cold_cpu, counted = float("inf"), {}, None
+        one, one_counted = float("inf"), None
         for i in range(self.repeat):
-            with self.cold_mount("verify=on", endpoint=link.endpoint, image_id=image_id) as m:
+            if streams > 1:
+                with self.cold_mount("verify=on,streams=1", endpoint=link.endpoint,
+                                     image_id=image_id) as m:
+                    log(f"far link: mount cold read, streams=1 ({i + 1}/{self.repeat})")
+                    seconds = self.cat(m.path / ".by-id" / image_id)
+                    if seconds < one:
+                        one, one_counted = seconds, mount_stats(m.path)
+            with self.cold_mount(f"verify=on,streams={streams}", endpoint=link.endpoint,
+                                 image_id=image_id) as m:
                 log(f"far link: mount cold read, verify on ({i + 1}/{self.repeat})")
                 path = m.path / ".by-id" / image_id
                 seconds, cpu = self.cpu_of(lambda: self.cat(path), m.pid)
                 if seconds < cold:
                     cold, cold_cpu, counted = seconds, cpu, mount_stats(m.path)
-        r.add("far_mount_cold", "far: mount cold read, verify on", rate(size, cold), "MiB/s")
+        r.add("far_mount_cold", f"far: mount cold read, verify on (streams={streams})",
+              rate(size, cold), "MiB/s")
+        if streams > 1:
+            r.add("far_mount_cold_streams1", "far: mount cold read, verify on, streams=1",
+                  rate(size, one), "MiB/s")
+            r.ratio("far_mount_streams", f"far: mount read, streams={streams} / 1",
+                    "far_mount_cold", "far_mount_cold_streams1")
+            self.add_counted("far_mount_cold_streams1", "far: mount cold read, streams=1",
+                             one_counted, size)
+
         self.add_cpu("far_mount_cold", "far: mount cold read", cold_cpu, size)
         self.add_counted("far_mount_cold", "far: mount cold read", counted, size)
         r.ratio("far_mount_glanceclient", "far: mount read / glanceclient", "far_mount_cold",
@@ -1207,6 +1260,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--far-size-mib", type=int, default=None,
                         help="size of the image read through the far link (default 128, or "
                              "--size-mib when smaller)")
+    parser.add_argument("--streams", type=int, default=4,
+                        help="streams= of the mount and --streams of image-download, compared "
+                             "with 1 in the read and far sections (default 4; 1: no comparison)")
     parser.add_argument("--far-delay-ms", type=float, default=20.0,
                         help="far link: one-way delay each direction, ms (default 20)")
     parser.add_argument("--far-rate", type=parse_rate, default=parse_rate("40M"),
@@ -1228,6 +1284,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.far_size_mib = min(128, args.size_mib)
     if args.size_mib < 1 or args.images < 0 or args.hash_mib < 1 or args.far_size_mib < 1:
         parser.error("--size-mib, --far-size-mib and --hash-mib must be >= 1, --images >= 0")
+    if args.streams < 1:
+        parser.error("--streams must be >= 1")
     if args.far_delay_ms < 0:
         parser.error("--far-delay-ms must be >= 0")
     args.sections = [s for s in SECTIONS if s in only]
@@ -1284,7 +1342,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "size_mib": args.size_mib, "images": args.images, "sections": args.sections,
-            "repeat": args.repeat, "cpus": os.cpu_count(), "seconds": round(elapsed, 1),
+            "repeat": args.repeat, "streams": args.streams, "cpus": os.cpu_count(), "seconds": round(elapsed, 1),
             "far": {"size_mib": args.far_size_mib, "delay_ms": args.far_delay_ms,
                     "rate": args.far_rate, "total_rate": args.far_total_rate},
             "loadavg_at_start": load[0],

@@ -31,14 +31,16 @@ def test_bench_runs_with_small_sizes(tmp_path: Path) -> None:
     figures = report["figures"]
     for key in ("sha512_rate", "md5_rate", "dl_glancefs", "dl_curl", "dl_glanceclient",
                 "up_glancefs", "up_curl", "up_glanceclient", "client_rss_download",
-                "list_glance_cli", "far_rtt", "far_glanceclient", "far_glancefs"):
+                "list_glance_cli", "far_rtt", "far_glanceclient", "far_glancefs",
+                "far_glancefs_streams1", "far_glancefs_streams"):
         assert figures[key]["value"] is not None and figures[key]["value"] > 0, key
     # The mount figures, when the mount works here (a note says why otherwise).
     if not any(note.startswith("mount: not available") for note in report["notes"]):
         for key in ("mount_cold_verify_on", "mount_cold_verify_off", "random_kib_per_read",
                     "list_ls_warm", "mount_cold_verify_on_cpu_bound", "dl_curl_cpu_bound",
                     "fuse_ceiling", "mount_cold_verify_on_gets", "far_mount_cold",
-                    "far_mount_bound"):
+                    "far_mount_bound", "mount_cold_verify_on_streams1", "mount_read_streams",
+                    "far_mount_cold_streams1", "far_mount_streams"):
             assert figures[key]["value"] is not None, key
         # From the mount's counters, not its log: a tiny image hashes in very little CPU
         # time, which is a figure (or, below the clock's resolution, a note), never missing.

@@ -6,9 +6,15 @@ server that ignores ``Range`` (Images v1) answers 200 with the whole body and
 the generator skips what it already gave. A read that covers the whole image
 is hashed as it goes and checked at the end against ``os_hash_value`` (or the
 MD5 ``checksum``), so resumed or not, wrong bytes never pass silently.
+
+Where one connection is capped (a far Glance behind a gateway or a per-stream
+limited back end), :func:`parallel_stream` reads the image as ranged parts over
+several connections at once and still yields it in order, verified. How big a
+part is (:func:`part_size`) is one rule shared with the mount's read path.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import queue
@@ -17,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 import urllib3
@@ -25,6 +32,10 @@ from glancefs.api import exceptions as exc
 from glancefs.api.http import CHUNK_SIZE, HTTPClient
 
 LOG = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+PART_MIN = 4 * MiB        # a smaller part costs a request latency per few MiB
+PART_WINDOW = 64 * MiB    # what a parallel download holds (the mount's default prefetch_max)
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _STREAM_ERRORS = (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
@@ -51,6 +62,19 @@ class Expected:
         if self.checksum:
             return "md5", self.checksum, hashlib.md5(usedforsecurity=False)
         return None
+
+
+def part_size(window: int, streams: int, align: int) -> int:
+    """Bytes of one ranged GET when ``streams`` GETs share ``window`` bytes ahead.
+
+    The one rule for both parallel readers (the mount's read path and
+    :func:`parallel_stream`): the window split evenly, so every stream is paced
+    by it and all of them together hold no more than it; at least PART_MIN (a
+    request latency per part must stay small next to the part's transfer), and
+    a multiple of ``align`` (the mount's block size) so no block is cut in two.
+    """
+    size = max(PART_MIN, window // max(1, streams), align)
+    return size // align * align
 
 
 def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None = None,
@@ -113,6 +137,103 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
             LOG.error("%s of %s is %s, the server published %s", algo, path, got, want)
             raise exc.HashMismatch(f"{algo} mismatch for {path}: got {got}, expected {want}")
         LOG.debug("%s verified for %s", algo, path)
+
+
+def parallel_stream(http: HTTPClient, path: str, *, expected: Expected, streams: int = 4,
+                    verify: bool = True, chunk_size: int = CHUNK_SIZE,
+                    window: int = PART_WINDOW) -> Iterator[bytes]:
+    """The whole image at ``path`` as chunks in order, fetched as ranged parts by up
+    to ``streams`` threads at once.
+
+    Parts (:func:`part_size` of ``window``) are started in order, each a
+    :func:`stream` of its range on its own connection, so a broken connection
+    resumes that part only. The oldest part is yielded as it arrives; later parts
+    buffer in memory (about ``window`` bytes: ``streams`` parts, and the one being
+    yielded). The chunks are hashed in order and
+    checked at the end as :func:`stream` does. One stream (or an unknown size, or a
+    server known to ignore Range) is :func:`stream` itself.
+    """
+    size = expected.size
+    part = part_size(window, streams, 1)
+    if streams <= 1 or not size or size <= part or http.range_ignored:
+        yield from stream(http, path, expected=expected, verify=verify, chunk_size=chunk_size)
+        return
+    check = expected.hasher() if verify else None
+    hashing = BackgroundHash(check[2]) if check else None
+    parts = [(start, min(part, size - start)) for start in range(0, size, part)]
+    stop = threading.Event()
+    running: collections.deque[_Part] = collections.deque()
+    following = iter(parts)
+    try:
+        while True:
+            while len(running) < streams:
+                planned = next(following, None)
+                if planned is None:
+                    break
+                running.append(_Part(http, path, planned[0], planned[1], chunk_size, stop))
+            if not running:
+                break
+            current = running.popleft()
+            for chunk in current.chunks():
+                if hashing:
+                    hashing.update(chunk)
+                yield chunk
+                # Parts after the oldest may end first (they only wait in memory
+                # then): the next starts when the newest ends, not when the
+                # consumer reaches it, so the connections stay busy.
+                while len(running) < streams and running and running[-1].finished.is_set():
+                    planned = next(following, None)
+                    if planned is None:
+                        break
+                    running.append(_Part(http, path, planned[0], planned[1], chunk_size, stop))
+    finally:
+        stop.set()
+    if check and hashing:
+        algo, want, _ = check
+        got = hashing.hexdigest()
+        if got != want:
+            LOG.error("%s of %s is %s, the server published %s", algo, path, got, want)
+            raise exc.HashMismatch(f"{algo} mismatch for {path}: got {got}, expected {want}")
+        LOG.debug("%s verified for %s (%d streams)", algo, path, streams)
+
+
+class _Part:
+    """One ranged part of a :func:`parallel_stream`, fetched by its own thread into
+    a queue the consumer drains in order."""
+
+    _END = object()
+
+    def __init__(self, http: HTTPClient, path: str, offset: int, length: int,
+                 chunk_size: int, stop: threading.Event) -> None:
+        self.offset, self.length = offset, length
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stop = stop
+        self.finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(http, path, chunk_size),
+                                        name=f"part-{offset}", daemon=True)
+        self._thread.start()
+
+    def _run(self, http: HTTPClient, path: str, chunk_size: int) -> None:
+        try:
+            for chunk in stream(http, path, offset=self.offset, length=self.length,
+                                verify=False, chunk_size=chunk_size):
+                if self._stop.is_set():
+                    return   # the consumer went away: close the connection
+                self._queue.put(chunk)
+            self._queue.put(self._END)
+        except BaseException as error:  # handed to the consumer, raised in its thread
+            self._queue.put(error)
+        finally:
+            self.finished.set()
+
+    def chunks(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
 
 class BackgroundHash:

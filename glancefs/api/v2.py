@@ -289,15 +289,22 @@ class Images:
 
     def data(self, image: Any, do_checksum: bool = True, offset: int = 0,
              length: int | None = None, byte_range: tuple[int, int] | None = None,
-             chunk_size: int = CHUNK_SIZE, **_ignored: Any) -> Iterator[bytes]:
+             chunk_size: int = CHUNK_SIZE, streams: int = 1,
+             **_ignored: Any) -> Iterator[bytes]:
         """The image's data as a stream of chunks, resumed after a dropped
         connection; a whole read is verified against os_hash_value/checksum.
-        ``byte_range=(start, end_inclusive)`` or ``offset``/``length`` read a part."""
+        ``byte_range=(start, end_inclusive)`` or ``offset``/``length`` read a part.
+        ``streams`` > 1 reads a whole image as ranged parts over that many
+        connections at once (download.parallel_stream), still in order."""
         meta = image if isinstance(image, dict) and "status" in image else self.get(image)
         if byte_range is not None:
             offset, length = byte_range[0], byte_range[1] - byte_range[0] + 1
         expected = download.Expected(meta.get("size"), meta.get("os_hash_algo"),
                                      meta.get("os_hash_value"), meta.get("checksum"))
+        if streams > 1 and offset == 0 and length is None:
+            return download.parallel_stream(self.http, f"/v2/images/{meta['id']}/file",
+                                            expected=expected, streams=streams,
+                                            verify=do_checksum, chunk_size=chunk_size)
         return download.stream(self.http, f"/v2/images/{meta['id']}/file", offset=offset,
                                length=length, expected=expected, verify=do_checksum,
                                chunk_size=chunk_size)

@@ -25,6 +25,8 @@ class MountOptions:
     prefetch_start: int = 1 * MiB      # first prefetch window of a sequential reader
     prefetch_max: int = 64 * MiB       # largest prefetch window per open file
     memory: int = 256 * MiB            # RAM for cached and prefetched blocks, all files
+    streams: int = 4                   # ranged GETs in flight per sequential reader, at
+                                       # most; added only while the reader waits for them
     readahead: int = 2 * MiB           # kernel read-ahead of the mount (root only): 1 MiB
                                        # reads instead of 128 KiB; 4M+ overruns FUSE's 12
                                        # background requests
@@ -91,6 +93,8 @@ class MountOptions:
         for name in ("timeout", "metadata_timeout", "connect_timeout", "upload_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be more than 0 seconds")
+        if self.streams < 1:
+            raise ValueError("streams must be at least 1")
         if self.write_buffer < 64 * KiB:
             raise ValueError("write_buffer must be at least 64K")
 
@@ -157,7 +161,7 @@ def _convert(name: str, value: str | None) -> Any:
         raise ValueError("needs a value (key=value)")
     if name in _SIZES:
         return parse_size(value)
-    if name in ("uid", "gid"):
+    if name in ("uid", "gid", "streams"):
         return int(value)
     if name == "umask":
         return int(value, 8)

@@ -7,10 +7,26 @@ Why it is shaped this way:
 * A reader that keeps going forward gets a prefetch window that starts at
   ``prefetch_start`` and doubles each time it crosses into a new block, up to
   ``prefetch_max`` (and a fair share of the memory budget). The window is
-  filled by ranged GETs of twice the window (one to the end of the image once
-  the window is at its cap), paced by the window and streaming block by block
-  into the cache, so the reader is served while the rest is still arriving.
-  A seek resets the window and cancels the streams.
+  filled by ranged GETs of twice the window while it grows (at most a part,
+  below, with ``streams`` > 1), paced by the window and streaming block by
+  block into the cache, so the reader is served while the rest is still
+  arriving. A seek resets the window and cancels the streams.
+* Parallel ranged reads: once the window is at its cap, a reader where one
+  connection is the limit (a far Glance) is fed by parts (``download.
+  part_size``: the window split by ``streams``, at least 4 MiB), started in
+  order, each its own GET paced by the window, up to ``streams`` at once.
+  The rule for adding streams (``Reader._adapt``): a reader starts with one
+  GET to the end of the image, as with ``streams=1``. What its streams
+  deliver is measured every half part; when the reader had to wait for most
+  of the blocks it read (two measurements in a row, or nearly all in one),
+  a stream is added (the newest GET is trimmed a part past where it is, so
+  parts follow it). Once that stream delivered its first block, the next
+  half part is measured: unless it came at least half the possible gain
+  faster (k -> k+1 streams: 1 + 0.5/k times), the stream is dropped again
+  for good. On loopback the mount's CPU, not a connection, is the limit: the
+  reader rarely waits, so streams are rarely tried and never kept. Blocks
+  arriving out of order wait in the cache; the Verifier takes them in order
+  (``_deliver``/``_advance``).
 * Blocking HTTP runs in worker threads (``trio.to_thread``); blocks come back
   to trio one at a time, so a slow request never holds up other FUSE requests.
 * A server that ignores ``Range`` (Images v1) sends the whole image for every
@@ -41,6 +57,7 @@ from typing import Any
 import trio
 
 from glancefs.api import exceptions as exc
+from glancefs.api.download import part_size
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs.cache import BlockCache, DiskCache
 from glancefs.fs.errors import FsError
@@ -52,6 +69,8 @@ MiB = 1024 * 1024
 STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
+STARVED_SHARE = 0.5   # blocks read that were waited for, for one more stream
+ALL_WAITED = 0.9      # ... at once for the first one, without a second measurement
 REFAIL_WINDOW = 2.0   # seconds a long failed fetch fails new fetches of its image at once
 
 
@@ -63,6 +82,7 @@ class ReadConfig:
     memory: int = 256 * MiB
     verify: bool = True
     fetch_threads: int = 32          # HTTP requests in flight, all files
+    streams: int = 4                 # ranged GETs in flight per sequential reader, at most
     range_supported: bool = True     # False for servers that ignore Range (v1)
     deadline: float = 30.0           # seconds a read waits for a block while its
                                      # fetch makes no progress, then EIO
@@ -253,6 +273,17 @@ class Handle:
         self.last_block = -1
         self.window = 0
         self.streams: list[Job] = []     # sequential GETs in flight, oldest first
+        # Parallel ranged reads: the state of the rule for adding streams (Reader._adapt).
+        self.allowed = 1                 # streams at once
+        self.delivered = 0               # blocks its ended streams delivered
+        self.seen = -1                   # the furthest block its reads asked for
+        self.reads = 0                   # blocks read since the mark (each once), and
+        self.waits = 0                   # those a read waited for a stream to bring
+        self.mark: tuple[float, int] | None = None   # (trio time, bytes arrived) then
+        self.probe: float | None = None  # the rate before the stream being tried
+        self.probing = False             # that stream's measurement has begun
+        self.settled = False             # a stream was dropped: none is added again
+        self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
 
 
@@ -377,6 +408,11 @@ class Reader:
         self._serial += 1
         serial = self._serial
         image.inflight[serial] = (first, last)
+        if last > handle.seen:
+            # Blocks, not reads: the share that waited must not depend on the
+            # kernel's read size (a 1 MiB block is 1 to 8 reads).
+            handle.reads += last - max(first - 1, handle.seen)
+            handle.seen = last
         try:
             blocks = await self._blocks(handle, first, last)
             verifier = image.verifier
@@ -446,6 +482,10 @@ class Reader:
                 for job in handle.streams:
                     job.cancel()
                 handle.streams = []
+            # Streams are added again only for a reader that proves sequential
+            # anew (what it learned, settled, stays).
+            handle.allowed, handle.mark, handle.probe = 1, None, None
+            handle.starved_runs, handle.seen = 0, first - 1
         handle.last_block = max(handle.last_block, first) if sequential else first
 
     def _window_cap(self) -> int:
@@ -457,7 +497,9 @@ class Reader:
 
         A sequential reader is served by streaming GETs of twice the window
         while the window grows, then (window at its cap) by one GET to the end
-        of the image: few request latencies. Each GET is paced by the window:
+        of the image with ``streams=1`` (few request latencies), or by parts
+        started in order, as many at once as the rule in the module's docstring
+        allows (no GET larger than a part then). Each GET is paced by the window:
         its thread stops handing over (and so reading) blocks that far ahead
         and resumes as the reader catches up, so memory stays bounded; sizes
         that grow only while the reader keeps up bound what a reader that
@@ -467,28 +509,137 @@ class Reader:
         image = handle.image
         bs = self.config.block_size
         target = min(image.nblocks, (end + handle.window + bs - 1) // bs)
-        handle.streams = [job for job in handle.streams if job.live]
+        live = [job for job in handle.streams if job.live]
+        if len(live) < len(handle.streams):
+            handle.delivered += sum(job.position - job.first for job in handle.streams
+                                    if not job.live)
+            handle.streams = live
         for job in handle.streams:
             job.want(target)
         if not self.config.range_supported:
             return   # its stream starts from byte 0 when a block is missing (_request)
+        if handle.window >= self._window_cap() and self.config.streams > 1:
+            self._adapt(handle)
+            if len(handle.streams) >= handle.allowed > 1:
+                return   # as many parts in flight as the rule allows; the next when one ends
         start = max([(end + bs - 1) // bs] + [job.last for job in handle.streams])
-        while start < target and ((image.id, start) in self.cache or start in image.pending):
-            start += 1
-        if start >= target:
-            return
         # GETs of twice the window while it grows (what a reader that stops
         # early costs in transfer stays small: the socket buffers of a paused
         # GET fill too); once the window is at its cap the reader has proven it
         # keeps going, and one GET to the end of the image, paced by the window
         # (_gate), saves a server round trip per window.
-        if handle.window >= self._window_cap():
+        at_cap = handle.window >= self._window_cap()
+        part = part_size(self._window_cap(), self.config.streams, bs) // bs
+        if not at_cap:
+            size = max(1, 2 * handle.window // bs)
+            if self.config.streams > 1:
+                # No longer than a part: the rule measures one stream once these
+                # end (_adapt), and a far reader's parallel parts start then.
+                size = min(size, part)
+        elif handle.allowed <= 1:
             size = image.nblocks
         else:
-            size = max(1, 2 * handle.window // bs)
-        job = Job(start, min(image.nblocks, start + size), stream=True, want_until=target)
-        handle.streams.append(job)
-        self._start_job(image, job)
+            size = part
+        while True:
+            while start < target and ((image.id, start) in self.cache or
+                                      start in image.pending):
+                start += 1
+            if start >= target:
+                return
+            job = Job(start, min(image.nblocks, start + size), stream=True, want_until=target)
+            handle.streams.append(job)
+            self._start_job(image, job)
+            if not at_cap or handle.allowed <= 1 or len(handle.streams) >= handle.allowed:
+                return
+            start = job.last
+
+    def _adapt(self, handle: Handle) -> None:
+        """The rule for adding streams (module docstring), for a reader at its cap.
+
+        What its streams deliver (blocks arrived, in any order: the reader's own
+        progress lags behind a new stream by up to a part) is measured over
+        each half part, while no more streams are in flight than allowed. After
+        a measurement in which at least STARVED_SHARE of the blocks it read
+        had to be waited for (for the first stream added: two in a row, or one in which
+        ALL_WAITED did), a stream is added; once that stream has delivered its
+        first block, the next half part is measured and compared with the one
+        before: less than half the gain one more stream could give (k -> k+1
+        streams: 1 + 0.5/k times as fast) and the stream is dropped again, for
+        good. Where the mount's CPU, or a cap on all connections together, is
+        the limit, no added stream stays.
+        """
+        if handle.settled or (handle.allowed >= self.config.streams and handle.probe is None):
+            return
+        image = handle.image
+        bs = self.config.block_size
+        part = part_size(handle.window, self.config.streams, bs)
+        now = trio.current_time()
+        newest = handle.streams[-1] if handle.streams else None
+        arrived = bs * (handle.delivered +
+                        sum(job.position - job.first for job in handle.streams))
+        if len(handle.streams) > handle.allowed:
+            # More in flight than the rule allows (GETs from while the window grew,
+            # parts of a stream just dropped): not what is being measured.
+            handle.mark = None
+            handle.starved_runs = 0
+            return
+        if handle.mark is None or (handle.probe is not None and not handle.probing):
+            if handle.probe is not None:
+                if newest is not None and newest.position <= newest.first:
+                    return    # the stream being tried has not started: not measured yet
+                handle.probing = True
+            handle.mark = (now, arrived)
+            handle.reads = handle.waits = 0
+            return
+        since, offset = handle.mark
+        if arrived - offset < part // 2 or now <= since:
+            return
+        measured = (arrived - offset) / (now - since)
+        waited = handle.waits / max(1, handle.reads)
+        LOG.debug("image %s: %d streams: %.0f MiB/s, %d of %d blocks waited for", image.id,
+                  handle.allowed, measured / MiB, handle.waits, handle.reads)
+        handle.mark = (now, arrived)
+        handle.reads = handle.waits = 0
+        if handle.probe is not None:
+            before = handle.allowed - 1
+            if measured < (1 + 0.5 / before) * handle.probe:
+                LOG.debug("image %s: %d streams no faster than %d (%.0f MiB/s): back to %d",
+                          image.id, before + 1, before, handle.probe / MiB, before)
+                handle.allowed = before
+                handle.settled = True
+                handle.probe = None
+                self.stats.add(image.id, streams_dropped=1)
+                return
+            handle.probe = None
+        handle.starved_runs = handle.starved_runs + 1 if waited >= STARVED_SHARE else 0
+        # The first stream is added only after two measurements in a row in which
+        # most blocks were waited for, or one with nearly all: a reader held back by
+        # CPU (loopback) waits now and then, one held back by its connection
+        # all the time.
+        if handle.allowed == 1 and waited < ALL_WAITED and handle.starved_runs < 2:
+            return
+        if handle.settled or handle.allowed >= self.config.streams or not handle.starved_runs:
+            return
+        handle.probe = measured
+        handle.probing = False
+        handle.allowed += 1
+        self.stats.add(image.id, streams_added=1)
+        LOG.debug("image %s: the reader waits for its streams at %.0f MiB/s: %d in flight",
+                  image.id, measured / MiB, handle.allowed)
+        if newest is not None:
+            self._trim(image, newest, part // bs)
+
+    def _trim(self, image: ImageData, job: Job, part: int) -> None:
+        """End ``job`` (the newest stream, a GET to the end of the image or a long
+        one from while the window grew) a part past where it is, so parts can
+        follow it in parallel. Never before a block a reader waits for on it; its
+        thread stops at the new end without reading further (_fetch_run)."""
+        waited = [index for index, pending in image.pending.items() if pending.job is job]
+        cut = max([job.position + part] + [index + 1 for index in waited])
+        if cut < job.last:
+            LOG.debug("image %s: stream of blocks %d-%d now ends at %d", image.id, job.first,
+                      job.last - 1, cut - 1)
+            job.last = cut
 
     async def _blocks(self, handle: Handle, first: int, last: int) -> list[bytes]:
         image = handle.image
@@ -564,6 +715,11 @@ class Reader:
                 self._check_failure(image)
                 self._request(handle, [index])
                 pending = image.pending[index]
+            if pending.job.stream and handle.window >= self._window_cap() and \
+                    pending.job in handle.streams:
+                # The reader waits for its streams: the link, not the reader, is
+                # the limit (the rule for adding streams, in the module's docstring).
+                handle.waits += 1
             await self._arrival(image, index, pending)
             if pending.data is not None:
                 return pending.data
@@ -703,6 +859,10 @@ class Reader:
                         self._gate(job, index)
                     self._hand_over(token, image, job, index, data, False)
                     index += 1
+                    if stop > index >= job.last:
+                        # Trimmed (_trim): parts after it come from other GETs, so
+                        # not a byte more is read of this one.
+                        return
                 if job.cancelled:
                     raise _Stop()
         finally:

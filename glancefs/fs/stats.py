@@ -42,6 +42,9 @@ class Counters:
     cache_hits: int = 0         # blocks a read found in memory (cached or prefetched)
     disk_hits: int = 0          # blocks a read found in the on-disk cache
     misses: int = 0             # blocks a read had to wait for
+    streams_added: int = 0      # parallel ranged GETs added for readers waiting on their
+                                # stream (fs.reader's rule); 0 where one stream keeps up
+    streams_dropped: int = 0    # of them, dropped again: the reader got no faster
     fetch_failures: int = 0     # GETs that failed after the client's retries
     verified: int = 0           # whole reads whose hash matched
     mismatches: int = 0         # whole reads whose hash did not match

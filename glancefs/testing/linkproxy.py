@@ -78,6 +78,8 @@ class TokenBucket:
 @dataclass
 class LinkStats:
     connections: int = 0
+    open: int = 0           # connections open now
+    peak_open: int = 0      # most connections open at once (parallel GETs show here)
     bytes_up: int = 0       # client -> server
     bytes_down: int = 0     # server -> client
 
@@ -259,7 +261,9 @@ class LinkProxy:
 
     def reset_stats(self) -> None:
         with self._lock:
-            self.stats = LinkStats()
+            # Connections still open stay counted: they close after the reset.
+            live = len(self._connections)
+            self.stats = LinkStats(open=live, peak_open=live)
 
     def _count(self, up: bool, n: int) -> None:
         with self._lock:
@@ -270,7 +274,9 @@ class LinkProxy:
 
     def _forget(self, conn: _Connection) -> None:
         with self._lock:
-            self._connections.discard(conn)
+            if conn in self._connections:
+                self._connections.discard(conn)
+                self.stats.open -= 1
 
     def _accept_loop(self) -> None:
         while not self._stopped.is_set():
@@ -289,6 +295,8 @@ class LinkProxy:
             conn = _Connection(self, client, upstream)
             with self._lock:
                 self.stats.connections += 1
+                self.stats.open += 1
+                self.stats.peak_open = max(self.stats.peak_open, self.stats.open)
                 self._connections.add(conn)
             conn.start()
 
