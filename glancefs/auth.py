@@ -58,7 +58,7 @@ class AuthOptions:
                 "endpoint_type": "interface", "endpoint": "image_url", "token": "auth_token"}
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "AuthOptions":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AuthOptions:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         names = {f.name for f in fields(cls)}
@@ -73,7 +73,7 @@ class AuthOptions:
             values["insecure"] = is_true(values["insecure"])
         return cls(**values)
 
-    def merged(self, overrides: Mapping[str, Any]) -> "AuthOptions":
+    def merged(self, overrides: Mapping[str, Any]) -> AuthOptions:
         """These options with the non-empty ``overrides`` (command line) on top."""
         names = {f.name for f in fields(self)}
         current = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -83,7 +83,7 @@ class AuthOptions:
                 current[key] = value
         return AuthOptions(**current)
 
-    def with_cloud(self) -> "AuthOptions":
+    def with_cloud(self) -> AuthOptions:
         """Fill what is missing from the named clouds.yaml entry."""
         if not self.cloud:
             return self
@@ -119,7 +119,8 @@ def load_cloud(name: str) -> dict[str, Any]:
                 cloud = dict(clouds[name])
                 secure = path.with_name("secure.yaml")
                 if secure.is_file():
-                    extra = (yaml.safe_load(secure.read_text()) or {}).get("clouds", {}).get(name, {})
+                    secure_yaml = yaml.safe_load(secure.read_text()) or {}
+                    extra = secure_yaml.get("clouds", {}).get(name, {})
                     cloud.setdefault("auth", {}).update(extra.get("auth", {}))
                 return cloud
     raise AuthConfigError(f"cloud {name!r} is not in any clouds.yaml "

@@ -8,8 +8,8 @@ from keystoneauth1 import session as ks_session
 
 from glancefs.api import exceptions as exc
 from glancefs.api import v1, v2
-from glancefs.api.values import major_version
 from glancefs.api.http import HTTPClient
+from glancefs.api.values import major_version
 
 
 def Client(version: str | int | float = "2", endpoint: str | None = None,

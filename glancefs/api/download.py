@@ -51,7 +51,7 @@ class Expected:
     os_hash_value: str | None = None
     checksum: str | None = None
 
-    def hasher(self) -> tuple[str, str, "hashlib._Hash"] | None:
+    def hasher(self) -> tuple[str, str, hashlib._Hash] | None:
         """(algorithm, expected hex digest, hash object) of the best hash known."""
         if self.os_hash_algo and self.os_hash_value:
             try:
@@ -91,6 +91,7 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
     if length is not None and length <= 0:
         return
     size = expected.size
+    end: int | None
     if size is not None:
         if offset >= size:
             return
@@ -221,7 +222,7 @@ class _Part:
                     return   # the consumer went away: close the connection
                 self._queue.put(chunk)
             self._queue.put(self._END)
-        except BaseException as error:  # handed to the consumer, raised in its thread
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
             self._queue.put(error)
         finally:
             self.finished.set()
@@ -246,7 +247,7 @@ class BackgroundHash:
 
     _DONE = b""
 
-    def __init__(self, hasher: "hashlib._Hash", depth: int = 8) -> None:
+    def __init__(self, hasher: hashlib._Hash, depth: int = 8) -> None:
         self._hasher = hasher
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=depth)
         self._abandoned = threading.Event()

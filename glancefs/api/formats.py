@@ -41,7 +41,8 @@ def detect_disk_format(head: bytes) -> str | None:
 
 def detect_container_format(head: bytes) -> str | None:
     # An OVA is a tar archive whose first member is the .ovf descriptor.
-    if len(head) >= 512 and head[257:262] == b"ustar" and head[:100].rstrip(b"\0").endswith(b".ovf"):
+    first_member = head[:100].rstrip(b"\0")
+    if len(head) >= 512 and head[257:262] == b"ustar" and first_member.endswith(b".ovf"):
         return "ova"
     return None
 

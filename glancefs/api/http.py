@@ -260,7 +260,8 @@ class HTTPClient:
                 wait = retry_after(resp.headers.get("Retry-After"), default=delay,
                                    cap=self.max_backoff)
                 if self._time_for(deadline, wait):
-                    LOG.log(self._retry_level, "%s %s answered %d; retry %d of %d in %.1fs", method, url,
+                    LOG.log(self._retry_level, "%s %s answered %d; retry %d of %d in %.1fs",
+                            method, url,
                                 resp.status_code, attempt, attempts - 1, wait)
                     resp.close()
                     self.retried += 1
@@ -367,7 +368,8 @@ def error_from_response(resp: requests.Response, method: str, url: str) -> exc.H
     finally:
         resp.close()
     details = exc.server_message(body, resp.headers.get("Content-Type", "")) or resp.reason or ""
-    request_id = resp.headers.get("x-openstack-request-id") or resp.headers.get("x-compute-request-id")
+    request_id = (resp.headers.get("x-openstack-request-id")
+                  or resp.headers.get("x-compute-request-id"))
     return exc.from_status(resp.status_code, details, request_id=request_id,
                            method=method, url=url)
 

@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 
 class ImageManager(Protocol):
-    def update(self, image: Any, **kwargs: Any) -> "Image": ...
+    def update(self, image: Any, **kwargs: Any) -> Image: ...
     def delete(self, image: Any) -> None: ...
     def data(self, image: Any, **kwargs: Any) -> Iterator[bytes]: ...
-    def get(self, image: Any) -> "Image": ...
+    def get(self, image: Any) -> Image: ...
 
 
 class Resource(dict):
@@ -51,7 +51,7 @@ class Image(Resource):
     def __repr__(self) -> str:
         return f"<Image {self.get('id')} {self.get('name')!r} {self.get('status')}>"
 
-    def _replace(self, fresh: dict[str, Any]) -> "Image":
+    def _replace(self, fresh: dict[str, Any]) -> Image:
         self.clear()
         self.update_fields(fresh)
         return self
@@ -59,14 +59,16 @@ class Image(Resource):
     def update_fields(self, fields: dict[str, Any]) -> None:
         dict.update(self, fields)
 
-    def update(self, *args: Any, **kwargs: Any) -> "Image":  # type: ignore[override]
+    # python-glanceclient's Image.update (the server) replaces dict.update: as
+    # glanceclient's objects do, on purpose.
+    def update(self, *args: Any, **kwargs: Any) -> Image:  # type: ignore[override]
         """Change the image on the server (name, properties, data ...) and
         refresh this object from the server's answer."""
         if args:
             raise TypeError("Image.update takes keyword arguments only")
         return self._replace(self._manager.update(self, **kwargs))
 
-    def reload(self) -> "Image":
+    def reload(self) -> Image:
         return self._replace(self._manager.get(self["id"]))
 
     def data(self, **kwargs: Any) -> Iterator[bytes]:

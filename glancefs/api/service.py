@@ -73,7 +73,7 @@ class ImageRecord:
         }
 
     @classmethod
-    def from_v2(cls, raw: Mapping[str, Any]) -> "ImageRecord":
+    def from_v2(cls, raw: Mapping[str, Any]) -> ImageRecord:
         props = {k: _text(v) for k, v in raw.items() if k not in schema.CORE and v is not None}
         return cls(
             id=raw["id"], name=raw.get("name"), status=raw.get("status", "unknown"),
@@ -88,7 +88,7 @@ class ImageRecord:
             properties=MappingProxyType(props))
 
     @classmethod
-    def from_v1(cls, raw: Mapping[str, Any]) -> "ImageRecord":
+    def from_v1(cls, raw: Mapping[str, Any]) -> ImageRecord:
         props = {k: _text(v) for k, v in (raw.get("properties") or {}).items()}
         public = raw.get("is_public")
         return cls(

@@ -222,11 +222,12 @@ class ImageMembers:
                           json={"member": {"can_share": can_share}}).close()
 
     def delete(self, image_id: Any, member_id: str) -> None:
-        self.http.request("DELETE", f"/v1/images/{image_id_of(image_id)}/members/{member_id}").close()
+        path = f"/v1/images/{image_id_of(image_id)}/members/{member_id}"
+        self.http.request("DELETE", path).close()
 
     def replace(self, image: Any, members: Iterable[dict[str, Any]]) -> None:
-        body = {"memberships": [{"member_id": m["member_id"], "can_share": m.get("can_share", False)}
-                                for m in members]}
+        body = {"memberships": [{"member_id": m["member_id"],
+                                 "can_share": m.get("can_share", False)} for m in members]}
         self.http.request("PUT", f"/v1/images/{image_id_of(image)}/members", json=body).close()
 
 

@@ -9,9 +9,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
-from glancefs.api import download
+from glancefs.api import download, fields
 from glancefs.api import exceptions as exc
-from glancefs.api import fields
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
 from glancefs.api.http import CHUNK_SIZE, HTTPClient, SizedIterable
 from glancefs.api.resource import Image, Resource
@@ -240,8 +239,10 @@ class Images:
         detected from the data first, because v2 refuses data without them.
         With ``verify``, the image's checksum must equal what was sent."""
         image_id = image_id_of(image)
-        source = image_data if isinstance(image_data, DataSource) else DataSource(image_data, image_size)
-        current = image if isinstance(image, dict) and "disk_format" in image else self.get(image_id)
+        source = image_data if isinstance(image_data, DataSource) else \
+            DataSource(image_data, image_size)
+        current = image if isinstance(image, dict) and "disk_format" in image else \
+            self.get(image_id)
         if not current.get("disk_format") or not current.get("container_format"):
             disk, container, how = guess_formats(source.peek(), filename or current.get("name"))
             LOG.info("image %s: disk_format %s, container_format %s (from the data's %s)",

@@ -23,7 +23,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO, cast
 
 from glancefs.api import exceptions as exc
 from glancefs.api.values import parse_bool
@@ -62,11 +62,13 @@ class Console:
     stdin_data: bool | None = None
 
     @classmethod
-    def system(cls) -> "Console":
+    def system(cls) -> Console:
         import sys
-        return cls(stdin=getattr(sys.stdin, "buffer", sys.stdin),
+        # sys.stdin/stdout have a binary buffer, except when a caller replaced
+        # them with a text stream of its own (then the stream itself serves).
+        return cls(stdin=cast(BinaryIO, getattr(sys.stdin, "buffer", sys.stdin)),
                    stdout=sys.stdout,
-                   stdout_binary=getattr(sys.stdout, "buffer", sys.stdout),
+                   stdout_binary=cast(BinaryIO, getattr(sys.stdout, "buffer", sys.stdout)),
                    stderr=sys.stderr)
 
     def stdin_has_data(self) -> bool:
@@ -307,7 +309,7 @@ class DataInput:
             self._own.close()
             self._own = None
 
-    def __enter__(self) -> "DataInput":
+    def __enter__(self) -> DataInput:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -56,7 +56,7 @@ class Parser(argparse.ArgumentParser):
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         raise ParserExit(status, (message or "").rstrip("\n"))
 
-    def print_help(self, file: Any = None) -> NoReturn:  # type: ignore[override]
+    def print_help(self, file: Any = None) -> NoReturn:
         # -h/--help: hand the text to run(), which writes it to its own stdout.
         raise ParserExit(0, self.format_help().rstrip("\n"))
 
@@ -162,7 +162,7 @@ def api_version(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
             try:
                 from glancefs.auth import load_cloud
                 raw = load_cloud(cloud).get("image_api_version")
-            except Exception:  # the missing cloud is reported when a client is built
+            except Exception:  # noqa: BLE001 - the missing cloud is reported when a client is built
                 raw = None
     from glancefs.api.values import major_version
     try:
@@ -203,7 +203,7 @@ def _global_parser() -> Parser:
 def _load_mount() -> Any:
     """glancefs.cli.mount, or None when this installation lacks it."""
     try:
-        from glancefs.cli import mount  # type: ignore[attr-defined]
+        from glancefs.cli import mount
     except ImportError as e:
         logging.getLogger(__name__).debug("mount command unavailable: %s", e)
         return None

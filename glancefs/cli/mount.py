@@ -210,7 +210,7 @@ def run_mount(args: argparse.Namespace) -> int:
         setup_logging(opts, background=False)
         try:
             return _serve(args, opts, source, mountpoint, fsname, ready=None)
-        except Exception as error:  # noqa: BLE001 - one line for the user
+        except Exception as error:
             LOG.debug("mount failed", exc_info=True)
             print(f"{PROG}: mount: {failure_text(error)}", file=sys.stderr)
             return 1
@@ -233,7 +233,7 @@ def _serve(args: argparse.Namespace, opts: MountOptions, source: str | None,
     service = ImageService(client)
     try:
         fs = prepare(service, opts)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - re-raised, with the endpoint it concerns
         raise _with_endpoint(error, auth) from None
     serve(fs, mountpoint, fsname, ready=ready)
     return 0

@@ -61,13 +61,14 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
         for i, lines in enumerate(row):
             widths[i] = max(widths[i], *(width(line) for line in lines))
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    out = [rule, "| " + " | ".join(_pad(h, w) for h, w in zip(headers, widths)) + " |", rule]
+    head = " | ".join(_pad(h, w) for h, w in zip(headers, widths, strict=True))
+    out = [rule, "| " + head + " |", rule]
     for row in cells:
         height = max((len(lines) for lines in row), default=1)
         for n in range(height):
             out.append("| " + " | ".join(
                 _pad(lines[n] if n < len(lines) else "", w)
-                for lines, w in zip(row, widths)) + " |")
+                for lines, w in zip(row, widths, strict=True)) + " |")
     out.append(rule)
     return "\n".join(out)
 

@@ -61,7 +61,8 @@ class Progress:
         if self.total:
             frac = min(self.done / self.total, 1.0)
             filled = int(frac * BAR_WIDTH)
-            bar = "=" * filled + (">" if filled < BAR_WIDTH else "") + " " * (BAR_WIDTH - filled - 1)
+            head = ">" if filled < BAR_WIDTH else ""
+            bar = "=" * filled + head + " " * (BAR_WIDTH - filled - 1)
             left = self.total - self.done
             eta = _clock(left / rate) if rate > 0 and left > 0 else "--:--"
             return (f"{label}[{bar[:BAR_WIDTH]}] {frac:4.0%} {human_size(self.done)} of "
@@ -87,6 +88,7 @@ class Progress:
     def finish(self) -> None:
         if self.enabled:
             self._draw(self._clock())
+            # enabled only with a stream (a terminal): never None here
             self.stream.write("\n")  # type: ignore[union-attr]
             self.stream.flush()  # type: ignore[union-attr]
 

@@ -44,8 +44,15 @@ from glancefs.api.values import parse_bool
 from glancefs.fs.errors import FsError, describe
 from glancefs.fs.journal import Journal, JournalError
 from glancefs.fs.stats import MountStats
-from glancefs.fs.writer import (Janitor, PendingMeta, Spool, SpoolBudget, Upload, WriteConfig,
-                                spool_from_image)
+from glancefs.fs.writer import (
+    Janitor,
+    PendingMeta,
+    Spool,
+    SpoolBudget,
+    Upload,
+    WriteConfig,
+    spool_from_image,
+)
 
 LOG = logging.getLogger("glancefs.fs.drafts")
 

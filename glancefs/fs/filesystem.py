@@ -27,8 +27,17 @@ from glancefs.fs.cache import DiskCache
 from glancefs.fs.catalog import BY_ID_INODE, FRESH_WAIT, ROOT_INODE, Catalog
 from glancefs.fs.drafts import WritePath, WrittenFile
 from glancefs.fs.errors import FsError, refuse
-from glancefs.fs.nodes import (Attr, ByIdDir, Directory, ImageNode, Node, OpenFile, RootDir,
-                               WriteHandle, WrittenNode)
+from glancefs.fs.nodes import (
+    Attr,
+    ByIdDir,
+    Directory,
+    ImageNode,
+    Node,
+    OpenFile,
+    RootDir,
+    WriteHandle,
+    WrittenNode,
+)
 from glancefs.fs.options import MountOptions
 from glancefs.fs.reader import ReadConfig, Reader
 from glancefs.fs.writer import WriteConfig

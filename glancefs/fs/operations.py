@@ -163,6 +163,7 @@ class Operations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         with fuse_errors("read", self.fs.record_of_handle(fh)):
+            # pyfuse3 sends any buffer (a memoryview saves a copy of each block)
             return await self.fs.read(fh, off, size)  # type: ignore[return-value]
 
     async def release(self, fh: int) -> None:

@@ -11,11 +11,10 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from glancefs.api.values import GiB, KiB, MiB, major_version, parse_bool, parse_size
 from glancefs.fs.journal import default_dir as default_journal_dir
 
-from glancefs.api.values import GiB, KiB, MiB, major_version, parse_bool, parse_size
-
-__all__ = ["MountOptions", "apply_option_string", "parse_bool", "parse_size", "failure_text"]
+__all__ = ["MountOptions", "apply_option_string", "parse_bool", "parse_size"]
 
 
 @dataclass

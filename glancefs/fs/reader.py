@@ -663,7 +663,7 @@ class Reader:
         for n, have in enumerate(out):
             if have is None:
                 out[n] = await self._wait_block(handle, first + n)
-        return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]  # every None was filled above
 
     def _request(self, handle: Handle, missing: list[int]) -> None:
         """Make sure every block in ``missing`` (sorted) is on its way."""
@@ -780,7 +780,7 @@ class Reader:
                                           limiter=self.limiter, abandon_on_cancel=True)
         except _Stop as stop:
             error = stop
-        except Exception as failed:  # handed to the readers waiting for these blocks
+        except Exception as failed:  # noqa: BLE001 - handed to the readers waiting for these blocks
             error = failed
             self.stats.add(image.id, fetch_failures=1)
             if isinstance(failed, exc.CommunicationError) and \
@@ -816,11 +816,12 @@ class Reader:
         cover only the runs between them.
         """
         disk = self.disk if image.disk_tag and self.config.range_supported else None
+        tag = image.disk_tag or ""
         index = job.first
         while index < job.last:
             if disk is not None:
                 while index < job.last:
-                    data = disk.get(image.id, image.disk_tag, index)  # type: ignore[arg-type]
+                    data = disk.get(image.id, tag, index)
                     if data is None:
                         break
                     if job.stream:
@@ -832,7 +833,7 @@ class Reader:
             stop = job.last
             if disk is not None:
                 stop = index + 1
-                while stop < job.last and not disk.has(image.id, image.disk_tag, stop):  # type: ignore[arg-type]
+                while stop < job.last and not disk.has(image.id, tag, stop):
                     stop += 1
             self._fetch_run(image, job, token, index, stop)
             index = stop

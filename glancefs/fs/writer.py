@@ -196,7 +196,8 @@ class Spool:
 
     def __init__(self, directory: str, budget: SpoolBudget | None = None) -> None:
         self.budget = budget
-        self._file = tempfile.TemporaryFile(dir=directory, prefix="glancefs-spool-")
+        # Closed by close(): the spool lives as long as its file is written.
+        self._file = tempfile.TemporaryFile(dir=directory, prefix="glancefs-spool-")  # noqa: SIM115
         self.fd = self._file.fileno()
         self.extent = 0
         self.closed = False

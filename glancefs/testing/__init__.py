@@ -1,1 +1,2 @@
-"""Real servers and fault injection for tests, benchmarks and the demo (not imported by glancefs itself)."""
+"""Real servers and fault injection for tests, benchmarks and the demo (not imported by
+glancefs itself)."""

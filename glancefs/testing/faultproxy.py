@@ -121,7 +121,7 @@ class FaultProxy:
         with self._lock:
             self.stats = Stats()
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         return self
 
@@ -130,7 +130,7 @@ class FaultProxy:
         self._cleared.set()
         self._listener.close()
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

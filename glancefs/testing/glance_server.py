@@ -39,15 +39,15 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 if __package__:
     from glancefs.testing import gunicorn_server
 else:  # run by path (scripts/glance-server): importing the glancefs package would need the
     # client's dependencies, so import the sibling module on its own.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import gunicorn_server  # type: ignore[import-not-found,no-redef]
+    import gunicorn_server  # type: ignore[no-redef]  # the same module, by its path
 
 GLANCE_PINS: tuple[str, ...] = ("glance==33.0.0", "gunicorn==27.0.1", "python-glanceclient==4.13.0")
 AUTH_MODES: tuple[str, ...] = ("noauth", "headers", "keystone")
@@ -106,7 +106,7 @@ def default_identity_filter(global_conf, **local_conf):
     return make
 
 
-from glance.wsgi.api import application  # noqa: E402
+from glance.wsgi.api import application  # noqa: E402 - after the config is in place
 '''
 
 
@@ -321,6 +321,7 @@ delay_auth_decision = true
 def running_glance(data_dir: Path, port: int | None = None,
                    **kwargs: object) -> Iterator[GlanceServer]:
     """A started server on a free port (or ``port``), stopped on exit."""
+    # The options are GlanceServer's keywords, passed through unchecked.
     server = GlanceServer(data_dir, port or free_port(), **kwargs)  # type: ignore[arg-type]
     with server:
         yield server

@@ -35,15 +35,16 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 if __package__:
     from glancefs.testing import gunicorn_server
 else:  # run by path (scripts/keystone-server): importing the glancefs package would need the
     # client's dependencies, so import the sibling module on its own.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import gunicorn_server  # type: ignore[import-not-found,no-redef]
+    import gunicorn_server  # type: ignore[no-redef]  # the same module, by its path
 
 KEYSTONE_PINS: tuple[str, ...] = ("keystone==30.0.0", "gunicorn==27.0.1")
 START_TIMEOUT = gunicorn_server.START_TIMEOUT
@@ -64,7 +65,7 @@ import sys
 
 _argv, sys.argv = sys.argv, sys.argv[:1]
 try:
-    from keystone.wsgi.api import application  # noqa: F401
+    from keystone.wsgi.api import application  # noqa: F401 - what gunicorn serves
 finally:
     sys.argv = _argv
 '''
@@ -224,7 +225,7 @@ class KeystoneServer(gunicorn_server.GunicornServer):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def restart(self, token_expiration: int | None = None) -> "KeystoneServer":
+    def restart(self, token_expiration: int | None = None) -> KeystoneServer:
         """Stop and start again, optionally with another token lifetime. Tokens
         already issued stay valid (same fernet keys) until they expire."""
         self.stop()
@@ -416,7 +417,7 @@ class KeystoneCloud:
     def image_url(self) -> str:
         return f"http://127.0.0.1:{self._glance_port}"
 
-    def start(self) -> "KeystoneCloud":
+    def start(self) -> KeystoneCloud:
         from glancefs.testing.glance_server import GlanceServer
 
         self.keystone.start()
@@ -443,7 +444,7 @@ class KeystoneCloud:
                 "OS_USER_DOMAIN_ID": creds["user_domain_id"],
                 "OS_PROJECT_DOMAIN_ID": creds["project_domain_id"]}
 
-    def __enter__(self) -> "KeystoneCloud":
+    def __enter__(self) -> KeystoneCloud:
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -65,7 +65,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from glancefs.api import exceptions as exc
@@ -126,7 +126,7 @@ class Call:
 
 def stamp(seconds: float) -> str:
     """A Glance time stamp (whole seconds, UTC, ``Z``)."""
-    return datetime.fromtimestamp(int(seconds), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(int(seconds), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class MemoryImageService:

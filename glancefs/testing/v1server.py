@@ -40,7 +40,8 @@ import tempfile
 import threading
 import urllib.parse
 import uuid
-from typing import Any, BinaryIO, Iterable
+from collections.abc import Iterable
+from typing import Any, BinaryIO
 
 __all__ = [
     "V1Server",
@@ -510,7 +511,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with self.state.conn_lock:
                 self.state.connections.discard(self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         if not self.quiet:
             super().log_message(format, *args)
 
@@ -865,7 +866,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             fh: BinaryIO | None = None
             if image["size"]:
                 try:
-                    fh = open(state.data_path(image_id), "rb")
+                    fh = open(state.data_path(image_id), "rb")  # noqa: SIM115 - closed after the body
                 except FileNotFoundError:
                     raise HTTPError(404, "Data for image %s not found"
                                     % image_id) from None
@@ -1288,7 +1289,7 @@ class V1Server:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> "V1Server":
+    def start(self) -> V1Server:
         if self._httpd is not None:
             return self
         handler = type("V1Handler", (_Handler,),
@@ -1341,7 +1342,7 @@ class V1Server:
             for s, handler in old.items():
                 signal.signal(s, handler)
 
-    def __enter__(self) -> "V1Server":
+    def __enter__(self) -> V1Server:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
