@@ -131,6 +131,11 @@ class ImageService:
         return self.client.http.retried
 
     @property
+    def serves_ranges(self) -> bool:
+        """Whether the API answers ranged GETs (Images v1 has no Range)."""
+        return self.version != "1"
+
+    @property
     def ranges_ignored(self) -> bool:
         """True once the server answered a ranged GET with the whole image."""
         return self.client.http.range_ignored

@@ -139,13 +139,14 @@ def parse_field(name: str, raw: bytes) -> Any:
     return text
 
 
-def carried_meta(record: ImageRecord, version: str) -> PendingMeta:
+def carried_meta(record: ImageRecord) -> PendingMeta:
     """What a replacement of ``record`` keeps: its properties and settable fields
-    (not ``protected``: a protected image is never replaced)."""
+    (not ``protected``: a protected image is never replaced). Tags only where
+    the API has them (a v1 record has none)."""
     fields: dict[str, Any] = {"min_disk": record.min_disk, "min_ram": record.min_ram}
     if record.visibility:
         fields["visibility"] = record.visibility
-    if record.tags and version == "2":
+    if record.tags:
         fields["tags"] = list(record.tags)
     return PendingMeta(properties=dict(record.properties), fields=fields)
 
@@ -226,7 +227,7 @@ class WritePath:
         if file is None:
             if record is None:
                 raise FsError(errno.ENOENT, "no such image")
-            file = WrittenFile(inode, record.name, meta=carried_meta(record, self.service.version),
+            file = WrittenFile(inode, record.name, meta=carried_meta(record),
                                size=record.size or 0, image=record)
         return file
 
@@ -255,7 +256,7 @@ class WritePath:
         # A new version starts from what the image is now (someone may have
         # changed its properties, or protected it, since we saw it).
         file.image = self.service.get(file.image.id)
-        file.meta = carried_meta(file.image, self.service.version)
+        file.meta = carried_meta(file.image)
         ours = file.spool is not None and not trunc
         if not ours and not self.replace_on_close:
             raise FsError(errno.EPERM, f"image {file.image.id} is active: its data cannot be "

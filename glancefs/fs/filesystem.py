@@ -66,7 +66,7 @@ class GlanceFS:
             block_size=options.block_size, prefetch_start=options.prefetch_start,
             prefetch_max=options.prefetch_max, memory=options.memory, verify=options.verify,
             streams=options.streams,
-            range_supported=service.version != "1", deadline=options.timeout), disk,
+            range_supported=service.serves_ranges, deadline=options.timeout), disk,
             self.stats)
         self._xattrs: dict[str, tuple[ImageRecord, dict[bytes, bytes]]] = {}
         self.writes = WritePath(service, WriteConfig(

@@ -52,7 +52,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
@@ -287,31 +286,6 @@ class Handle:
         self.verifying = False           # this file's reads have started a hash
 
 
-def watch_range_support(service: ImageService, on_ignored: Callable[[], None]) -> bool:
-    """Call ``on_ignored`` when a ranged GET is answered 200 (whole body).
-
-    glancefs.api adapts to such servers by skipping to the offset, which is
-    right but costs a whole download per block; the read path must know, to
-    stream instead. The API does not report it yet, so this watches the
-    responses of the client's HTTP session (read-only). Returns False when the
-    client has no such session to watch.
-    """
-    http = getattr(service.client, "http", None)
-    session = getattr(getattr(http, "session", None), "session", None)
-    hooks = getattr(session, "hooks", None)
-    if not isinstance(hooks, dict):
-        return False
-
-    def check(response: Any, *args: Any, **kwargs: Any) -> None:
-        request = getattr(response, "request", None)
-        if response.status_code == 200 and request is not None and \
-                "Range" in request.headers and "/file" in request.url:
-            on_ignored()
-
-    hooks.setdefault("response", []).append(check)
-    return True
-
-
 class Reader:
     """Serves reads of all open images from one cache and one thread pool."""
 
@@ -338,15 +312,17 @@ class Reader:
         # synchronously) until a new read from offset 0 verifies again.
         self.mismatched: set[str] = set()
         self.stats = stats if stats is not None else MountStats()
-        if config.range_supported:
-            watch_range_support(service, self._range_ignored)
 
-    def _range_ignored(self) -> None:
-        """From a fetch thread: the server sent a whole image for a range."""
-        if self.config.range_supported:
+    def _check_ranges(self) -> bool:
+        """Whether ranged GETs get ranges. The API notices a server that sends
+        the whole image instead (``ImageService.ranges_ignored``, set as the
+        answer's headers arrive); from then on each open file is read as one
+        stream, never one whole download per block."""
+        if self.config.range_supported and self.service.ranges_ignored:
             self.config.range_supported = False
             LOG.warning("the Images API ignores Range requests; reading images as one "
                         "stream per open file from now on")
+        return self.config.range_supported
 
     # -- open / release ---------------------------------------------------
 
@@ -383,6 +359,7 @@ class Reader:
         image = handle.image
         if off >= image.size or size <= 0:
             return b""
+        self._check_ranges()
         bs = self.config.block_size
         end = min(off + size, image.size)
         first, last = off // bs, (end - 1) // bs
@@ -667,6 +644,7 @@ class Reader:
 
     def _request(self, handle: Handle, missing: list[int]) -> None:
         """Make sure every block in ``missing`` (sorted) is on its way."""
+        self._check_ranges()
         image = handle.image
         bs = self.config.block_size
         stream = handle.streams[-1] if handle.streams else None
@@ -842,7 +820,7 @@ class Reader:
                    index: int, stop: int) -> None:
         """One GET of blocks [index, stop) (from byte 0 without Range support)."""
         bs = self.config.block_size
-        if not self.config.range_supported:
+        if not self._check_ranges():
             index = 0
         offset = index * bs
         length = min(stop * bs, image.size) - offset

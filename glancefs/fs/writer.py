@@ -50,8 +50,7 @@ from typing import Any
 
 from glancefs.api import exceptions as exc
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
-from glancefs.api.service import ImageRecord, ImageService
-from glancefs.api.v2 import DataSource
+from glancefs.api.service import DataSource, ImageRecord, ImageService
 from glancefs.fs.errors import FsError, describe
 from glancefs.fs.journal import Journal
 from glancefs.fs.stats import MountStats

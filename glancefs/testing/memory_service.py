@@ -152,9 +152,6 @@ class MemoryImageService:
         self._stalls: dict[str, list[threading.Event]] = {}
         self._corrupt_next = False
         self._lock = threading.RLock()
-        # The real service's client, which reader.watch_range_support still
-        # reaches for (issue 13, finding 2). Nothing to watch here.
-        self.client: Any = None
 
     # -- seeding and inspection (tests only; not logged as calls) -------------------
 
@@ -270,6 +267,10 @@ class MemoryImageService:
     @property
     def ranges_ignored(self) -> bool:
         return self._ranges_ignored
+
+    @property
+    def serves_ranges(self) -> bool:
+        return self.version != "1"
 
     @contextlib.contextmanager
     def within(self, seconds: float | None, retries: int | None = None) -> Iterator[None]:
