@@ -202,7 +202,7 @@ def test_error_table() -> None:
     assert errors.errno_for(exc.HashMismatch("x")) == errno.EIO
     assert errors.errno_for(exc.CommunicationError("x", method="GET", url="u")) == \
         errno.EHOSTUNREACH
-    assert errors.errno_for(exc.CommunicationError("download broke")) == errno.EIO
+    assert errors.errno_for(exc.TransferBroken("download broke")) == errno.EIO
     # No answer in time: "timed out" for metadata, an I/O error for a read.
     late = exc.DeadlineExceeded("no answer within 10 s", method="GET", url="u")
     assert errors.errno_for(late, "lookup") == errno.ETIMEDOUT

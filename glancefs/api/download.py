@@ -122,7 +122,7 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
                 # The request's own error names the method and the URL again: say them once.
                 where, why = (error.url, error.details) if isinstance(
                     error, exc.CommunicationError) and error.url else (path, error)
-                raise exc.CommunicationError(
+                raise exc.TransferBroken(
                     f"download of {where} failed at byte {pos}: {why}") from None
             attempts_left -= 1
             http.retried += 1

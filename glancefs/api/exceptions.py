@@ -9,7 +9,9 @@ of HTML and JSON wrapping) and ``request_id`` where the server sent one::
     +-- CommunicationError         the server could not be reached, or the
     |   |                          connection failed and could not be resumed
     |   +-- DeadlineExceeded       no answer within the request's overall
-    |                              deadline (its retries included)
+    |   |                          deadline (its retries included)
+    |   +-- TransferBroken         a download that the server answered broke
+    |                              and could not be resumed
     +-- InvalidResponse            the server answered something malformed:
     |   |                          bad JSON, a short body, a Content-Range
     |   |                          that does not match the request
@@ -76,6 +78,11 @@ class DeadlineExceeded(CommunicationError):
     back-off included (``HTTPClient.deadline``)."""
 
 
+class TransferBroken(CommunicationError):
+    """The server was reached and answered, then the transfer broke and could
+    not be resumed (as opposed to a server that could not be reached)."""
+
+
 class InvalidResponse(ClientException):
     """The server answered, but not with something we can trust."""
 
@@ -125,7 +132,17 @@ class HTTPConflict(HTTPException):
 
 
 class HTTPOverLimit(HTTPException):
+    """413: over a storage quota, or over the server's image size cap. Glance
+    tells them apart only in its message, so this is the one place that reads
+    it: ``over_quota`` says which."""
+
     code = 413
+
+    @property
+    def over_quota(self) -> bool:
+        """True for a quota (the project is full), False for a size cap (this
+        image is too big)."""
+        return "quota" in (self.details or "").lower()
 
 
 class HTTPUnsupportedMediaType(HTTPException):

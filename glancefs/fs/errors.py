@@ -72,6 +72,7 @@ TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (exc.NoUniqueMatch, errno.EINVAL),
     (exc.UnsupportedVersion, errno.EPROTONOSUPPORT),
     (exc.DeadlineExceeded, errno.ETIMEDOUT),    # no answer within the deadline
+    (exc.TransferBroken, errno.EIO),            # reached, then the transfer broke
     (exc.CommunicationError, errno.EHOSTUNREACH),  # see errno_for: EIO mid-transfer
     (exc.ClientException, errno.EIO),
     (TimeoutError, errno.ETIMEDOUT),
@@ -108,6 +109,14 @@ _BY_OPERATION: dict[tuple[str, type[BaseException]], int] = {
 }
 
 
+# Answers to probes that shells, ls and getfattr make all the time: logged at
+# DEBUG only (a missing name, a missing or foreign attribute).
+PROBES: frozenset[tuple[str, int]] = frozenset({
+    ("lookup", errno.ENOENT), ("lookup", errno.ENODATA),
+    ("getxattr", errno.ENOENT), ("getxattr", errno.ENODATA), ("getxattr", errno.EOPNOTSUPP),
+})
+
+
 def errno_for(error: BaseException, operation: str = "") -> int:
     """The errno for ``error`` raised while doing ``operation``."""
     if isinstance(error, FsError):
@@ -115,15 +124,10 @@ def errno_for(error: BaseException, operation: str = "") -> int:
     for (op, cls), number in _BY_OPERATION.items():
         if op == operation and isinstance(error, cls):
             return number
-    if isinstance(error, exc.HTTPOverLimit) and "quota" not in str(error).lower():
+    if isinstance(error, exc.HTTPOverLimit) and not error.over_quota:
         # Glance's image_size_cap answers 413 without "quota": the file is too big,
         # the disk is not full.
         return errno.EFBIG
-    if isinstance(error, exc.CommunicationError) and not error.method and \
-            not isinstance(error, exc.DeadlineExceeded):
-        # Raised by a download that lost its connection and could not resume: the
-        # server was reached, the transfer broke.
-        return errno.EIO
     if isinstance(error, OSError) and error.errno:
         return error.errno
     for cls, number in TABLE:
@@ -154,9 +158,12 @@ def refuse(operation: str, error: BaseException, image: Any = None,
     number = errno_for(error, operation)
     what = _image_text(image)
     if level is None:
-        # Expected refusals (missing names, busy images) are not alarming.
-        quiet = number in (errno.ENOENT, errno.ENODATA, errno.EAGAIN)
-        level = logging.INFO if quiet else logging.WARNING
+        if (operation, number) in PROBES:
+            level = logging.DEBUG
+        elif number in (errno.ENOENT, errno.ENODATA, errno.EAGAIN):
+            level = logging.INFO   # expected refusals (missing names, busy images)
+        else:
+            level = logging.WARNING
     line = f"{operation}{what}: {describe(error)} -> {errno.errorcode.get(number, str(number))}"
     if getattr(error, _REPORTED, False) or _said_lately(line):
         # The same failure given again to a later call (the flush after the write

@@ -219,6 +219,11 @@ class GlanceFS:
         return cached[1]
 
     async def getxattr(self, inode: int, name: bytes) -> bytes:
+        if not name.startswith(xattrs.PROPERTY_PREFIX.encode()):
+            # ls -l asks for security.selinux and ACLs of every file: answer at once,
+            # and with ENOTSUP (not ENODATA), which ls caches per device (one round
+            # trip per listing instead of two per entry). setxattr says the same.
+            raise FsError(errno.EOPNOTSUPP, f"only user.* attributes exist here, not {name!r}")
         value = (await (await self.node(inode)).xattrs()).get(name)
         if value is None:
             raise FsError(errno.ENODATA, f"no attribute {name!r}")

@@ -7,7 +7,6 @@ glancefs.fs.errors (one table) with one log line saying why.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -20,7 +19,6 @@ from glancefs.fs.filesystem import Attr, GlanceFS
 
 LOG = logging.getLogger("glancefs.fs.operations")
 
-_QUIET = {errno.ENOENT, errno.ENODATA}
 
 
 @contextlib.contextmanager
@@ -31,15 +29,7 @@ def fuse_errors(operation: str, subject: Any = None) -> Iterator[None]:
     except pyfuse3.FUSEError:
         raise
     except Exception as error:  # noqa: BLE001 - every error becomes an errno here
-        number = refuse(operation, error, subject, level=_level(operation, error))
-        raise pyfuse3.FUSEError(number) from None
-
-
-def _level(operation: str, error: Exception) -> int | None:
-    number = getattr(error, "errno", None)
-    if operation in ("lookup", "getxattr") and number in _QUIET:
-        return logging.DEBUG   # shells and getfattr probe names all the time
-    return None
+        raise pyfuse3.FUSEError(refuse(operation, error, subject)) from None
 
 
 def entry(attr: Attr) -> pyfuse3.EntryAttributes:
@@ -173,11 +163,6 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes --------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        if not name.startswith(b"user."):
-            # ls -l asks for security.selinux and ACLs of every file: answer at once,
-            # and with ENOTSUP (not ENODATA), which ls caches per device (one round
-            # trip per listing instead of two per entry).
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         with fuse_errors("getxattr", self.fs.catalog.record(inode)):
             return await self.fs.getxattr(inode, name)
 
