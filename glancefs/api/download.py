@@ -51,17 +51,29 @@ class Expected:
     os_hash_value: str | None = None
     checksum: str | None = None
 
-    def hasher(self) -> tuple[str, str, hashlib._Hash] | None:
-        """(algorithm, expected hex digest, hash object) of the best hash known."""
+    def choice(self) -> tuple[str, str] | None:
+        """(algorithm, expected hex digest) of the best hash known: the
+        ``os_hash_value`` where hashlib knows its algorithm, else the MD5
+        ``checksum``. The one rule for the client's downloads and the mount's
+        reads."""
         if self.os_hash_algo and self.os_hash_value:
             try:
-                return self.os_hash_algo, self.os_hash_value, hashlib.new(self.os_hash_algo)
+                hashlib.new(self.os_hash_algo)
+                return self.os_hash_algo, self.os_hash_value.lower()
             except ValueError:
-                LOG.warning("unknown os_hash_algo %r; falling back to the MD5 checksum",
+                LOG.warning("unknown os_hash_algo %r; checking the MD5 checksum instead",
                             self.os_hash_algo)
         if self.checksum:
-            return "md5", self.checksum, hashlib.md5(usedforsecurity=False)
+            return "md5", self.checksum.lower()
         return None
+
+    def hasher(self) -> tuple[str, str, hashlib._Hash] | None:
+        """(algorithm, expected hex digest, hash object) of the best hash known."""
+        chosen = self.choice()
+        if chosen is None:
+            return None
+        algo, want = chosen
+        return algo, want, hashlib.new(algo, usedforsecurity=False)
 
 
 def part_size(window: int, streams: int, align: int) -> int:
@@ -132,12 +144,7 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
     if end is not None and pos != end:
         raise exc.InvalidResponse(f"download of {path} ended at byte {pos}, expected {end}")
     if check and hashing:
-        algo, want, _ = check
-        got = hashing.hexdigest()
-        if got != want:
-            LOG.error("%s of %s is %s, the server published %s", algo, path, got, want)
-            raise exc.HashMismatch(f"{algo} mismatch for {path}: got {got}, expected {want}")
-        LOG.debug("%s verified for %s", algo, path)
+        _verify(check[0], check[1], hashing, path)
 
 
 def parallel_stream(http: HTTPClient, path: str, *, expected: Expected, streams: int = 4,
@@ -190,12 +197,7 @@ def parallel_stream(http: HTTPClient, path: str, *, expected: Expected, streams:
     finally:
         stop.set()
     if check and hashing:
-        algo, want, _ = check
-        got = hashing.hexdigest()
-        if got != want:
-            LOG.error("%s of %s is %s, the server published %s", algo, path, got, want)
-            raise exc.HashMismatch(f"{algo} mismatch for {path}: got {got}, expected {want}")
-        LOG.debug("%s verified for %s (%d streams)", algo, path, streams)
+        _verify(check[0], check[1], hashing, f"{path} ({streams} streams)")
 
 
 class _Part:
@@ -235,6 +237,15 @@ class _Part:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+
+def _verify(algo: str, want: str, hashing: BackgroundHash, path: str) -> None:
+    """HashMismatch unless what was hashed is what the server published."""
+    got = hashing.hexdigest()
+    if got != want:
+        LOG.error("%s of %s is %s, the server published %s", algo, path, got, want)
+        raise exc.HashMismatch(f"{algo} mismatch for {path}: got {got}, expected {want}")
+    LOG.debug("%s verified for %s", algo, path)
 
 
 class BackgroundHash:

@@ -19,6 +19,7 @@ from typing import Any
 from glancefs.api import exceptions as exc
 from glancefs.api import fields as schema
 from glancefs.api import v1, v2
+from glancefs.api.download import Expected
 from glancefs.api.v2 import DataSource
 
 LOG = logging.getLogger(__name__)
@@ -129,6 +130,13 @@ class ImageService:
     def retries(self) -> int:
         """Requests the client sent again and downloads it resumed, so far."""
         return self.client.http.retried
+
+    @staticmethod
+    def hash_of(image: ImageRecord) -> tuple[str, str] | None:
+        """(algorithm, expected hex digest) a whole read of ``image`` is checked
+        against: the client's one rule (``download.Expected.choice``)."""
+        return Expected(image.size, image.os_hash_algo, image.os_hash_value,
+                        image.checksum).choice()
 
     @property
     def serves_ranges(self) -> bool:

@@ -144,20 +144,6 @@ class Job:
                 self.gate.notify_all()
 
 
-def pick_hash(record: ImageRecord) -> tuple[str, str] | None:
-    """(algorithm, expected hex digest): os_hash_value, else the MD5 checksum."""
-    if record.os_hash_algo and record.os_hash_value:
-        try:
-            hashlib.new(record.os_hash_algo)
-            return record.os_hash_algo, record.os_hash_value.lower()
-        except ValueError:
-            LOG.warning("image %s: unknown os_hash_algo %r, checking the MD5 checksum instead",
-                        record.id, record.os_hash_algo)
-    if record.checksum:
-        return "md5", record.checksum.lower()
-    return None
-
-
 class Verifier:
     """Hashes one image's blocks in order in its own thread."""
 
@@ -259,7 +245,7 @@ class ImageData:
         # kernel retries a failed read-ahead as a plain read at once, and that
         # retry must not wait a second deadline (_check_failure).
         self.failure: tuple[float, BaseException] | None = None
-        hashed = pick_hash(record)
+        hashed = ImageService.hash_of(record)
         self.disk_tag = (hashed[1][:16] if hashed else None)
 
 
@@ -920,7 +906,7 @@ class Reader:
     # -- verification ------------------------------------------------------------
 
     def _start_verifier(self, image: ImageData) -> None:
-        expected = pick_hash(image.record)
+        expected = ImageService.hash_of(image.record)
         if expected is None or image.nblocks == 0:
             return
         verifier = Verifier(image.record, expected[0], expected[1], image.nblocks,
