@@ -1,4 +1,4 @@
-"""The write journal (glancefs.fs.journal) on its own: who counts as dead,
+"""The write journal (glancefs.fs.write.journal) on its own: who counts as dead,
 and what a mount takes over from the journals in a directory. The owners
 are real processes, killed for real; no server is needed here (the mount
 tests check what happens to the images)."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from glancefs.fs.journal import (Journal, JournalError, Owner, boot_id, current_owner, endpoint_key,
+from glancefs.fs.write.journal import (Journal, JournalError, Owner, boot_id, current_owner, endpoint_key,
                                  owner_gone, process_start)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def start_owner(directory: Path, endpoint: str, image_id: str) -> subprocess.Pop
     """A process that journals ``image_id`` and lives until killed, as a mount would."""
     code = textwrap.dedent(f"""
         import sys, time
-        from glancefs.fs.journal import Journal
+        from glancefs.fs.write.journal import Journal
         journal = Journal({str(directory)!r}, {endpoint!r})
         journal.open()
         journal.add({image_id!r}, "disk.iso")

@@ -1,4 +1,4 @@
-"""The upload staging unit (glancefs.fs.writer) against the real servers, no FUSE.
+"""The write path (glancefs.fs.write) against the real servers, no FUSE.
 
 What the server ends up holding is checked through python-glanceclient, an
 independent second client: bytes, checksum and, for v2, os_hash_value.
@@ -21,11 +21,12 @@ import pytest
 from glancefs.api import Client
 from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageService
-from glancefs.fs.drafts import WritePath
 from glancefs.fs.errors import FsError
-from glancefs.fs.journal import Journal, Owner
-from glancefs.fs.writer import (ChunkQueue, Janitor, PendingMeta, Spool, SpoolBudget, Upload,
-                                WriteConfig, _Abandoned, spool_from_image)
+from glancefs.fs.write import WritePath
+from glancefs.fs.write.janitor import Janitor
+from glancefs.fs.write.journal import Journal, Owner
+from glancefs.fs.write.spool import Spool, SpoolBudget, spool_from_image
+from glancefs.fs.write.upload import ChunkQueue, PendingMeta, Upload, WriteConfig, _Abandoned
 from glancefs.testing.glance_server import GlanceServer, free_port
 
 MiB = 1024 * 1024
@@ -464,12 +465,12 @@ def test_replace_and_resume_from_the_spool(api, service, gc, config) -> None:
     third.close_spool()
 
 
-# -- the file lifecycle (glancefs.fs.drafts), as FUSE would drive it ------------------------
+# -- the file lifecycle (glancefs.fs.write), as FUSE would drive it ------------------------
 
 
 @pytest.fixture
 def paths(service, config) -> Any:
-    from glancefs.fs.drafts import WritePath
+    from glancefs.fs.write import WritePath
     write_path = WritePath(service, config)
     yield write_path
     write_path.close()
@@ -566,7 +567,7 @@ def test_qemu_img_like_reopens_replace_the_previous_version(api, paths, gc) -> N
 
 
 def test_failed_upload_makes_the_new_file_disappear(glance_v2, config) -> None:
-    from glancefs.fs.drafts import WritePath
+    from glancefs.fs.write import WritePath
     service = ImageService(Client("2", endpoint=glance_v2.endpoint))
     gc = glanceclient_for("2", glance_v2.endpoint)
     paths = WritePath(service, config)
@@ -587,7 +588,7 @@ def test_failed_upload_makes_the_new_file_disappear(glance_v2, config) -> None:
 
 def test_replace_on_close_keeps_the_old_image_until_the_new_one_is_active(
         api, service, gc, config) -> None:
-    from glancefs.fs.drafts import WritePath
+    from glancefs.fs.write import WritePath
     old = service.create(unique("keep.raw"), "raw", "bare", properties={"os_distro": "x"})
     old = service.upload(old.id, b"old data")
     strict = WritePath(service, config)
@@ -633,7 +634,7 @@ def test_write_mount_options() -> None:
 
 
 def test_field_values_from_xattrs() -> None:
-    from glancefs.fs.drafts import parse_field
+    from glancefs.fs.write import parse_field
     assert parse_field("min_disk", b"20") == 20
     assert parse_field("protected", b"true") is True
     assert parse_field("protected", b"0") is False
@@ -647,7 +648,7 @@ def test_field_values_from_xattrs() -> None:
 
 
 def test_kept_spools_give_way_and_expire(api, service, gc, tmp_path) -> None:
-    from glancefs.fs import drafts
+    from glancefs.fs.write import coordinator as drafts
     now = [0.0]
     config = WriteConfig(spool_dir=str(tmp_path), spool_size=3 * MiB)
     paths = drafts.WritePath(service, config, clock=lambda: now[0])

@@ -25,7 +25,6 @@ from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs import modtime, names, stats, xattrs
 from glancefs.fs.cache import DiskCache
 from glancefs.fs.catalog import BY_ID_INODE, FRESH_WAIT, ROOT_INODE, Catalog
-from glancefs.fs.drafts import WritePath, WrittenFile
 from glancefs.fs.errors import FsError, refuse
 from glancefs.fs.nodes import (
     Attr,
@@ -40,7 +39,7 @@ from glancefs.fs.nodes import (
 )
 from glancefs.fs.options import MountOptions
 from glancefs.fs.reader import ReadConfig, Reader
-from glancefs.fs.writer import WriteConfig
+from glancefs.fs.write import WriteConfig, WritePath, WrittenFile
 
 T = TypeVar("T")
 RENAME_NOREPLACE = 1
@@ -438,7 +437,7 @@ class GlanceFS:
     # -- the mount's life ----------------------------------------------------------------
 
     def start_journal(self) -> None:
-        """The write journal (glancefs.fs.journal), once the listing proved the
+        """The write journal (glancefs.fs.write.journal), once the listing proved the
         server answers: what dead mounts of this endpoint left half-made is
         deleted, and what this mount creates is recorded. A read-only mount
         creates nothing and deletes nothing."""

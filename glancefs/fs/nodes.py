@@ -35,9 +35,9 @@ from glancefs.api import fields
 from glancefs.api.service import ImageRecord
 from glancefs.fs import modtime, names, stats, xattrs
 from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, ROOT_INODE
-from glancefs.fs.drafts import WrittenFile, parse_field
 from glancefs.fs.errors import STATUS_ERRNO, FsError
 from glancefs.fs.reader import Handle
+from glancefs.fs.write import WrittenFile, parse_field
 
 if TYPE_CHECKING:
     from glancefs.fs.filesystem import GlanceFS
@@ -323,7 +323,7 @@ class ImageNode(FileNode):
 
 
 class WrittenNode(FileNode):
-    """A file written through the mount (glancefs.fs.drafts)."""
+    """A file written through the mount (glancefs.fs.write)."""
 
     def __init__(self, fs: GlanceFS, file: WrittenFile) -> None:
         super().__init__(fs, file.inode)
@@ -475,7 +475,7 @@ class ReadHandle(OpenFile):
 
 
 class WriteHandle(OpenFile):
-    """A written file's handle: written through glancefs.fs.drafts, read from
+    """A written file's handle: written through glancefs.fs.write, read from
     its spool, and from the image once its upload is done and no spool is kept."""
 
     def __init__(self, fs: GlanceFS, file: WrittenFile, fh: int) -> None:

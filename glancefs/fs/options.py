@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from glancefs.api.values import GiB, KiB, MiB, major_version, parse_bool, parse_size
-from glancefs.fs.journal import default_dir as default_journal_dir
+from glancefs.fs.write.journal import default_dir as default_journal_dir
 
 __all__ = ["MountOptions", "apply_option_string", "parse_bool", "parse_size"]
 
@@ -41,12 +41,12 @@ class MountOptions:
                                        # unroutable servers are known this fast)
     upload_timeout: float = 600.0      # seconds the server may take to answer once an
                                        # upload's data is sent (it finishes the image)
-    # The write path (glancefs.fs.writer).
+    # The write path (glancefs.fs.write).
     spool_dir: str | None = "/var/tmp"  # local copy of files being written; none: no spool
     spool_size: int = 8 * GiB          # limit of the spool, all files together
     write_buffer: int = 8 * MiB        # data queued for an upload, per file being written
     # Images being written, on disk, so the next mount deletes them if this one
-    # dies mid-upload (glancefs.fs.journal); none: no journal.
+    # dies mid-upload (glancefs.fs.write.journal); none: no journal.
     journal_dir: str | None = field(default_factory=default_journal_dir)
     replace_on_close: bool = False     # an active image opened for writing is replaced
     modtime: bool = True               # utimes kept in the 'mtime' property, shown by stat

@@ -27,7 +27,7 @@ Why it is shaped this way (docs/design.rst, Writing):
   :class:`Janitor` keeps trying while the server cannot be reached) and
   raises the error, so ``close()`` and ``cp`` fail.
 * The Janitor's list is in memory, so a mount that dies mid-upload would
-  take it along: with a write journal (glancefs.fs.journal) each image is
+  take it along: with a write journal (glancefs.fs.write.journal) each image is
   also recorded on disk from its creation until it is verified or deleted,
   and the next mount of the endpoint deletes what is left.
 
@@ -37,31 +37,29 @@ trio worker threads, the tests call it directly.
 from __future__ import annotations
 
 import collections
+import enum
 import errno
 import logging
-import os
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from glancefs.api import exceptions as exc
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
 from glancefs.api.service import DataSource, ImageRecord, ImageService
-from glancefs.fs.errors import FsError, describe
-from glancefs.fs.journal import Journal
+from glancefs.fs.errors import FsError
 from glancefs.fs.stats import MountStats
+from glancefs.fs.write.janitor import Janitor
+from glancefs.fs.write.spool import CHUNK, ZEROS, Spool, SpoolBudget, SpoolFull
 
-LOG = logging.getLogger("glancefs.fs.writer")
+LOG = logging.getLogger("glancefs.fs.write")
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
-CHUNK = 1 * MiB
-ZEROS = bytes(CHUNK)
 # Statuses after which waiting for "active" is pointless.
 STOP_WAIT = 60.0   # seconds a stopped upload's thread is waited for
 DEAD_STATUSES = frozenset({"killed", "deleted", "pending_delete", "deactivated"})
@@ -152,259 +150,17 @@ class ChunkQueue:
         return self._bytes
 
 
-# -- the spool -------------------------------------------------------------------------
-
-
-class SpoolFull(Exception):
-    """The mount's spool limit would be exceeded."""
-
-
-class SpoolBudget:
-    """Bytes of spool the whole mount may use. ``reclaim(n)`` (set by the
-    filesystem) is asked to free spool kept for files already uploaded
-    before a reservation fails."""
-
-    def __init__(self, limit: int, reclaim: Callable[[int], None] | None = None) -> None:
-        self.limit = limit
-        self.used = 0
-        self.reclaim = reclaim
-        self._lock = threading.Lock()
-
-    def reserve(self, size: int) -> bool:
-        for attempt in range(2):
-            with self._lock:
-                if self.used + size <= self.limit:
-                    self.used += size
-                    return True
-                short = self.used + size - self.limit
-            if attempt == 0 and self.reclaim is not None:
-                self.reclaim(short)
-        return False
-
-    def release(self, size: int) -> None:
-        with self._lock:
-            self.used = max(0, self.used - size)
-
-
-class Spool:
-    """A local copy of one file's data: an unlinked sparse temporary file.
-
-    ``extent`` is the spool file's length, which is what it holds against
-    the budget (holes included: the budget is a promise, not a measure).
-    """
-
-    def __init__(self, directory: str, budget: SpoolBudget | None = None) -> None:
-        self.budget = budget
-        # Closed by close(): the spool lives as long as its file is written.
-        self._file = tempfile.TemporaryFile(dir=directory, prefix="glancefs-spool-")  # noqa: SIM115
-        self.fd = self._file.fileno()
-        self.extent = 0
-        self.closed = False
-
-    def write(self, offset: int, data: bytes) -> None:
-        """Raises SpoolFull past the budget, OSError when the disk says no."""
-        end = offset + len(data)
-        grow = end - self.extent
-        if grow > 0:
-            if self.budget is not None and not self.budget.reserve(grow):
-                raise SpoolFull(f"the spool limit ({self.budget.limit} bytes) is reached")
-            self.extent = end
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], offset + done)
-
-    def read(self, offset: int, size: int, file_size: int) -> bytes:
-        """``size`` bytes at ``offset`` of a file of ``file_size`` bytes whose
-        tail beyond the spool's extent is zeros."""
-        end = min(offset + size, file_size)
-        if end <= offset:
-            return b""
-        data = os.pread(self.fd, end - offset, offset) if offset < self.extent else b""
-        if len(data) < end - offset:
-            data += bytes(end - offset - len(data))
-        return data
-
-    def chunks(self, size: int, chunk: int = CHUNK) -> Iterator[bytes]:
-        """The file's first ``size`` bytes in order."""
-        offset = 0
-        while offset < size:
-            n = min(chunk, size - offset)
-            if offset >= self.extent:
-                yield ZEROS[:n] if n < CHUNK else ZEROS
-            else:
-                yield self.read(offset, n, size)
-            offset += n
-
-    def truncate(self, size: int) -> None:
-        """Shrink (growing needs no disk: reads past the extent are zeros)."""
-        if size < self.extent:
-            os.ftruncate(self.fd, size)
-            if self.budget is not None:
-                self.budget.release(self.extent - size)
-            self.extent = size
-
-    def fill(self, chunks: Iterator[bytes]) -> int:
-        """Append ``chunks`` from offset 0 (a download of the image being
-        replaced); returns the bytes written."""
-        offset = 0
-        for data in chunks:
-            self.write(offset, data)
-            offset += len(data)
-        return offset
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.budget is not None:
-                self.budget.release(self.extent)
-            self.extent = 0
-            self._file.close()
-
-
-# -- cleaning up -----------------------------------------------------------------------
-
-
-def _retryable(error: BaseException) -> bool:
-    return isinstance(error, (exc.CommunicationError, exc.HTTPServerError,
-                              exc.HTTPTooManyRequests, exc.HTTPConflict, exc.HTTPUnauthorized))
-
-
-@dataclass
-class _Job:
-    why: str
-    unless_active: bool = False   # check first: an image that is active stays
-
-
-class Janitor:
-    """Deletes images this mount (or a dead mount before it) left half-made.
-
-    A failed upload's image is deleted at once; when the server cannot be
-    reached (it died mid-upload), the id is kept and deletion retried in a
-    background thread every ``interval`` seconds until the server answers,
-    so no queued or saving leftover survives the server's return.
-
-    With a :class:`~glancefs.fs.journal.Journal`, the images of uploads in
-    progress (:meth:`track`) and those waiting for deletion are also on disk,
-    so they outlive this process: the next mount of the endpoint deletes them.
-    """
-
-    def __init__(self, service: ImageService, interval: float = 1.0,
-                 journal: Journal | None = None) -> None:
-        self.service = service
-        self.interval = interval
-        self.journal = journal
-        self._pending: dict[str, _Job] = {}
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-
-    def track(self, image_id: str, name: str | None) -> None:
-        """An image is being created for an upload: on disk before it exists."""
-        if self.journal is not None:
-            self.journal.add(image_id, name)
-
-    def settled(self, image_id: str) -> None:
-        """Nothing to clean up: the image is active and verified, deleted, gone, or
-        was never made."""
-        if self.journal is not None:
-            self.journal.remove(image_id)
-
-    def discard(self, image_id: str, why: str, unless_active: bool = False) -> bool:
-        """Delete now if possible (True), else keep trying in the background.
-        ``unless_active``: an image that is active by now is left alone (the
-        leftovers of a dead mount, whose state this mount never saw)."""
-        job = _Job(why, unless_active)
-        if self._attempt(image_id, job, first=True):
-            return True
-        with self._cond:
-            self._pending[image_id] = job
-            if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(target=self._run, name="glancefs-janitor",
-                                                daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-        return False
-
-    def _attempt(self, image_id: str, job: _Job, first: bool) -> bool:
-        """One try; True when done with the image (deleted, gone, left alone,
-        or refused for good), False to try again."""
-        why = job.why
-        try:
-            if job.unless_active:
-                status = self.service.get(image_id).status
-                if status == "active":
-                    LOG.info("image %s (%s) is active: left alone", image_id, why)
-                    self.settled(image_id)
-                    return True
-                why = f"{why}; it was {status}"
-            self.service.delete(image_id)
-        except exc.HTTPNotFound:
-            if job.unless_active:
-                LOG.info("image %s (%s) no longer exists", image_id, why)
-            self.settled(image_id)
-            return True
-        except exc.ClientException as error:
-            if _retryable(error):
-                if first:
-                    LOG.warning("image %s (%s) not deleted yet, will retry: %s", image_id,
-                                why, describe(error))
-                return False
-            LOG.error("image %s (%s) could not be deleted: %s", image_id, why, describe(error))
-            self.settled(image_id)
-            return True    # a refusal that retrying cannot change
-        if first:
-            LOG.info("deleted image %s (%s)", image_id, why)
-        else:
-            LOG.info("deleted image %s (%s), left behind by a failed upload", image_id, why)
-        self.settled(image_id)
-        return True
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopped:
-                    return
-                self._cond.wait(self.interval)
-                todo = dict(self._pending)
-            for image_id, job in todo.items():
-                if not self._attempt(image_id, job, first=False):
-                    continue
-                with self._cond:
-                    self._pending.pop(image_id, None)
-                    self._cond.notify_all()
-
-    @property
-    def pending(self) -> set[str]:
-        with self._cond:
-            return set(self._pending)
-
-    def wait_idle(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, self.interval))
-        return True
-
-    def close(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-        if self.journal is not None:
-            left = self.journal.close()
-            if left:
-                LOG.warning("images left half-made, kept in the write journal %s for the "
-                            "next mount of this endpoint to delete: %s", self.journal.path,
-                            ", ".join(left))
-        elif self._pending:
-            LOG.warning("images left half-made (delete them by hand): %s",
-                        ", ".join(sorted(self._pending)))
-
-
 # -- one upload ------------------------------------------------------------------------
+
+
+class UploadState(enum.Enum):
+    """The life of one upload: OPEN (written to) -> FINISHING (close sends the
+    rest and checks the image) -> FINISHED (active, verified); any failure, or
+    giving up, -> FAILED (the half-made image is deleted)."""
+    OPEN = "open"
+    FINISHING = "finishing"
+    FINISHED = "finished"
+    FAILED = "failed"
 
 
 class Upload:
@@ -442,7 +198,7 @@ class Upload:
         self.size = size               # the file's size (writes and ftruncate)
         self.stream_pos = 0            # bytes handed to the stream (all in order)
         self.streaming = not resume    # False: upload from the spool at finish
-        self.state = "open"            # open, finishing, finished, failed
+        self.state = UploadState.OPEN
         self.image_id: str | None = None    # the image being written
         self.record: ImageRecord | None = None
         self.why_restart: str | None = None
@@ -519,7 +275,7 @@ class Upload:
         deleting the half-made image) on any failure."""
         with self._lock:
             self._usable()
-            self.state = "finishing"
+            self.state = UploadState.FINISHING
             try:
                 if self.streaming:
                     self._zeros_to(self.size)
@@ -538,7 +294,7 @@ class Upload:
             except BaseException as error:
                 self._fail(error)
                 raise
-            self.state = "finished"
+            self.state = UploadState.FINISHED
             self.record = record
         self.stats.add(record.id, record.name, uploads=1, upload_bytes=self.size)
         self.janitor.settled(record.id)
@@ -557,9 +313,9 @@ class Upload:
         # closing the queue is what wakes it.
         self._queue.close()
         with self._lock:
-            if self.state in ("finished", "failed"):
+            if self.state in (UploadState.FINISHED, UploadState.FAILED):
                 return
-            self.state = "failed"
+            self.state = UploadState.FAILED
             self._stop_stream(why, wait)
             if self.spool is not None:
                 self.spool.close()
@@ -577,9 +333,9 @@ class Upload:
     # -- the stream ------------------------------------------------------------------------
 
     def _usable(self) -> None:
-        if self.state == "finished":
+        if self.state is UploadState.FINISHED:
             raise FsError(errno.EBADF, "this upload is finished")
-        if self.state != "open":
+        if self.state is not UploadState.OPEN:
             if self._error is not None:
                 raise self._error   # the same errno for every later call (flush after write)
             raise FsError(errno.EIO, "this upload was given up")
@@ -757,9 +513,9 @@ class Upload:
         return self.service.update(record, meta.fields, props, removals)
 
     def _fail(self, error: BaseException) -> None:
-        if self.state == "failed":
+        if self.state is UploadState.FAILED:
             return
-        self.state = "failed"
+        self.state = UploadState.FAILED
         self._error = self._error or error
         self._queue.close()
         thread = self._thread
@@ -773,18 +529,3 @@ class Upload:
         if self.spool is not None:
             self.spool.close()
             self.spool = None
-
-
-def spool_from_image(service: ImageService, record: ImageRecord, directory: str,
-                     budget: SpoolBudget | None) -> Spool:
-    """A spool holding an active image's data (to change it with replace-on-close)."""
-    spool = Spool(directory, budget)
-    try:
-        written = spool.fill(service.read(record))
-    except BaseException:
-        spool.close()
-        raise
-    if record.size is not None and written != record.size:
-        spool.close()
-        raise exc.InvalidResponse(f"image {record.id}: read {written} of {record.size} bytes")
-    return spool

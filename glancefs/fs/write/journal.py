@@ -2,7 +2,7 @@
 on disk, so that a mount that dies in the middle of a ``cp`` (SIGKILL, OOM,
 power loss) does not leave them behind.
 
-The :class:`~glancefs.fs.writer.Janitor` deletes the image of a failed
+The :class:`~glancefs.fs.write.Janitor` deletes the image of a failed
 upload, but its list lives in the mount's memory and dies with it. So each
 image is recorded here right after the server created it and before any data
 is sent, and forgotten once it is active and verified or once the Janitor
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-LOG = logging.getLogger("glancefs.fs.journal")
+LOG = logging.getLogger("glancefs.fs.write.journal")
 
 FORMAT = 1
 SUFFIX = ".json"

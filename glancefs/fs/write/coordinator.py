@@ -1,7 +1,7 @@
 """Files written through the mount, from ``create()`` to an active image.
 
 A :class:`WrittenFile` is what the mount knows of a file it is writing: its
-name, size and pending metadata, the :class:`~glancefs.fs.writer.Upload` of
+name, size and pending metadata, the :class:`~glancefs.fs.write.Upload` of
 the version being written, and, after an upload, the image and the spool
 that holds its data. The rules (docs/design.rst, Writing; README.rst documents them):
 
@@ -42,19 +42,13 @@ from typing import Any
 from glancefs.api.service import WRITABLE_FIELDS, ImageRecord, ImageService
 from glancefs.api.values import parse_bool
 from glancefs.fs.errors import FsError, describe
-from glancefs.fs.journal import Journal, JournalError
 from glancefs.fs.stats import MountStats
-from glancefs.fs.writer import (
-    Janitor,
-    PendingMeta,
-    Spool,
-    SpoolBudget,
-    Upload,
-    WriteConfig,
-    spool_from_image,
-)
+from glancefs.fs.write.janitor import Janitor
+from glancefs.fs.write.journal import Journal, JournalError
+from glancefs.fs.write.spool import Spool, SpoolBudget, spool_from_image
+from glancefs.fs.write.upload import PendingMeta, Upload, UploadState, WriteConfig
 
-LOG = logging.getLogger("glancefs.fs.drafts")
+LOG = logging.getLogger("glancefs.fs.write")
 
 CLOSE_WAIT = 2.0          # seconds the mount's end waits for each unfinished upload
 REOPEN_WINDOW = 60.0      # seconds a closed written file may be reopened to go on
@@ -89,7 +83,8 @@ class WrittenFile:
 
     @property
     def writing(self) -> bool:
-        return self.upload is not None and self.upload.state in ("open", "finishing")
+        return self.upload is not None and self.upload.state in (UploadState.OPEN,
+                                                                 UploadState.FINISHING)
 
     @property
     def draft(self) -> bool:
@@ -291,7 +286,7 @@ class WritePath:
         """After an error in a write or truncate: if it ended the upload, every
         handle's flush reports it, and a new file is gone."""
         upload = file.upload
-        if upload is None or upload.state != "failed":
+        if upload is None or upload.state is not UploadState.FAILED:
             return      # a refused write (ESPIPE, ENOSPC): the upload goes on
         file.upload = None
         if file.image is None:
