@@ -21,7 +21,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,40 +249,69 @@ def _verify(algo: str, want: str, hashing: BackgroundHash, path: str) -> None:
 
 
 class BackgroundHash:
-    """Hashes chunks in a worker thread while the caller fetches the next.
+    """Hashes chunks in a worker thread while the caller fetches the next: the
+    one hashing thread of the client (downloads, uploads) and of the mount
+    (its Verifier).
 
     hashlib releases the GIL on large buffers, so a download costs the slower
-    of the network and the hash rather than their sum; the queue bound keeps
-    memory at a few chunks.
+    of the network and the hash rather than their sum. ``depth`` bounds the
+    queue, so memory stays at a few chunks and a caller faster than the hash
+    waits; None leaves it unbounded, for a caller that must never block (the
+    mount's trio thread, which bounds its own backlog). ``on_progress`` is
+    called from the hashing thread after each chunk and once more when the
+    digest is there.
     """
 
     _DONE = b""
 
-    def __init__(self, hasher: hashlib._Hash, depth: int = 8) -> None:
+    def __init__(self, hasher: hashlib._Hash, depth: int | None = 8,
+                 on_progress: Callable[[], None] | None = None, name: str = "hash") -> None:
         self._hasher = hasher
-        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=depth or 0)
+        self._on_progress = on_progress
         self._abandoned = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hash", daemon=True)
+        self.hashed = 0                  # chunks hashed so far
+        self.digest: str | None = None   # once finish() was called and all is hashed
+        self.cpu_seconds = 0.0           # the thread's CPU time, once the digest is there
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        started = time.thread_time()
         while not self._abandoned.is_set():
             try:
                 chunk = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
             if chunk is self._DONE:
+                digest = self._hasher.hexdigest()
+                self.cpu_seconds = time.thread_time() - started
+                self.digest = digest
+                if self._on_progress is not None:
+                    self._on_progress()
                 return
             self._hasher.update(chunk)
+            self.hashed += 1
+            if self._on_progress is not None:
+                self._on_progress()
 
     def update(self, chunk: bytes) -> None:
         if chunk:
             self._queue.put(chunk)
 
-    def hexdigest(self) -> str:
+    def finish(self) -> None:
+        """No more chunks: ``digest`` follows once the queue is hashed."""
         self._queue.put(self._DONE)
+
+    def hexdigest(self) -> str:
+        self.finish()
         self._thread.join()
-        return self._hasher.hexdigest()
+        assert self.digest is not None
+        return self.digest
+
+    def abandon(self) -> None:
+        """Stop without a digest (the thread ends within half a second)."""
+        self._abandoned.set()
 
     def __del__(self) -> None:
         # A download closed early must not leave its thread waiting forever.

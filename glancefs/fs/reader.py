@@ -47,7 +47,6 @@ import collections
 import errno
 import hashlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,7 +55,7 @@ from dataclasses import dataclass, field
 import trio
 
 from glancefs.api import exceptions as exc
-from glancefs.api.download import part_size
+from glancefs.api.download import BackgroundHash, part_size
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs.cache import BlockCache, DiskCache
 from glancefs.fs.errors import FsError
@@ -145,7 +144,7 @@ class Job:
 
 
 class Verifier:
-    """Hashes one image's blocks in order in its own thread."""
+    """Hashes one image's blocks in order (a BackgroundHash) and tells trio."""
 
     def __init__(self, record: ImageRecord, algo: str, expected: str, nblocks: int,
                  token: trio.lowlevel.TrioToken) -> None:
@@ -154,44 +153,41 @@ class Verifier:
         self.expected = expected
         self.nblocks = nblocks
         self.next = 0                  # next block to hand to the thread
-        self.hashed = 0                # blocks the thread has finished
         self.served = bytearray(nblocks)   # blocks returned to a read since offset 0
         self.active = True
-        self.digest: str | None = None
-        self.cpu_seconds = 0.0          # the hashing thread's CPU time, once done
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._token = token
         self.progress = trio.Event()    # set (and replaced) as hashing advances
         # Whether trio waits for progress. Waking trio costs the hashing thread
         # a syscall and a second GIL hand-over per block (a fifth of its time),
         # so it wakes trio only when someone waits, and at the end.
         self.watched = False
-        self._thread = threading.Thread(target=self._run, name=f"hash-{record.id[:8]}",
-                                        daemon=True)
-        self._thread.start()
+        # Unbounded: the trio thread must never block; reads bound the backlog.
+        self._hash = BackgroundHash(hashlib.new(algo), depth=None,
+                                    on_progress=self._progressed,
+                                    name=f"hash-{record.id[:8]}")
 
-    def _run(self) -> None:
-        hasher = hashlib.new(self.algo)
-        started = time.thread_time()
-        while True:
-            data = self._queue.get()
-            if data is None:
-                break
-            hasher.update(data)
-            self.hashed += 1
-            if self.watched:
-                self.watched = False
-                try:
-                    self._token.run_sync_soon(self._wake)
-                except trio.RunFinishedError:
-                    return
-        digest = hasher.hexdigest()
-        self.cpu_seconds = time.thread_time() - started
-        self.digest = digest
-        try:
-            self._token.run_sync_soon(self._wake)
-        except trio.RunFinishedError:
-            pass
+    @property
+    def hashed(self) -> int:
+        """Blocks the thread has finished."""
+        return self._hash.hashed
+
+    @property
+    def digest(self) -> str | None:
+        return self._hash.digest
+
+    @property
+    def cpu_seconds(self) -> float:
+        """The hashing thread's CPU time, once done."""
+        return self._hash.cpu_seconds
+
+    def _progressed(self) -> None:
+        """From the hashing thread: wake trio if it waits, or at the end."""
+        if self.watched or self._hash.digest is not None:
+            self.watched = False
+            try:
+                self._token.run_sync_soon(self._wake)
+            except trio.RunFinishedError:
+                self._hash.abandon()
 
     def _wake(self) -> None:
         event, self.progress = self.progress, trio.Event()
@@ -209,16 +205,15 @@ class Verifier:
         await event.wait()
 
     def feed(self, data: bytes) -> None:
-        self._queue.put(data)
+        self._hash.update(data)
         self.next += 1
         if self.next == self.nblocks:
-            self._queue.put(None)
+            self._hash.finish()
 
     def abandon(self) -> None:
         if self.active:
             self.active = False
-            if self.next < self.nblocks:
-                self._queue.put(None)
+            self._hash.abandon()
 
     @property
     def backlog(self) -> int:
