@@ -109,11 +109,13 @@ _BY_OPERATION: dict[tuple[str, type[BaseException]], int] = {
 }
 
 
-# Answers to probes that shells, ls and getfattr make all the time: logged at
-# DEBUG only (a missing name, a missing or foreign attribute).
+# Answers to probes that shells, ls, getfattr and cp -p make all the time:
+# logged at DEBUG only (a missing name, a missing attribute, an attribute
+# outside user.*: cp -p and rsync -A try to copy ACLs).
 PROBES: frozenset[tuple[str, int]] = frozenset({
     ("lookup", errno.ENOENT), ("lookup", errno.ENODATA),
     ("getxattr", errno.ENOENT), ("getxattr", errno.ENODATA), ("getxattr", errno.EOPNOTSUPP),
+    ("setxattr", errno.EOPNOTSUPP), ("removexattr", errno.EOPNOTSUPP),
 })
 
 
