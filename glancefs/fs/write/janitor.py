@@ -19,6 +19,8 @@ from glancefs.fs.write.journal import Journal
 
 LOG = logging.getLogger("glancefs.fs.write")
 
+FIRST_TRY = 2.0   # seconds the first deletion of a half-made image may take
+
 
 def _retryable(error: BaseException) -> bool:
     return isinstance(error, (exc.CommunicationError, exc.HTTPServerError,
@@ -70,7 +72,12 @@ class Janitor:
         ``unless_active``: an image that is active by now is left alone (the
         leftovers of a dead mount, whose state this mount never saw)."""
         job = _Job(why, unless_active)
-        if self._attempt(image_id, job, first=True):
+        # The first try is short: the caller (a write that just failed, cp
+        # waiting for its error) must not wait a whole deadline for a server
+        # that stalls; the thread below keeps trying.
+        with self.service.within(FIRST_TRY):
+            done = self._attempt(image_id, job, first=True)
+        if done:
             return True
         with self._cond:
             self._pending[image_id] = job
