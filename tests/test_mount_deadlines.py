@@ -196,6 +196,7 @@ def test_a_shell_never_hangs_and_the_mount_recovers(kind: str, glance: GlanceSer
         try:
             assert open_file.read(MiB) == held.data[:MiB]
             writer = Writer(root / f"{tag}-written.raw", tmp_path / "stop-writer")
+            writer_started = time.monotonic()
             wait_until(lambda: f"{tag}-written.raw" in listed(root), 30, "the writer started")
             began = time.monotonic()
             fault.begin(glance, proxy)
@@ -235,6 +236,13 @@ def test_a_shell_never_hangs_and_the_mount_recovers(kind: str, glance: GlanceSer
             assert figures["read uncached"] < TIMEOUT + MARGIN, figures
             assert not loop.failures, loop.failures
             assert len(eio_lines) == 1, eio_lines   # one log line says why the read failed
+            if kind in ("glance-stopped", "glance-frozen"):
+                # Its upload's connection is hit too: cp fails within timeout of
+                # the last byte the server took (plus what the buffers held).
+                assert status != 0 and said.startswith("failed 5 "), said
+                failed_at = writer_started + float(said.split()[2])
+                figures["cp failed after the fault"] = failed_at - began
+                assert failed_at - began < TIMEOUT + MARGIN, figures
 
             # The server is back: the same mount works, no remount.
             fresh = make_image(gc, f"{tag}-after.raw", os.urandom(1000))
