@@ -114,6 +114,13 @@ _FALSE_STRINGS = ("0", "f", "false", "off", "n", "no")
 # Small helpers
 # --------------------------------------------------------------------------
 
+
+def _address(server_address: Any) -> str:
+    """``host:port`` of a listening socket's address (an IPv4 pair here)."""
+    host, port = server_address[0], server_address[1]
+    return f"{host.decode() if isinstance(host, bytes) else host}:{int(port)}"
+
+
 class HTTPError(Exception):
     """An error answer: status code, message and optional extra headers."""
 
@@ -1377,8 +1384,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def _address(server_address: Any) -> str:
-    """``host:port`` of a listening socket's address (an IPv4 pair here)."""
-    host, port = server_address[0], server_address[1]
-    return f"{host.decode() if isinstance(host, bytes) else host}:{int(port)}"
