@@ -186,12 +186,17 @@ class ImageService:
     def shared_images(self) -> list[ImageRecord]:
         """Images other projects shared with this one, whatever this project
         answered, each with its ``member_status``: one listing per status,
-        because the API tells a member's status only through the filter."""
-        out: dict[str, ImageRecord] = {}
+        because the API tells a member's status only through the filter.
+        An admin (who may list every shared image) sees none here."""
+        found: dict[str, list[tuple[ImageRecord, str]]] = {}
         for status in MEMBER_STATUSES:
             for record in self.list_images({"visibility": "shared", "member_status": status}):
-                out.setdefault(record.id, replace(record, member_status=status))
-        return list(out.values())
+                found.setdefault(record.id, []).append((record, status))
+        # A member has one status per image; Glance lists the project's own
+        # shared images (and, to an admin, every shared image) under every
+        # status: those are not shared *with* this project.
+        return [replace(seen[0][0], member_status=seen[0][1]) for seen in found.values()
+                if len(seen) == 1]
 
     def set_member_status(self, image_id: str, status: str) -> ImageRecord:
         """Accept, reject or leave pending an image shared with this project;
