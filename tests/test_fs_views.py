@@ -187,6 +187,22 @@ def test_member_status_is_an_xattr_and_setting_it_answers_the_share(
     run_mount(service, tmp_path, body)
 
 
+def test_an_image_no_longer_shared_has_no_member_status(service: MemoryImageService,
+                                                         tmp_path: Path) -> None:
+    ids = seed(service)
+
+    async def body(m: Mount) -> None:
+        assert b"acc.raw" in await names_in(m, b".shared")
+        inode = await m.inode(b"acc.raw")
+        assert await m.fs.getxattr(inode, MEMBER_STATUS) == b"accepted"
+        service.stored(ids["accepted"]).visibility = "public"   # the owner made it public
+        m.advance(TTL)
+        assert b"acc.raw" not in await names_in(m, b".shared")
+        assert await refusal("getxattr", m.fs.getxattr(inode, MEMBER_STATUS)) == errno.ENODATA
+        assert (await m.lookup(b"acc.raw")).inode == inode
+    run_mount(service, tmp_path, body)
+
+
 def test_nothing_is_created_removed_or_renamed_in_a_view(service: MemoryImageService,
                                                          tmp_path: Path) -> None:
     seed(service)

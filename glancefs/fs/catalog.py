@@ -246,9 +246,10 @@ class Catalog(Listing):
         if self.on_change is not None:
             self.on_change(inodes)
 
-    def view(self, fetch: Callable[[], list[ImageRecord]], what: str) -> ViewListing:
+    def view(self, fetch: Callable[[], list[ImageRecord]], what: str,
+             tells_member_status: bool = False) -> ViewListing:
         """A new listing over this catalog's records and inodes (a view)."""
-        listing = ViewListing(self, fetch, what)
+        listing = ViewListing(self, fetch, what, tells_member_status)
         self.views.append(listing)
         return listing
 
@@ -366,10 +367,23 @@ class ViewListing(Listing):
     looks (the first ``refresh``)."""
 
     def __init__(self, catalog: Catalog, fetch: Callable[[], list[ImageRecord]],
-                 what: str) -> None:
+                 what: str, tells_member_status: bool = False) -> None:
         super().__init__(fetch, catalog.ttl, catalog.clock, catalog.deadline)
         self.catalog = catalog
         self.what = what
+        # The listing of what is shared with the project: the one that knows
+        # member statuses, so an image it no longer lists has none.
+        self.tells_member_status = tells_member_status
+
+    def load(self, records: list[ImageRecord]) -> list[int]:
+        gone = self.listed - {r.id for r in records}
+        changed = super().load(records)
+        if self.tells_member_status:
+            for image_id in gone:
+                record = self.catalog.records.get(image_id)
+                if record is not None and record.member_status is not None:
+                    self.catalog.records[image_id] = replace(record, member_status=None)
+        return changed
 
     @property
     def nursery(self) -> trio.Nursery | None:

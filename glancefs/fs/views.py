@@ -41,17 +41,19 @@ class ViewDir(Directory):
     """A directory of the images one listing request returns."""
 
     def __init__(self, fs: GlanceFS, inode: int, fetch: Callable[[], list[ImageRecord]],
-                 what: str) -> None:
+                 what: str, tells_member_status: bool = False) -> None:
         super().__init__(fs, inode)
         self._fetch = fetch
         self._what = what
+        self._tells_member_status = tells_member_status
         self._listing: ViewListing | None = None
 
     @property
     def listing(self) -> ViewListing:
         # Made on first use: until someone looks, the view costs nothing.
         if self._listing is None:
-            self._listing = self.fs.catalog.view(self._fetch, self._what)
+            self._listing = self.fs.catalog.view(self._fetch, self._what,
+                                                 self._tells_member_status)
         return self._listing
 
     async def lookup(self, name: bytes) -> Node:
@@ -114,7 +116,7 @@ def make_views(fs: GlanceFS) -> dict[bytes, Directory]:
     service, catalog = fs.service, fs.catalog
     return {
         SHARED_NAME: ViewDir(fs, catalog.new_inode(), service.shared_images,
-                             "images shared with this project"),
+                             "images shared with this project", tells_member_status=True),
         COMMUNITY_NAME: ViewDir(fs, catalog.new_inode(),
                                 lambda: service.list_images({"visibility": "community"}),
                                 "community images"),
