@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import trio.testing
 
 from glancefs.api.service import ImageService
 from glancefs.fs import stats
-from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, ROOT_INODE
+from glancefs.fs.catalog import BY_ID_INODE, ROOT_INODE
 from glancefs.fs.errors import errno_for
 from glancefs.fs.filesystem import Attr, GlanceFS
 from glancefs.fs.options import MountOptions
@@ -82,9 +83,10 @@ class Mount:
         self.trio_clock.jump(seconds)
 
     async def listing(self) -> dict[bytes, Attr]:
-        """The root directory as ``ls -la`` sees it, without ``.by-id``."""
+        """The root directory as ``ls -la`` sees it, without its directories
+        (``.by-id`` and the views)."""
         return {name: attr for name, attr in await self.fs.listdir(ROOT_INODE)
-                if name != BY_ID_NAME}
+                if not stat.S_ISDIR(attr.mode)}
 
     async def names(self) -> list[bytes]:
         return sorted(await self.listing())

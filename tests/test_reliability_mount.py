@@ -317,7 +317,8 @@ def test_odd_names_created_through_the_api_are_listed_and_read_back(
                                    for r in records])
     with mounted(own_glance.endpoint, tmp_path / "mnt", options="ttl=1") as m:
         shown = set(os.listdir(os.fsencode(m.path)))
-        assert shown == set(expected) | {b".by-id"}
+        assert shown == set(expected) | {b".by-id", b".shared", b".community", b".hidden",
+                                         b".by-tag"}
         by_id = {v: k for k, v in expected.items()}
         for image in made:
             name = by_id[image.id]

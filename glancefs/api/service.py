@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
@@ -25,6 +25,8 @@ from glancefs.api.v2 import DataSource
 LOG = logging.getLogger(__name__)
 
 LIST_PAGE_SIZE = 1000
+# A member's answer to an image shared with its project (Images v2 image members).
+MEMBER_STATUSES: tuple[str, ...] = ("accepted", "pending", "rejected")
 # Fields a user may change through the filesystem, with their types.
 WRITABLE_FIELDS: Mapping[str, type] = schema.SETTABLE
 
@@ -51,6 +53,9 @@ class ImageRecord:
     updated_at: str | None = None
     stores: str | None = None
     properties: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # This project's member status of an image shared with it, where a listing
+    # by member status said so (``shared_images``); None otherwise.
+    member_status: str | None = None
 
     @property
     def created(self) -> float:
@@ -165,8 +170,51 @@ class ImageService:
     def _record(self, raw: Mapping[str, Any]) -> ImageRecord:
         return ImageRecord.from_v2(raw) if self.version == "2" else ImageRecord.from_v1(raw)
 
-    def list_images(self) -> list[ImageRecord]:
-        return [self._record(raw) for raw in self.client.images.list(page_size=LIST_PAGE_SIZE)]
+    @property
+    def serves_views(self) -> bool:
+        """Whether the API can list by visibility, member status, os_hidden and
+        tag (Images v2; v1 has none of them)."""
+        return self.version == "2"
+
+    def list_images(self, filters: Mapping[str, str] | None = None) -> list[ImageRecord]:
+        """The images the server lists (its default: what this project may
+        use), or those matching ``filters`` (v2 list filters, e.g.
+        ``{"visibility": "community"}``, ``{"os_hidden": "true"}``, ``{"tag": t}``)."""
+        return [self._record(raw) for raw in
+                self.client.images.list(dict(filters or {}), page_size=LIST_PAGE_SIZE)]
+
+    def shared_images(self) -> list[ImageRecord]:
+        """Images other projects shared with this one, whatever this project
+        answered, each with its ``member_status``: one listing per status,
+        because the API tells a member's status only through the filter.
+        An admin (who may list every shared image) sees none here."""
+        found: dict[str, list[tuple[ImageRecord, str]]] = {}
+        for status in MEMBER_STATUSES:
+            for record in self.list_images({"visibility": "shared", "member_status": status}):
+                found.setdefault(record.id, []).append((record, status))
+        # A member has one status per image; Glance lists the project's own
+        # shared images (and, to an admin, every shared image) under every
+        # status: those are not shared *with* this project.
+        return [replace(seen[0][0], member_status=seen[0][1]) for seen in found.values()
+                if len(seen) == 1]
+
+    def set_member_status(self, image_id: str, status: str) -> ImageRecord:
+        """Accept, reject or leave pending an image shared with this project;
+        returns the image with its new ``member_status``. The member is found
+        by listing the image's members: to a member, Glance shows only its own
+        membership."""
+        if status not in MEMBER_STATUSES:
+            raise exc.HTTPBadRequest(f"member status is one of {', '.join(MEMBER_STATUSES)}, "
+                                     f"not {status!r}", code=400)
+        if not isinstance(self.client, v2.Client):
+            raise exc.HTTPForbidden("Images v1 has no image members", code=403)
+        members = list(self.client.image_members.list(image_id))
+        if len(members) != 1:
+            raise exc.HTTPForbidden(
+                f"image {image_id} has {len(members)} members visible to this project: "
+                "only a member that is not its owner answers a share", code=403)
+        self.client.image_members.update(image_id, members[0]["member_id"], status)
+        return replace(self.get(image_id), member_status=status)
 
     def get(self, image_id: str) -> ImageRecord:
         return self._record(self.client.images.get(image_id))

@@ -39,6 +39,7 @@ from glancefs.fs.nodes import (
 )
 from glancefs.fs.options import MountOptions
 from glancefs.fs.reader import ReadConfig, Reader
+from glancefs.fs.views import make_views
 from glancefs.fs.write import WriteConfig, WritePath, WrittenFile
 
 T = TypeVar("T")
@@ -82,6 +83,16 @@ class GlanceFS:
         self.started_wall = time.time()   # directory times: when mounted
         self.root = RootDir(self, ROOT_INODE)
         self.by_id = ByIdDir(self, BY_ID_INODE)
+        self.dirs: dict[int, Directory] = {}          # every directory, by inode
+        for directory in (self.root, self.by_id):
+            self.add_dir(directory)
+        self.views = make_views(self)                  # the root's views, by name
+        for view in self.views.values():
+            self.add_dir(view)
+
+    def add_dir(self, directory: Directory) -> None:
+        """A directory of the tree (a view, a tag's folder) is known by its inode."""
+        self.dirs[directory.inode] = directory
 
     def start(self, nursery: trio.Nursery,
               on_change: Callable[[list[int]], None] | None = None) -> None:
@@ -94,10 +105,9 @@ class GlanceFS:
 
     def node_now(self, inode: int) -> Node | None:
         """The node of ``inode`` from what is known now (no request), or None."""
-        if inode == ROOT_INODE:
-            return self.root
-        if inode == BY_ID_INODE:
-            return self.by_id
+        directory = self.dirs.get(inode)
+        if directory is not None:
+            return directory
         file = self._written(inode)
         if file is not None:
             return WrittenNode(self, file)
@@ -107,7 +117,7 @@ class GlanceFS:
     async def node(self, inode: int, fresh: bool = True) -> Node:
         """The node of ``inode``; an image's record from a listing refreshed
         as the ttl says (``fresh``)."""
-        if fresh and inode not in (ROOT_INODE, BY_ID_INODE) and self._written(inode) is None:
+        if fresh and inode not in self.dirs and self._written(inode) is None:
             await self.catalog.refresh()
         node = self.node_now(inode)
         if node is None:
@@ -305,7 +315,7 @@ class GlanceFS:
         self.check_writable(what)
         if parent != ROOT_INODE:
             raise FsError(errno.EPERM, f"{what}: images live at the top of the mount, "
-                          ".by-id only shows them")
+                          ".by-id and the views only show them")
         if len(shown) > names.NAME_MAX:
             raise FsError(errno.ENAMETOOLONG, f"{what}: a file name has at most "
                           f"{names.NAME_MAX} bytes")

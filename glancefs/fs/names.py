@@ -7,8 +7,9 @@ contract README.rst documents:
 
 Escape (reversible, :func:`escape` / :func:`unescape`)
     ``%`` -> ``%25``, ``/`` -> ``%2F``, NUL -> ``%00``; a name that is exactly
-    ``.`` or ``..`` -> ``%2E`` / ``%2E%2E`` (and ``.by-id``, the name of the
-    directory of all images by id, -> ``%2Eby-id``); no name (None) or an empty name ->
+    ``.`` or ``..`` -> ``%2E`` / ``%2E%2E`` (and the names of the mount's
+    directories, ``.by-id``, ``.shared``, ``.community``, ``.hidden`` and
+    ``.by-tag``, -> ``%2Eby-id`` and so on); no name (None) or an empty name ->
     ``%`` alone (which no other name escapes to, because a literal ``%`` is
     always ``%25``). Characters that are not valid UTF-8 on their own (lone
     surrogates, which JSON can carry) are written as ``%XX`` of their
@@ -35,6 +36,10 @@ from dataclasses import dataclass
 
 NAME_MAX = 255
 RESERVED = ".by-id"   # the directory of every image by id
+# The root's directories (glancefs.fs.views): an image of one of these names
+# is shown escaped, so the directory keeps its name.
+RESERVED_NAMES: frozenset[str] = frozenset({RESERVED, ".shared", ".community", ".hidden",
+                                            ".by-tag"})
 UNNAMED = b"%"
 SUFFIX_SEP = b"~"
 SHORT_ID = 8
@@ -51,8 +56,8 @@ def escape(name: str | None) -> bytes:
         return b"%2E"
     if name == "..":
         return b"%2E%2E"
-    if name == RESERVED:
-        return b"%2E" + RESERVED[1:].encode()
+    if name in RESERVED_NAMES:
+        return b"%2E" + name[1:].encode()
     out = bytearray()
     for char in name:
         special = _ALWAYS.get(char)
@@ -94,7 +99,8 @@ def unescape(shown: bytes) -> str | None:
 
 def is_valid_entry(shown: bytes) -> bool:
     return (0 < len(shown) <= NAME_MAX and b"/" not in shown and b"\0" not in shown
-            and shown not in (b".", b"..", RESERVED.encode()))
+            and shown not in (b".", b"..")
+            and shown.decode("utf-8", "replace") not in RESERVED_NAMES)
 
 
 def _cut(shown: bytes, limit: int) -> bytes:

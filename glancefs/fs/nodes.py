@@ -136,6 +136,9 @@ class RootDir(Directory):
     async def lookup(self, name: bytes) -> Node:
         if name == BY_ID_NAME:
             return self.fs.by_id
+        view = self.fs.views.get(name)
+        if view is not None:
+            return view
         # A name not in the listing is not asked for on its own: the refresh
         # the lookup started (0.3 s) decides. Waiting longer for it would hold
         # every ls of the directory too (the kernel serializes them with lookups).
@@ -163,6 +166,7 @@ class RootDir(Directory):
         written = {f.shown: WrittenNode(fs, f) for f in fs.visible_written()}
         ours = {node.inode for node in written.values()}
         out = [(BY_ID_NAME, fs.by_id.attr())]
+        out.extend((shown, view.attr()) for shown, view in fs.views.items())
         out.extend((shown, ImageNode(fs, record).attr())
                    for shown, record in fs.catalog.entries()
                    if shown not in written and fs.catalog.inode(record.id) not in ours)
@@ -200,6 +204,9 @@ class FileNode(Node):
     """What images of the listing and written files share: their changes."""
 
     def _check_change(self, kind: str, key: str) -> None:
+        if kind == "member":
+            raise FsError(errno.EPERM, "user.glance.member_status: only an image shared "
+                          "with this project has one")
         if kind == "core" and key == "name":
             raise FsError(errno.EPERM, "user.glance.name: rename the file (mv) instead")
         if kind == "core" and key in xattrs.READ_ONLY_FIELDS:
@@ -264,7 +271,8 @@ class ImageNode(FileNode):
             mode=stat.S_IFREG | ((0o644 if writable else 0o444) & ~options.umask),
             size=record.size or 0,
             mtime_ns=self.fs.mtime_ns(record.properties, record.updated),
-            ctime_ns=int(record.created * modtime.NS), nlink=1,
+            ctime_ns=int(record.created * modtime.NS),
+            nlink=self.fs.catalog.links(record.id),
             uid=options.uid, gid=options.gid,
             timeout=options.ttl if settled else min(options.ttl, UNSETTLED_TIMEOUT))
 
@@ -309,8 +317,23 @@ class ImageNode(FileNode):
         await self._set_mtime_of_image(self.record, modtime.format_ns(ns))
 
     async def change_xattr(self, kind: str, key: str, value: bytes | None) -> None:
+        if kind == "member" and self.record.member_status is not None:
+            await self._answer_share(value)
+            return
         self._check_change(kind, key)
         await self._change_image(self.record, kind, key, value)
+
+    async def _answer_share(self, value: bytes | None) -> None:
+        """setfattr -n user.glance.member_status -v accepted|rejected|pending:
+        this project's answer to the share, one request."""
+        fs = self.fs
+        if value is None:
+            raise FsError(errno.EPERM, "user.glance.member_status cannot be removed: "
+                          "set it to accepted, rejected or pending")
+        status = value.decode("utf-8", "replace").strip()
+        record = await fs.ask(fs.service.set_member_status, self.record.id, status)
+        fs.catalog.update(record)
+        LOG.info("member status of %s is now %s", record.id, status)
 
     async def remove(self) -> None:
         fs = self.fs

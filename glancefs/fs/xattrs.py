@@ -25,6 +25,9 @@ PROPERTY_PREFIX = "user."
 CORE_FIELDS = fields.SHOWN               # user.glance.<field>, in this order
 READ_ONLY_FIELDS = fields.READ_ONLY_SHOWN  # set by the server (or an admin): EPERM
 XATTR_NAME_MAX = 255
+# This project's answer to an image shared with it (glancefs.fs.views, .shared):
+# not an image field, so not in the schema; shown where a listing said it.
+MEMBER_STATUS = b"user.glance.member_status"
 
 
 def text_value(value: Any) -> str:
@@ -44,6 +47,8 @@ def attributes(record: ImageRecord) -> dict[bytes, bytes]:
         if value is None:
             continue
         out[(CORE_PREFIX + field).encode()] = text_value(value).encode("utf-8", "surrogatepass")
+    if record.member_status:
+        out[MEMBER_STATUS] = record.member_status.encode()
     for key in sorted(record.properties):
         name = (PROPERTY_PREFIX + key).encode("utf-8", "surrogatepass")
         if name in out or len(name) > XATTR_NAME_MAX:
@@ -53,8 +58,10 @@ def attributes(record: ImageRecord) -> dict[bytes, bytes]:
 
 
 def parse_name(name: bytes) -> tuple[str, str] | None:
-    """``('core', field)`` or ``('property', key)`` for an xattr name, None for
-    names outside ``user.``."""
+    """``('core', field)``, ``('member', 'status')`` or ``('property', key)``
+    for an xattr name, None for names outside ``user.``."""
+    if name == MEMBER_STATUS:
+        return "member", "status"
     try:
         text = name.decode("utf-8")
     except UnicodeDecodeError:

@@ -9,13 +9,17 @@ connections and the bytes the server sent (headers included), so tests can
 check how much a read transferred (:meth:`FaultProxy.reset_stats` starts the
 count again) and keeps each request's head (``Stats.heads``, to check the headers a
 client sent), and with ``strip_range=True`` it drops the ``Range`` header of
-every request, to act like a server that ignores it (v1).
+every request, to act like a server that ignores it (v1). ``add_headers``
+are put into every request head: in front of a Glance in ``headers`` auth
+mode they make a client that sends no identity (the mount) act as one
+project (``glance_server.identity_headers``).
 """
 from __future__ import annotations
 
 import re
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -54,6 +58,7 @@ def http_response(status: int, reason: str, body: bytes = b"",
 
 
 _RANGE_HEADER = re.compile(rb"\r\nRange:[^\r\n]*", re.IGNORECASE)
+_CONTENT_LENGTH = re.compile(rb"\r\nContent-Length:\s*(\d+)", re.IGNORECASE)
 _METHODS = (b"GET ", b"PUT ", b"POST ", b"HEAD ", b"PATCH ", b"DELETE ")
 
 
@@ -89,9 +94,12 @@ class Stats:
 
 class FaultProxy:
     def __init__(self, upstream_host: str, upstream_port: int, port: int = 0,
-                 strip_range: bool = False) -> None:
+                 strip_range: bool = False,
+                 add_headers: Mapping[str, str] | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.strip_range = strip_range
+        self.add_headers = b"".join(f"{k}: {v}\r\n".encode("latin-1")
+                                    for k, v in (add_headers or {}).items())
         self.faults: list[Fault] = []
         self.stats = Stats()
         self._lock = threading.Lock()
@@ -174,17 +182,31 @@ class FaultProxy:
         def client_to_server() -> None:
             buffer = b""
             inspected = False     # this request's line was seen (a head may span recvs)
+            body_left = 0         # bytes of this request's body (Content-Length) to come
             try:
                 while True:
                     data = client.recv(65536)
                     if not data:
                         break
+                    if body_left:
+                        # A body is forwarded untouched; what follows it on a
+                        # keep-alive connection is the next request's head.
+                        taken = min(body_left, len(data))
+                        body_left -= taken
+                        upstream.sendall(data[:taken])
+                        data = data[taken:]
+                        if not data:
+                            continue
                     buffer += data
                     if self.strip_range and buffer.startswith(_METHODS):
                         # Only in a request head: a body is forwarded untouched.
                         data = _RANGE_HEADER.sub(b"", data)
                     if buffer.startswith(_METHODS) and b"\r\n" in buffer and not inspected:
                         inspected = True
+                        if self.add_headers:
+                            # Right after the request line, which ends in this chunk.
+                            at = buffer.index(b"\r\n") + 2 - (len(buffer) - len(data))
+                            data = data[:at] + self.add_headers + data[at:]
                         line = buffer.split(b"\r\n", 1)[0].decode("latin-1")
                         cleared = self._cleared
                         fault = self._take_fault(line)
@@ -199,7 +221,9 @@ class FaultProxy:
                         answer[0] = _Answer(fault)
                     if b"\r\n\r\n" in buffer or len(buffer) > 65536:
                         if inspected and b"\r\n\r\n" in buffer:
-                            self._keep_head(buffer.split(b"\r\n\r\n", 1)[0])
+                            head, rest = buffer.split(b"\r\n\r\n", 1)
+                            self._keep_head(head)
+                            body_left = max(0, _content_length(head) - len(rest))
                         buffer, inspected = b"", False
                     upstream.sendall(data)
             except OSError:
@@ -274,6 +298,12 @@ class FaultProxy:
     def _count(self, n: int) -> None:
         with self._lock:
             self.stats.bytes_from_server += n
+
+
+def _content_length(head: bytes) -> int:
+    """A request head's Content-Length (0 without one: no body, or chunked)."""
+    found = _CONTENT_LENGTH.search(head)
+    return int(found.group(1)) if found else 0
 
 
 def _reset(sock: socket.socket) -> None:

@@ -64,14 +64,14 @@ import hashlib
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from glancefs.api import exceptions as exc
 from glancefs.api import fields as schema
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
-from glancefs.api.service import WRITABLE_FIELDS, ImageRecord
+from glancefs.api.service import MEMBER_STATUSES, WRITABLE_FIELDS, ImageRecord
 from glancefs.api.v2 import DataSource
 
 DEFAULT_CHUNK = 1024 * 1024
@@ -87,7 +87,9 @@ METHODS: Mapping[str, str] = {
     "list_images": "GET", "get": "GET", "create": "POST", "upload": "PUT", "read": "GET",
     "set_property": "PATCH", "remove_property": "PATCH", "set_field": "PATCH",
     "update": "PATCH", "rename": "PATCH", "delete": "DELETE", "usage": "GET",
+    "shared_images": "GET", "set_member_status": "PUT",
 }
+PROJECT = "memory-project"   # the project this service speaks as (the owner of what it creates)
 
 
 @dataclass
@@ -103,7 +105,9 @@ class StoredImage:
     os_hash_value: str | None = None
     visibility: str = "shared"
     protected: bool = False
-    owner: str | None = "memory-project"
+    owner: str | None = PROJECT
+    os_hidden: bool = False
+    members: dict[str, str] = field(default_factory=dict)   # project -> member status
     min_disk: int = 0
     min_ram: int = 0
     tags: list[str] = field(default_factory=list)
@@ -161,7 +165,8 @@ class MemoryImageService:
             disk_format: str = "raw", container_format: str = "bare",
             tags: Iterable[str] = (), visibility: str = "shared", min_disk: int = 0,
             min_ram: int = 0, os_hash_value: str | None = None,
-            checksum: str | None = None) -> ImageRecord:
+            checksum: str | None = None, owner: str = PROJECT, os_hidden: bool = False,
+            members: Mapping[str, str] | None = None) -> ImageRecord:
         """An image as if uploaded earlier: active with ``data`` (None: queued,
         no data). ``status`` overrides; ``os_hash_value``/``checksum`` override
         the computed hashes (a server that published wrong ones)."""
@@ -174,7 +179,8 @@ class MemoryImageService:
                 container_format=container_format if data is not None else None,
                 protected=protected, tags=list(tags), visibility=visibility,
                 min_disk=min_disk, min_ram=min_ram, created_at=when, updated_at=when,
-                properties=dict(properties or {}))
+                properties=dict(properties or {}), owner=owner, os_hidden=os_hidden,
+                members=dict(members or {}))
             if data is not None:
                 image.checksum = checksum or hashlib.md5(data).hexdigest()
                 image.os_hash_value = os_hash_value or hashlib.sha512(data).hexdigest()
@@ -312,13 +318,56 @@ class MemoryImageService:
 
     # -- requests -----------------------------------------------------------------------
 
-    def list_images(self) -> list[ImageRecord]:
+    @property
+    def serves_views(self) -> bool:
+        return self.version == "2"
+
+    def _listed(self, image: StoredImage, filters: Mapping[str, str]) -> bool:
+        """Glance v2's list filters, for this project (not an admin)."""
+        ours = image.owner == PROJECT
+        status = image.members.get(PROJECT)
+        visibility = filters.get("visibility")
+        if filters.get("os_hidden", "false") != ("true" if image.os_hidden else "false"):
+            return False
+        if "tag" in filters and filters["tag"] not in image.tags:
+            return False
+        if visibility == "shared":
+            # Glance: shared images this project is a member of, not its own.
+            wanted = filters.get("member_status", "accepted")
+            return (image.visibility == "shared" and not ours and status is not None
+                    and wanted in ("all", status))
+        if visibility is not None:
+            return image.visibility == visibility and (ours or visibility in ("public",
+                                                                              "community"))
+        # The default: ours, public, and shared with us and accepted.
+        return ours or image.visibility == "public" or (
+            image.visibility == "shared" and status == "accepted")
+
+    def list_images(self, filters: Mapping[str, str] | None = None) -> list[ImageRecord]:
         self._enter("list_images")
         with self._lock:
             # Glance's default order: newest first.
             ordered = sorted(self.images.values(), key=lambda i: (i.created_at, i.id),
                              reverse=True)
-            return [self._record(i) for i in ordered]
+            return [self._record(i) for i in ordered if self._listed(i, filters or {})]
+
+    def shared_images(self) -> list[ImageRecord]:
+        self._enter("shared_images")
+        with self._lock:
+            return [replace(self._record(i), member_status=i.members[PROJECT])
+                    for i in self.images.values()
+                    if self._listed(i, {"visibility": "shared", "member_status": "all"})]
+
+    def set_member_status(self, image_id: str, status: str) -> ImageRecord:
+        self._enter("set_member_status", image_id)
+        with self._lock:
+            if status not in MEMBER_STATUSES:
+                raise exc.HTTPBadRequest(f"invalid member status {status!r}", code=400)
+            image = self._find(image_id)
+            if PROJECT not in image.members:
+                raise exc.HTTPNotFound(f"{PROJECT} is not a member of {image_id}", code=404)
+            image.members[PROJECT] = status
+            return replace(self._record(image), member_status=status)
 
     def get(self, image_id: str) -> ImageRecord:
         self._enter("get", image_id)
