@@ -592,6 +592,9 @@ def test_mixed_soak_16_readers_4_writers(own_glance: GlanceServer, tmp_path: Pat
     assert peak(late, "tcp") <= peak(early, "tcp") + CONNECTION_MARGIN, samples
     assert max(s.tcp for s in samples) <= MAX_CONNECTIONS, samples
     # Sockets that are not TCP connections (or are, but no longer in ss): none leak.
-    assert max(s.sockets - s.tcp for s in late) <= max(s.sockets - s.tcp for s in early) + 2, \
+    # A leak raises every late sample; one sample taken while connections are
+    # being replaced (ss and /proc read a moment apart) does not, so the late
+    # window's lowest is what is compared.
+    assert min(s.sockets - s.tcp for s in late) <= max(s.sockets - s.tcp for s in early) + 2, \
         samples
     assert "Traceback" not in log
