@@ -141,9 +141,6 @@ class GlanceFS:
     async def listdir(self, inode: int) -> list[tuple[bytes, Attr]]:
         return await (await self.node(inode, fresh=False)).entries()
 
-    def file_attr(self, record: ImageRecord) -> Attr:
-        return ImageNode(self, record).attr()
-
     def mtime_ns(self, properties: Mapping[str, str], otherwise: float) -> int:
         """What stat shows as mtime (glancefs.fs.modtime): the time a tool set,
         else ``otherwise`` (updated_at; the last change of a file being written)."""
@@ -437,6 +434,15 @@ class GlanceFS:
             image_id = self.catalog.image_id(file.inode)
             if image_id is not None and (file.image is None or file.image.id != image_id):
                 self.catalog.forget(image_id)
+
+    async def may_finish(self, file: WrittenFile, fn: Callable[..., ImageRecord | None],
+                         *args: Any) -> None:
+        """A write-path call that may finish an upload (flush, release, a
+        truncate nobody holds open): the finished image takes the file's place."""
+        previous = file.image.id if file.image is not None else None
+        record = await self.thread(fn, file, *args)
+        if record is not None:
+            self.uploaded(file, record, previous)
 
     def uploaded(self, file: WrittenFile, record: ImageRecord, previous: str | None) -> None:
         self.catalog.bind(file.inode, record.id)

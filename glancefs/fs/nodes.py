@@ -352,6 +352,18 @@ class WrittenNode(FileNode):
         super().__init__(fs, file.inode)
         self.file = file
 
+    def _record(self) -> ImageRecord:
+        """The listing's record of the image that holds this file's last version."""
+        record = self.fs.catalog.record(self.inode)
+        if record is None:
+            raise FsError(errno.ENOENT, f"inode {self.inode} is not an image")
+        return record
+
+    def _follow(self, record: ImageRecord) -> None:
+        """The image was changed: the file's own view of it follows."""
+        if self.file.image is not None and self.file.image.id == record.id:
+            self.file.image = record
+
     @property
     def pending(self) -> bool:
         """Its data is not (all) in an active image yet."""
@@ -385,20 +397,14 @@ class WrittenNode(FileNode):
                 values.pop(b"user.glance.id", None)
             return values
         await fs.catalog.refresh()
-        record = fs.catalog.record(self.inode)
-        if record is None:
-            raise FsError(errno.ENOENT, "no such image")
-        return fs.attributes(record)
+        return fs.attributes(self._record())
 
     async def open_read(self, fh: int) -> tuple[OpenFile, bool]:
         fs, file = self.fs, self.file
         if self.pending:
             # Data that is not (all) on the server yet: served from the spool.
             return WriteHandle(fs, file, fh), False
-        record = fs.catalog.record(self.inode)
-        if record is None:
-            raise FsError(errno.ENOENT, f"inode {self.inode} is not an image")
-        opened, _keep = await ImageNode(fs, record).open_read(fh)
+        opened, _keep = await ImageNode(fs, self._record()).open_read(fh)
         # A file written through this mount may change again: no page cache kept.
         return opened, False
 
@@ -408,13 +414,10 @@ class WrittenNode(FileNode):
         return WriteHandle(fs, file, fh)
 
     async def set_size(self, size: int, fh: int | None) -> None:
-        fs, file = self.fs, self.file
-        previous = file.image.id if file.image is not None else None
+        fs = self.fs
         handle = fs.open_files.get(fh) if fh is not None else None
         by_handle = fh if isinstance(handle, WriteHandle) and handle.writing else None
-        record = await fs.thread(fs.writes.truncate, file, size, by_handle)
-        if record is not None:
-            fs.uploaded(file, record, previous)
+        await fs.may_finish(self.file, fs.writes.truncate, size, by_handle)
 
     async def set_mtime(self, ns: int) -> None:
         fs, file = self.fs, self.file
@@ -422,24 +425,14 @@ class WrittenNode(FileNode):
         if await fs.thread(fs.writes.set_meta, file, "property", modtime.PROPERTY,
                            value.encode()):
             return   # goes up with the upload
-        record = fs.catalog.record(self.inode)
-        if record is None:
-            raise FsError(errno.ENOENT, f"inode {self.inode} is not an image")
-        record = await self._set_mtime_of_image(record, value)
-        if file.image is not None and file.image.id == record.id:
-            file.image = record
+        self._follow(await self._set_mtime_of_image(self._record(), value))
 
     async def change_xattr(self, kind: str, key: str, value: bytes | None) -> None:
         self._check_change(kind, key)
         fs, file = self.fs, self.file
         if await fs.thread(fs.writes.set_meta, file, kind, key, value):
             return
-        record = fs.catalog.record(self.inode)
-        if record is None:
-            raise FsError(errno.ENOENT, f"inode {self.inode} is not an image")
-        record = await self._change_image(record, kind, key, value)
-        if file.image is not None and file.image.id == record.id:
-            file.image = record
+        self._follow(await self._change_image(self._record(), kind, key, value))
 
     async def remove(self) -> None:
         fs, file = self.fs, self.file
@@ -539,23 +532,17 @@ class WriteHandle(OpenFile):
     async def flush(self) -> None:
         """Where cp learns whether its copy made it: the upload finishes here."""
         fs, file = self.fs, self.file
-        previous = file.image.id if file.image is not None else None
         try:
-            record = await fs.thread(fs.writes.flush, file, self.fh)
+            await fs.may_finish(file, fs.writes.flush, self.fh)
         except BaseException:
             fs.if_gone(file)
             raise
-        if record is not None:
-            fs.uploaded(file, record, previous)
 
     async def release(self) -> None:
         fs, file = self.fs, self.file
         if self.reading is not None:
             fs.reader.release(self.reading)
-        previous = file.image.id if file.image is not None else None
-        record = await fs.thread(fs.writes.release, file, self.fh)
-        if record is not None:
-            fs.uploaded(file, record, previous)
+        await fs.may_finish(file, fs.writes.release, self.fh)
 
 
 __all__ = ["Attr", "ByIdDir", "ImageNode", "Node", "OpenFile", "ReadHandle", "RootDir",

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 import signal
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
+
+from glancefs.api.values import parse_size
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -301,20 +302,13 @@ class LinkProxy:
             conn.start()
 
 
-_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(i?b)?(/s)?\s*$", re.IGNORECASE)
-
-
 def parse_rate(text: str) -> float | None:
     """Bytes per second from ``40M``, ``400MiB/s``, ``1.5G``, ``65536``; None for
-    ``0``, ``none`` or ``off`` (uncapped)."""
+    ``0``, ``none`` or ``off`` (uncapped). A size per second: the project's one
+    size parser reads the number."""
     if text.strip().lower() in ("none", "off", "0", ""):
         return None
-    found = _RATE.match(text)
-    if not found:
-        raise ValueError(f"not a rate: {text!r} (e.g. 40M for 40 MiB/s)")
-    value = float(found.group(1)) * {"": 1, "k": KiB, "m": MiB, "g": 1024 * MiB}[
-        found.group(2).lower()]
-    return value or None
+    return parse_size(text.strip().removesuffix("/s").removesuffix("/S")) or None
 
 
 def _upstream(text: str) -> tuple[str, int]:
