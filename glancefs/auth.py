@@ -96,6 +96,17 @@ class AuthOptions:
             extra["insecure"] = not extra.pop("verify")
         values = {**auth, **{k: v for k, v in extra.items() if k in {
             "region_name", "interface", "cacert", "insecure", "image_api_version"}}}
+        # Where openstacksdk takes an image endpoint that skips the catalog
+        # (with auth_type none, the only one: a Glance without Keystone).
+        endpoint = (extra.get("image_endpoint_override") or extra.get("endpoint_override")
+                    or auth.get("endpoint"))
+        if endpoint:
+            values["image_url"] = endpoint
+        if str(extra.get("auth_type", "")).lower() in ("none", "noauth"):
+            if not endpoint:
+                raise AuthConfigError(f"cloud {self.cloud!r} has auth_type none but no "
+                                      "image_endpoint_override or endpoint")
+            values.pop("auth_url", None)
         mine = {f.name: getattr(self, f.name) for f in fields(self)
                 if getattr(self, f.name) not in (None, "", False, "public")}
         return AuthOptions().merged(values).merged(mine)
@@ -108,6 +119,28 @@ def clouds_yaml_paths() -> list[Path]:
     paths += [Path.cwd() / "clouds.yaml", Path.home() / ".config/openstack/clouds.yaml",
               Path("/etc/openstack/clouds.yaml")]
     return paths
+
+
+def cloud_names() -> list[str]:
+    """Every cloud of the clouds.yaml files openstacksdk reads, in the order
+    found (``clouds=all``)."""
+    import yaml
+
+    names: list[str] = []
+    for path in clouds_yaml_paths():
+        if path.is_file():
+            doc = yaml.safe_load(path.read_text()) or {}
+            names += [n for n in (doc.get("clouds") or {}) if n not in names]
+    return names
+
+
+def cloud_regions(name: str) -> list[str]:
+    """The regions a clouds.yaml entry lists (``regions:``, names or
+    ``{name: ...}`` maps); [] when it lists none or one."""
+    regions = load_cloud(name).get("regions") or []
+    found = [str(region) for r in regions
+             if (region := r.get("name") if isinstance(r, dict) else r)]
+    return found if len(found) > 1 else []
 
 
 def load_cloud(name: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ or ``OS_IMAGE_URL`` + ``OS_AUTH_TOKEN``.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import logging.handlers
 import os
@@ -202,6 +203,9 @@ def _serve(args: argparse.Namespace, opts: MountOptions, source: str | None,
     from glancefs.auth import client_from_options
     from glancefs.fs.session import prepare, serve
 
+    if opts.clouds:
+        serve(several_clouds(args, opts), mountpoint, fsname, ready=ready)
+        return 0
     auth = auth_from(args, opts, source)
     version = api_version_for(args, opts, auth)
     # Every request the mount makes has an overall deadline (retries inside
@@ -216,6 +220,59 @@ def _serve(args: argparse.Namespace, opts: MountOptions, source: str | None,
         raise _with_endpoint(error, auth) from None
     serve(fs, mountpoint, fsname, ready=ready)
     return 0
+
+
+def several_clouds(args: argparse.Namespace, opts: MountOptions) -> Any:
+    """``-o clouds=a,b`` (or ``all``): one folder per cloud of clouds.yaml, and
+    per region where a cloud lists several. Each cloud's credentials come
+    from clouds.yaml and secure.yaml only (OS_* variables name one cloud, not
+    several). The mount fails only when no cloud at all can be reached."""
+    from glancefs.auth import AuthConfigError, cloud_names, cloud_regions
+    from glancefs.fs.clouds import Cloud, CloudsFS, connect_all
+    from glancefs.fs.session import MountError
+
+    wanted = (opts.clouds or "").strip()
+    names = cloud_names() if wanted.lower() == "all" else \
+        [n.strip() for n in wanted.split(",") if n.strip()]
+    if not names:
+        raise MountError("clouds=all: there is no cloud in any clouds.yaml")
+    clouds = []
+    for name in dict.fromkeys(names):
+        try:
+            regions: list[str | None] = list(cloud_regions(name)) or [None]
+        except AuthConfigError:
+            regions = [None]          # connecting says why, on the cloud's folder
+        for region in regions:
+            path = (_folder_name(name),) + ((_folder_name(region),) if region else ())
+            clouds.append(Cloud(path, functools.partial(
+                _connect_cloud, args, opts, name, region, "-".join(path))))
+    connect_all(clouds)
+    if all(c.fs is None for c in clouds):
+        raise MountError("no cloud could be reached: " + "; ".join(
+            f"{c.label}: {c.error}" for c in clouds))
+    return CloudsFS(clouds, opts)
+
+
+def _folder_name(name: str) -> str:
+    return name.replace("/", "_") if name not in (".", "..") else f"_{name}"
+
+
+def _connect_cloud(args: argparse.Namespace, opts: MountOptions, name: str,
+                   region: str | None, label: str) -> Any:
+    from glancefs.api.service import ImageService
+    from glancefs.auth import AuthOptions, client_from_options
+    from glancefs.fs.session import prepare
+
+    auth = AuthOptions(cloud=name, region_name=region, insecure=opts.insecure,
+                       cacert=opts.os_cacert).with_cloud()
+    version = api_version_for(args, opts, auth)
+    client = client_from_options(auth, version=version, timeout=opts.timeout,
+                                 deadline=opts.timeout, connect_timeout=opts.connect_timeout,
+                                 upload_timeout=opts.upload_timeout)
+    try:
+        return prepare(ImageService(client), opts, label)
+    except Exception as error:  # noqa: BLE001 - re-raised, with the endpoint it concerns
+        raise _with_endpoint(error, auth) from None
 
 
 def _with_endpoint(error: Exception, auth: Any) -> Exception:

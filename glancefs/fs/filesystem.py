@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -25,7 +25,7 @@ from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs import modtime, names, stats, xattrs
 from glancefs.fs.cache import DiskCache
 from glancefs.fs.catalog import BY_ID_INODE, FRESH_WAIT, ROOT_INODE, Catalog
-from glancefs.fs.errors import FsError, refuse
+from glancefs.fs.errors import FsError, describe, refuse
 from glancefs.fs.nodes import (
     Attr,
     ByIdDir,
@@ -33,6 +33,7 @@ from glancefs.fs.nodes import (
     ImageNode,
     Node,
     OpenFile,
+    ReadHandle,
     RootDir,
     WriteHandle,
     WrittenNode,
@@ -51,16 +52,61 @@ LOG = logging.getLogger("glancefs.fs")
 CLOSE_DEADLINE = 3.0       # seconds the mount's end gives the server, all requests
 NO_QUOTA_FREE = 1 << 50    # "unlimited": what df shows as free without a quota
 
-__all__ = ["Attr", "GlanceFS", "RENAME_EXCHANGE", "RENAME_NOREPLACE"]
+__all__ = ["Attr", "Face", "GlanceFS", "RENAME_EXCHANGE", "RENAME_NOREPLACE"]
+
+
+class Face(Protocol):
+    """What the pyfuse3 adapter and the mount's life ask of a file system: a
+    cloud's tree (GlanceFS) or the trees of several (glancefs.fs.clouds)."""
+
+    options: MountOptions
+
+    def start(self, nursery: trio.Nursery,
+              on_change: Callable[[list[int]], None] | None = None) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def image_count(self) -> int: ...
+    def subject(self, inode: int) -> ImageRecord | None: ...
+    def record_of_handle(self, fh: int) -> ImageRecord | None: ...
+    async def getattr(self, inode: int) -> Attr: ...
+    async def lookup(self, parent: int, name: bytes) -> Attr: ...
+    async def listdir(self, inode: int) -> list[tuple[bytes, Attr]]: ...
+    async def set_mtime(self, inode: int, ns: int) -> None: ...
+    async def set_size(self, inode: int, size: int, fh: int | None) -> None: ...
+    async def open(self, inode: int, flags: int, pid: int = 0) -> tuple[int, bool]: ...
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview: ...
+    async def write(self, fh: int, off: int, data: bytes) -> int: ...
+    async def flush(self, fh: int) -> None: ...
+    async def release(self, fh: int) -> None: ...
+    async def getxattr(self, inode: int, name: bytes) -> bytes: ...
+    async def listxattr(self, inode: int) -> list[bytes]: ...
+    async def setxattr(self, inode: int, name: bytes, value: bytes) -> None: ...
+    async def removexattr(self, inode: int, name: bytes) -> None: ...
+    async def statfs(self) -> dict[str, int]: ...
+    async def create(self, parent: int, shown: bytes, flags: int, pid: int = 0
+                     ) -> tuple[int, Attr]: ...
+    async def unlink(self, parent: int, shown: bytes) -> None: ...
+    async def rename(self, parent_old: int, old: bytes, parent_new: int, new: bytes,
+                     flags: int) -> None: ...
+    def refuse_write(self, what: str) -> FsError: ...
 
 
 class GlanceFS:
-    def __init__(self, service: ImageService, options: MountOptions) -> None:
+    """One cloud's tree (a whole mount, or one cloud's folder of a mount of
+    several: glancefs.fs.clouds).
+
+    ``label`` names the cloud in a mount of several ("" otherwise): its
+    journal and its disk cache are its own."""
+
+    def __init__(self, service: ImageService, options: MountOptions, label: str = "") -> None:
         self.service = service
         self.options = options
+        self.label = label
         self.catalog = Catalog(service, options.ttl, deadline=options.metadata_timeout)
-        disk = (DiskCache(options.cache_dir, options.cache_size, options.block_size)
-                if options.cache_dir else None)
+        cache_dir = (os.path.join(options.cache_dir, label) if options.cache_dir and label
+                     else options.cache_dir)
+        disk = (DiskCache(cache_dir, options.cache_size, options.block_size)
+                if cache_dir else None)
         self.stats = stats.MountStats()
         self.reader = Reader(service, ReadConfig(
             block_size=options.block_size, prefetch_start=options.prefetch_start,
@@ -100,6 +146,13 @@ class GlanceFS:
         ``nursery``; ``on_change`` hears of inodes whose data changed."""
         self.reader.nursery = nursery
         self.catalog.start(nursery, on_change)
+        if on_change is not None:
+            # After a hash mismatch the kernel must not keep serving those pages.
+            self.reader.on_corrupt = lambda image_id: on_change([self.catalog.inode(image_id)])
+
+    @property
+    def image_count(self) -> int:
+        return len(self.catalog.listed)
 
     # -- the tree ------------------------------------------------------------------------
 
@@ -168,21 +221,23 @@ class GlanceFS:
         self._next_fh += 1
         return fh
 
-    async def open(self, inode: int, flags: int) -> tuple[int, bool]:
-        """(file handle, keep the kernel's page cache)."""
+    async def open(self, inode: int, flags: int, pid: int = 0) -> tuple[int, bool]:
+        """(file handle, keep the kernel's page cache); ``pid`` opens it."""
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            return await self.open_write(inode, flags), False
+            return await self.open_write(inode, flags, pid), False
         node = await self.node(inode, fresh=False)
         fh = self.new_fh()
         opened, keep = await node.open_read(fh)
+        opened.pid = pid
         self.open_files[fh] = opened
         return fh, keep
 
-    async def open_write(self, inode: int, flags: int) -> int:
+    async def open_write(self, inode: int, flags: int, pid: int = 0) -> int:
         self.check_writable("open for writing")
         node = await self.node(inode, fresh=False)
         fh = self.new_fh()
-        self.open_files[fh] = await node.open_write(fh, flags)
+        opened = self.open_files[fh] = await node.open_write(fh, flags)
+        opened.pid = pid
         return fh
 
     def _open_file(self, fh: int) -> OpenFile:
@@ -192,7 +247,30 @@ class GlanceFS:
         return opened
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        return await self._open_file(fh).read(off, size)
+        opened = self._open_file(fh)
+        try:
+            return await opened.read(off, size)
+        except Exception as error:
+            if isinstance(opened, ReadHandle):
+                self.reads_failed(opened.pid, error)
+            raise
+
+    def pid_of(self, fh: int) -> int:
+        opened = self.open_files.get(fh)
+        return 0 if opened is None else opened.pid
+
+    def reads_failed(self, pid: int, error: BaseException) -> None:
+        """``pid``'s read of an image failed (a cp from a cloud that died
+        mid-copy): the files it is writing through the mount are not made into
+        images. cp leaves a partial target behind when its source fails; a copy
+        whose source was not read in full must not become an image that looks
+        complete. Tied by the process that opened both."""
+        if not pid:
+            return
+        for opened in self.open_files.values():
+            if isinstance(opened, WriteHandle) and opened.pid == pid and opened.writing:
+                opened.file.tainted = (f"its writer (pid {pid}) failed to read from the mount "
+                                       f"meanwhile: {describe(error)}")
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
         opened = self.open_files.get(fh)
@@ -331,7 +409,8 @@ class GlanceFS:
     async def _entry(self, shown: bytes) -> Node | None:
         return await self.root.entry(shown)
 
-    async def create(self, parent: int, shown: bytes, flags: int) -> tuple[int, Attr]:
+    async def create(self, parent: int, shown: bytes, flags: int, pid: int = 0
+                     ) -> tuple[int, Attr]:
         """A new file: shown at once, its image made when data arrives."""
         name = self._image_name(parent, shown, "create")
         if await self._entry(shown) is not None:
@@ -339,7 +418,8 @@ class GlanceFS:
         fh = self.new_fh()
         file = self.writes.create(self.catalog.new_inode(), name, fh, flags)
         file.shown = shown
-        self.open_files[fh] = WriteHandle(self, file, fh)
+        opened = self.open_files[fh] = WriteHandle(self, file, fh)
+        opened.pid = pid
         LOG.info("create %r (image name %r)", shown.decode("utf-8", "replace"), name)
         return fh, WrittenNode(self, file).attr()
 
@@ -464,7 +544,7 @@ class GlanceFS:
         except exc.ClientException as error:
             LOG.warning("no write journal: the image endpoint is not known (%s)", error)
             return
-        if self.writes.start_journal(self.options.journal_dir, endpoint):
+        if self.writes.start_journal(self.options.journal_dir, endpoint, tag=self.label):
             # The first listing still shows the leftovers just deleted.
             try:
                 self.catalog.load(self.service.list_images())

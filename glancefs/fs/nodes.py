@@ -428,8 +428,14 @@ class WrittenNode(FileNode):
         self._follow(await self._set_mtime_of_image(self._record(), value))
 
     async def change_xattr(self, kind: str, key: str, value: bytes | None) -> None:
-        self._check_change(kind, key)
         fs, file = self.fs, self.file
+        if value is not None and file.writing and xattrs.skipped_when_copied(kind, key):
+            # cp -a / rsync -X copy the source's every attribute onto the new file:
+            # what Glance sets is skipped (its hashes are checked at the end).
+            LOG.debug("%r: %s %s from a copy's source: skipped", file.name, kind, key)
+            await fs.thread(fs.writes.note_copied, file, key, value)
+            return
+        self._check_change(kind, key)
         if await fs.thread(fs.writes.set_meta, file, kind, key, value):
             return
         self._follow(await self._change_image(self._record(), kind, key, value))
@@ -456,6 +462,7 @@ class OpenFile:
     """One entry of the filesystem's table of open files."""
 
     writing = False
+    pid = 0          # the process that opened it (0: not known)
 
     def subject(self) -> ImageRecord | None:
         raise NotImplementedError

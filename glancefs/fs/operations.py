@@ -15,7 +15,7 @@ import pyfuse3
 import trio
 
 from glancefs.fs.errors import refuse
-from glancefs.fs.filesystem import Attr, GlanceFS
+from glancefs.fs.filesystem import Attr, Face
 
 LOG = logging.getLogger("glancefs.fs.operations")
 
@@ -57,7 +57,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: GlanceFS,
+    def __init__(self, fs: Face,
                  after_init: Callable[[], Awaitable[None]] | None = None) -> None:
         """``after_init``: run once the kernel has the reply to FUSE INIT."""
         super().__init__()
@@ -66,7 +66,6 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[bytes, Attr]]] = {}
         self._next_dir = 1
         self.nursery: trio.Nursery | None = None
-        fs.reader.on_corrupt = self._drop_kernel_cache
 
     def start(self, nursery: trio.Nursery) -> None:
         """Serving starts: tasks of the adapter (invalidations) run here."""
@@ -79,16 +78,11 @@ class Operations(pyfuse3.Operations):
             self.nursery.start_soon(self._after_init)
 
     def invalidate(self, inodes: list[int]) -> None:
-        """Size or status changed in a new listing: the kernel must ask again."""
+        """Size or status changed in a new listing, or cached pages failed their
+        hash: the kernel must ask again."""
         for inode in inodes:
             if self.nursery is not None:
                 self.nursery.start_soon(self._invalidate, inode)
-
-    def _drop_kernel_cache(self, image_id: str) -> None:
-        """After a hash mismatch the kernel must not keep serving those pages."""
-        inode = self.fs.catalog.inode(image_id)
-        if self.nursery is not None:
-            self.nursery.start_soon(self._invalidate, inode)
 
     @staticmethod
     async def _invalidate(inode: int) -> None:
@@ -104,7 +98,7 @@ class Operations(pyfuse3.Operations):
             return entry(await self.fs.lookup(parent_inode, name))
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        with fuse_errors("getattr", self.fs.catalog.record(inode)):
+        with fuse_errors("getattr", self.fs.subject(inode)):
             return entry(await self.fs.getattr(inode))
 
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
@@ -146,8 +140,8 @@ class Operations(pyfuse3.Operations):
     # -- data --------------------------------------------------------------------
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        with fuse_errors("open", self.fs.catalog.record(inode)):
-            fh, keep = await self.fs.open(inode, flags)
+        with fuse_errors("open", self.fs.subject(inode)):
+            fh, keep = await self.fs.open(inode, flags, getattr(ctx, "pid", 0))
             # Active data never changes: keep the page cache across opens.
             return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
@@ -163,11 +157,11 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes --------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        with fuse_errors("getxattr", self.fs.catalog.record(inode)):
+        with fuse_errors("getxattr", self.fs.subject(inode)):
             return await self.fs.getxattr(inode, name)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        with fuse_errors("listxattr", self.fs.catalog.record(inode)):
+        with fuse_errors("listxattr", self.fs.subject(inode)):
             return await self.fs.listxattr(inode)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
@@ -183,7 +177,7 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         with fuse_errors("create", name):
-            fh, attr = await self.fs.create(parent_inode, name, flags)
+            fh, attr = await self.fs.create(parent_inode, name, flags, getattr(ctx, "pid", 0))
             return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry(attr)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -60,6 +60,9 @@ class MountOptions:
     debug: bool = False
     foreground: bool = False
     fsname: str = "glancefs"
+    # Several clouds in one mount (glancefs.fs.clouds): names of clouds.yaml, or
+    # "all"; one folder per cloud (and region). None: one cloud, the mount's root.
+    clouds: str | None = None
     # Credentials that are not secret (secrets: environment or clouds.yaml only).
     os_cloud: str | None = None
     os_image_url: str | None = None
@@ -127,10 +130,21 @@ _NEGATIONS: dict[str, tuple[str, Any]] = {
 
 
 def apply_option_string(opts: MountOptions, text: str) -> None:
-    """Apply ``-o`` text (comma separated ``key`` or ``key=value``) to ``opts``."""
+    """Apply ``-o`` text (comma separated ``key`` or ``key=value``) to ``opts``.
+
+    ``clouds=a,b,c`` is a list although commas separate options: a bare word
+    that is no option, right after ``clouds=``, is one more cloud."""
+    known = {f.name for f in fields(MountOptions)}
+    in_clouds = False
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, has_value, value = item.partition("=")
         key = key.strip().lower().replace("-", "_")
+        bare_word = not has_value and _ALIASES.get(key, key) not in known and \
+            key not in KERNEL_FLAGS and key not in IGNORED and key not in _NEGATIONS
+        if in_clouds and bare_word:
+            opts.clouds = f"{opts.clouds},{item.strip()}"
+            continue
+        in_clouds = key == "clouds" and has_value
         if any(word in key for word in SECRET_WORDS):
             raise ValueError(f"option {key!r} would put a secret on the command line; "
                              "set it in the environment (OS_*) or clouds.yaml/secure.yaml")
@@ -143,7 +157,6 @@ def apply_option_string(opts: MountOptions, text: str) -> None:
             setattr(opts, *_NEGATIONS[key])
             continue
         name = _ALIASES.get(key, key)
-        known = {f.name: f for f in fields(MountOptions)}
         if name not in known or name == "kernel_flags":
             raise ValueError(f"unknown mount option {key!r}")
         try:

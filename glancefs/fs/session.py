@@ -17,7 +17,7 @@ import pyfuse3
 import trio
 
 from glancefs.api.service import ImageService
-from glancefs.fs.filesystem import GlanceFS
+from glancefs.fs.filesystem import Face, GlanceFS
 from glancefs.fs.operations import Operations
 from glancefs.fs.options import MountOptions
 
@@ -56,9 +56,9 @@ def check_mountpoint(path: str) -> None:
         raise MountError(f"mount point {path} is not writable by you")
 
 
-def prepare(service: ImageService, options: MountOptions) -> GlanceFS:
-    """Build the filesystem and load the first listing (raises the API's errors)."""
-    fs = GlanceFS(service, options)
+def prepare(service: ImageService, options: MountOptions, label: str = "") -> GlanceFS:
+    """Build a cloud's tree and load its first listing (raises the API's errors)."""
+    fs = GlanceFS(service, options, label)
     # Fail fast: an unreachable server should not take the whole retry
     # schedule to be reported to the user waiting for mount.glancefs.
     with service.within(options.metadata_timeout, retries=0):
@@ -69,7 +69,7 @@ def prepare(service: ImageService, options: MountOptions) -> GlanceFS:
     return fs
 
 
-def serve(fs: GlanceFS, mountpoint: str, source: str,
+def serve(fs: Face, mountpoint: str, source: str,
           ready: Callable[[], None] | None = None) -> None:
     """Mount at ``mountpoint`` and serve until unmounted or signalled."""
     check_mountpoint(mountpoint)
@@ -83,7 +83,7 @@ def serve(fs: GlanceFS, mountpoint: str, source: str,
     try:
         if ready is not None:
             ready()
-        LOG.info("mounted %s on %s (%d images)", source, mountpoint, len(fs.catalog.listed))
+        LOG.info("mounted %s on %s (%d images)", source, mountpoint, fs.image_count)
         trio.run(_main, fs, ops, mountpoint)
     finally:
         # A no-op when the kernel side is already gone (umount, fusermount3 -u).
@@ -113,7 +113,7 @@ def set_readahead(mountpoint: str, size: int) -> None:
         LOG.debug("cannot set read-ahead of %s (%s): %s", mountpoint, device, error)
 
 
-async def _main(fs: GlanceFS, ops: Operations, mountpoint: str | None = None) -> None:
+async def _main(fs: Face, ops: Operations, mountpoint: str | None = None) -> None:
     """The mount's one nursery: handed to the objects as they start (s3ql's way)."""
     async with trio.open_nursery() as nursery:
         ops.start(nursery)

@@ -47,6 +47,7 @@ from glancefs.fs.write.janitor import Janitor
 from glancefs.fs.write.journal import Journal, JournalError
 from glancefs.fs.write.spool import Spool, SpoolBudget, spool_from_image
 from glancefs.fs.write.upload import PendingMeta, Upload, UploadState, WriteConfig
+from glancefs.fs.xattrs import SOURCE_HASHES
 
 LOG = logging.getLogger("glancefs.fs.write")
 
@@ -77,6 +78,7 @@ class WrittenFile:
     handles: dict[int, Handle] = field(default_factory=dict)
     unlinked: bool = False
     failed: BaseException | None = None  # a new file whose upload failed: gone
+    tainted: str | None = None           # why its data must not become an image
     closed_at: float | None = None
     mtime: float = field(default_factory=time.time)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -165,13 +167,13 @@ class WritePath:
         if config.spool_dir:
             os.makedirs(config.spool_dir, exist_ok=True)
 
-    def start_journal(self, directory: str, endpoint: str) -> list[str]:
+    def start_journal(self, directory: str, endpoint: str, tag: str = "") -> list[str]:
         """Keep this mount's unfinished images on disk, and delete those that
         dead mounts of ``endpoint`` left behind (not active ones). Called before
         the mount is ready; the deletions that the server does not take at once
         are retried by the Janitor in the background. Returns the ids of the
         dead mounts' images."""
-        journal = Journal(directory, endpoint)
+        journal = Journal(directory, endpoint, tag=tag)
         try:
             journal.open()
         except (OSError, JournalError) as error:
@@ -420,6 +422,9 @@ class WritePath:
         upload = file.upload
         assert upload is not None
         try:
+            if file.tainted is not None:
+                upload.discard(file.tainted)
+                raise FsError(errno.EIO, f"not made into an image: {file.tainted}")
             record = upload.finish()
         except BaseException as error:
             file.upload = None
@@ -469,6 +474,9 @@ class WritePath:
             if kind == "core":
                 if key in FORMAT_FIELDS:
                     started = file.upload is not None and file.upload.image_id
+                    if started and value is not None and file.upload is not None and \
+                            file.upload.formats.get(key) == parse_field(key, value):
+                        return True   # what it was created with (cp -a copies it)
                     if started:
                         raise FsError(errno.EBUSY, f"the upload already started with "
                                       f"{key} decided")
@@ -492,6 +500,13 @@ class WritePath:
                 except UnicodeDecodeError:
                     raise FsError(errno.EINVAL, "property values must be UTF-8") from None
             return True
+
+    def note_copied(self, file: WrittenFile, key: str, value: bytes) -> None:
+        """An attribute a copy (cp -a) sets that the mount skips: the source's
+        hashes are kept, for the image to be checked against them."""
+        if key in SOURCE_HASHES:
+            with file.lock:
+                file.meta.source_hashes[key] = value.decode("utf-8", "replace").strip()
 
     def pending_record(self, file: WrittenFile) -> ImageRecord:
         """What getfattr shows of a file whose image is not there (yet)."""

@@ -95,6 +95,9 @@ class Owner:
 
     @classmethod
     def parse(cls, stem: str) -> Owner | None:
+        """The owner of a journal's stem (``BOOT-PID-START``, or
+        ``BOOT-PID-START.TAG`` for one cloud of a mount of several)."""
+        stem = stem.split(".", 1)[0]
         boot, _, rest = stem.rpartition("-")
         boot, _, pid = boot.rpartition("-")
         if not boot or not pid.isdigit() or not rest.isdigit():
@@ -164,12 +167,17 @@ def _check_dir(directory: str) -> None:
 class Journal:
     """This mount's journal; thread-safe (uploads run in threads)."""
 
-    def __init__(self, directory: str, endpoint: str, owner: Owner | None = None) -> None:
+    def __init__(self, directory: str, endpoint: str, owner: Owner | None = None,
+                 tag: str = "") -> None:
+        """``tag``: which cloud of a mount of several (one journal each, since
+        each holds its own lock)."""
         self.directory = os.path.abspath(directory)
         self.endpoint = endpoint_key(endpoint)
         self.owner = owner or current_owner()
-        self.path = os.path.join(self.directory, self.owner.stem + SUFFIX)
-        self._lock_path = os.path.join(self.directory, self.owner.stem + LOCK_SUFFIX)
+        safe_tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in tag)
+        self.stem = self.owner.stem + (f".{safe_tag}" if safe_tag else "")
+        self.path = os.path.join(self.directory, self.stem + SUFFIX)
+        self._lock_path = os.path.join(self.directory, self.stem + LOCK_SUFFIX)
         self._lock_fd: int | None = None
         self._images: dict[str, dict[str, Any]] = {}
         self._mutex = threading.Lock()
@@ -255,7 +263,7 @@ class Journal:
         found: list[Leftover] = []
         for stem in self._stems():
             owner = Owner.parse(stem)
-            if owner is None or stem == self.owner.stem:
+            if owner is None or stem == self.stem:
                 continue
             with self._dead_journal(stem, owner, boot) as data:
                 if data is None:

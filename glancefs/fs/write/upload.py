@@ -84,10 +84,13 @@ class PendingMeta:
     container_format: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
     fields: dict[str, Any] = field(default_factory=dict)
+    # A copy's source hashes (cp -a: user.glance.checksum, os_hash_*), which the
+    # image must have once active: the copy is checked end to end.
+    source_hashes: dict[str, str] = field(default_factory=dict)
 
     def copy(self) -> PendingMeta:
         return PendingMeta(self.disk_format, self.container_format, dict(self.properties),
-                           dict(self.fields))
+                           dict(self.fields), dict(self.source_hashes))
 
 
 # -- the bounded queue between writes and the upload thread ----------------------------
@@ -200,6 +203,7 @@ class Upload:
         self.streaming = not resume    # False: upload from the spool at finish
         self.state = UploadState.OPEN
         self.image_id: str | None = None    # the image being written
+        self.formats: dict[str, str] = {}       # the formats it was created with
         self.record: ImageRecord | None = None
         self.why_restart: str | None = None
         self._lock = threading.RLock()
@@ -471,6 +475,7 @@ class Upload:
             self.janitor.track(record.id, self.name)
             self.janitor.settled(chosen)
         self.image_id = record.id
+        self.formats = {"disk_format": disk, "container_format": container}
         LOG.info("created image %s for %r: disk_format %s (from the %s), container_format %s",
                  record.id, self.name, disk, how if how != "default" else "default, no "
                  "signature or extension", container)
@@ -500,7 +505,19 @@ class Upload:
             raise exc.HashMismatch(f"image {record.id}: the server stored {record.size} bytes, "
                                    f"{self.size} were written")
         source.check(record.id, record.checksum)
+        self._check_source_hashes(record)
         return record
+
+    def _check_source_hashes(self, record: ImageRecord) -> None:
+        """A copy (cp -a) told the source's hashes: the image must have them."""
+        copied = self.meta.source_hashes
+        pairs = [("checksum", record.checksum, copied.get("checksum"))]
+        if copied.get("os_hash_algo", record.os_hash_algo) == record.os_hash_algo:
+            pairs.append(("os_hash_value", record.os_hash_value, copied.get("os_hash_value")))
+        for what, mine, theirs in pairs:
+            if theirs and mine and mine != theirs:
+                raise exc.HashMismatch(f"image {record.id}: its {what} {mine} is not the "
+                                       f"source's {theirs}: the copy differs from its source")
 
     def _apply_meta(self, record: ImageRecord) -> ImageRecord:
         """Fields and the properties changed since the image was created, in
