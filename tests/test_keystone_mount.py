@@ -275,3 +275,26 @@ def test_keystone_down_when_the_mounts_own_token_expires(cloud, tmp_path: Path) 
     glance = client_from_options(AuthOptions(**cloud.info["demo"]))
     for image in images.values():
         glance.images.delete(image.id)
+
+
+def test_a_cloud_with_a_wrong_password_beside_one_that_works(cloud, tmp_path: Path) -> None:
+    """-o clouds=good,wrong: the working cloud is served, the other is an empty
+    folder whose user.glancefs.error says why, without the password."""
+    demo = cloud.info["demo"]
+    auth = {"auth_url": demo["auth_url"], "username": demo["username"],
+            "project_name": demo["project_name"], "user_domain_id": demo["user_domain_id"],
+            "project_domain_id": demo["project_domain_id"]}
+    clouds = {"clouds": {"good": {"auth": {**auth, "password": demo["password"]}},
+                         "wrong": {"auth": {**auth, "password": "Wr0ng-pass-7713"}}}}
+    config = tmp_path / "clouds.yaml"
+    config.write_text(yaml.safe_dump(clouds))
+    env = keystone_env(cloud, OS_CLIENT_CONFIG_FILE=str(config))
+    with mounted("", tmp_path / "mnt", options="clouds=good,wrong", env=env) as mnt:
+        assert sorted(os.listdir(mnt.path)) == ["good", "wrong"]
+        assert ".by-id" in os.listdir(mnt.path / "good")
+        assert os.listdir(mnt.path / "wrong") == []
+        why = os.getxattr(mnt.path / "wrong", "user.glancefs.error").decode()
+        assert why.startswith("authentication failed"), why
+        assert "Wr0ng-pass-7713" not in why
+    assert "Wr0ng-pass-7713" not in mnt.log_text()
+    assert demo["password"] not in mnt.log_text()
