@@ -64,7 +64,8 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
 def add_option_argument(parser: argparse.ArgumentParser) -> None:
     """``-o``, with every mount option listed after the arguments, grouped."""
     parser.add_argument("-o", dest="mount_options", action="append", default=[],
-                        metavar="OPT[,OPT...]", help="mount options, listed below")
+                        metavar="OPT[,OPT...]",
+                        help="mount options, listed at the end (and in mount.glancefs(8))")
     parser.epilog = mount_options_help()
     # Keep the list's own line breaks; argparse would refill the epilog.
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
