@@ -157,3 +157,12 @@ def test_the_mount_page_has_the_sections_a_mount_helper_needs() -> None:
                        "ETIMEDOUT", "EMEDIUMTYPE"):
         assert re.search(rf"^\s+{errno_name}\b", page, re.M), errno_name
     assert "fuse.glancefs" in page and "x-systemd.automount" in page
+
+
+def test_the_readme_option_table_names_every_option() -> None:
+    """README.rst's table is read on the project page without the package: it
+    names every option the table of glancefs/fs/options.py has."""
+    text = (ROOT / "README.rst").read_text()
+    table = text[text.index("Mount options (``-o``)"):text.index("When the server is slow")]
+    for doc in option_docs():
+        assert re.search(rf"(^|[\s,/]){re.escape(doc.name)}(?![\w.])", table, re.M), doc.name
