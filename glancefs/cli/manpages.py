@@ -103,8 +103,13 @@ def invocation(action: argparse.Action) -> str:
     return ", ".join(f"{bold(flag)} {italic(value)}" for flag in action.option_strings)
 
 
+# The -o help says "listed at the end" (of --help); a page says where instead.
+_PAGE_HELP = {"mount_options": "mount options, comma separated: see MOUNT OPTIONS in "
+                               "mount.glancefs(8)"}
+
+
 def action_help(action: argparse.Action, prog: str) -> str:
-    text = str(action.help or "")
+    text = _PAGE_HELP.get(action.dest) or str(action.help or "")
     if "%" in text:
         values = dict(vars(action), prog=prog)
         if values.get("choices") is not None:
@@ -379,7 +384,7 @@ def files_section(mount: bool) -> list[str]:
 
 def cli_page() -> str:
     from glancefs.cli import commands as cmds
-    from glancefs.cli.main import MOUNT_HELP, build_parser
+    from glancefs.cli.main import build_parser
 
     out = header("glancefs", 1, "OpenStack Images (Glance) command line and FUSE mount")
     out += [".SH SYNOPSIS",
@@ -411,14 +416,16 @@ def cli_page() -> str:
             env_vars.append((var, ", ".join(action.option_strings)))
         out += tagged(invocation(action), text)
     parser2, subs2 = build_parser("2")
-    parser1, subs1 = build_parser("1")
+    _, subs1 = build_parser("1")
+    summaries = command_summaries(parser2)
     out += [".SH COMMANDS"]
     out += para("With Images API v2 (the default):")
-    for name in sorted(set(cmds.V2) | {"mount", "help"}):
-        summary = (cmds.V2[name].description if name in cmds.V2
-                   else MOUNT_HELP if name == "mount"
-                   else "Display help about this program or one of its commands.")
-        out += command_entry(name, summary, subs2[name])
+    # Every command the parser has (the tables' and main's own: mount, help ...),
+    # but not the v1 ones, which answer under v2 only that they need v1.
+    for name in sorted(n for n in subs2 if n not in cmds.V1 or n in cmds.V2):
+        text = cmds.V2[name].description if name in cmds.V2 else (
+            subs2[name].description or summaries.get(name) or "")
+        out += command_entry(name, text, subs2[name])
     v1_only = sorted(set(cmds.V1) - set(cmds.V2))
     out += [".SS Images API v1"]
     out += para("With ``--os-image-api-version 1`` these commands speak v1; their arguments "
@@ -460,6 +467,14 @@ def cli_page() -> str:
     ])
     out += [".SH SEE ALSO", "mount.glancefs(8), glance(1)"]
     return "\n".join(out) + "\n"
+
+
+def command_summaries(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Command name -> the one line ``glancefs help`` shows for it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return {a.dest: str(a.help or "") for a in action._choices_actions}
+    return {}
 
 
 def command_entry(title: str, description: str, parser: argparse.ArgumentParser) -> list[str]:

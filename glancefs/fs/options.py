@@ -314,8 +314,10 @@ def _default_text(f: Field) -> str:
         return str(f.metadata["shown"])
     factory = f.default_factory
     value: Any = factory() if f.default is MISSING and callable(factory) else f.default
-    if value is None:
+    if value is None or value == []:
         return "none"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
     if isinstance(value, bool):
         return "on" if value else "off"
     if f.name in _SIZES:
