@@ -26,6 +26,8 @@ LOG = logging.getLogger(__name__)
 class AuthConfigError(Exception):
     """The credentials given are incomplete; the message says which option."""
 
+    summary = "cannot authenticate"   # read by api.exceptions.describe
+
 
 @dataclass
 class AuthOptions:

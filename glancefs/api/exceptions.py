@@ -37,6 +37,10 @@ of HTML and JSON wrapping) and ``request_id`` where the server sent one::
             +-- HTTPServiceUnavailable  503 (retried for safe requests first)
             +-- HTTPGatewayTimeout      504
 
+Every one of them, and the errors of the layers above that mark themselves as a person's
+mistake (``summary``), is put into words by :func:`describe`: the command line, the mount
+helper and the mounted file system's log all say a failure the same way.
+
 The names follow python-glanceclient's ``glanceclient.exc`` so code written
 for it keeps working; ``NotFound``/``Forbidden``/... aliases are provided too.
 """
@@ -243,3 +247,79 @@ def from_status(status: int, details: str, *, request_id: str | None = None,
     if cls is None:
         cls = HTTPServerError if status >= 500 else HTTPException
     return cls(details, code=status, request_id=request_id, method=method, url=url)
+
+
+ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+def connection_cause(text: str) -> str | None:
+    """The system's words for why a connection failed ('Connection refused'),
+    found in a failed request's text, or None."""
+    cause = ERRNO_TEXT.search(text)
+    return cause.group(1).strip() if cause else None
+
+
+def expected(error: BaseException) -> bool:
+    """True for the failures a person can act on: the server's and the client's
+    errors, the system's (``OSError``) and every error class that sets ``summary``
+    (a refusal of what the user asked). Anything else is a bug in glancefs."""
+    return (isinstance(error, (ClientException, OSError))
+            or getattr(type(error), "summary", None) is not None)
+
+
+def describe(error: BaseException) -> str:
+    """The one line that says why ``error`` happened, for a person.
+
+    The rules, in order:
+
+    * Keystone's refusal of the credentials (401) names the options to check;
+    * any other 401: ``authentication failed: HTTP 401: ...``;
+    * 300 (a version the server does not offer) lists the versions it offers;
+    * a connection that could not be made: ``cannot reach http://host:port
+      (Connection refused)``, not urllib3's nested retry report;
+    * any other API error: ``HTTP 409: the server's message (request req-...)``;
+    * an error class with a ``summary`` (``AuthConfigError``: "cannot
+      authenticate"; an empty summary for the mount's and the command line's own
+      refusals): the summary, then the message;
+    * ``OSError``: the system's words and the file name;
+    * anything else: ``unexpected TypeName: message``.
+
+    The caller adds where it happened (the command, the file and operation).
+    """
+    text = " ".join(str(error).split())
+    if isinstance(error, HTTPException) and "Keystone refused" in text:
+        if isinstance(error, HTTPUnauthorized):
+            return ("authentication failed: Keystone refused the credentials (HTTP 401); "
+                    "check the user (--os-username/OS_USERNAME), password (OS_PASSWORD), "
+                    "project and domains")
+        return f"authentication failed: {text}"
+    if isinstance(error, HTTPUnauthorized):
+        return f"authentication failed: {_status_text(error)}"
+    if isinstance(error, HTTPMultipleChoices):
+        offered = sorted({v.split(".")[0] for v in
+                          re.findall(r'"id": "(v\d+(?:\.\d+)?)"', str(error.details))})
+        return ("the server does not offer this Images API version (HTTP 300"
+                + (f"; it offers {', '.join(offered)}" if offered else "")
+                + "): set --os-image-api-version")
+    if isinstance(error, CommunicationError):
+        cause = connection_cause(text)
+        if error.url and cause:
+            from urllib.parse import urlsplit
+            parts = urlsplit(error.url)
+            return f"cannot reach {parts.scheme}://{parts.netloc} ({cause})"
+        return text or type(error).__name__
+    if isinstance(error, ClientException):
+        return _status_text(error)
+    summary = getattr(type(error), "summary", None)
+    if summary is not None:
+        return f"{summary}: {text}" if summary and text else (text or summary)
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return f"unexpected {type(error).__name__}: {text}".rstrip(": ")
+
+
+def _status_text(error: ClientException) -> str:
+    status = f"HTTP {error.code}: " if error.code else ""
+    details = " ".join((error.details or "").split()) or type(error).__name__
+    request = f" (request {error.request_id})" if error.request_id else ""
+    return f"{status}{details}{request}"

@@ -399,21 +399,13 @@ def translate_keystone_error(error: ks_exc.ClientException, *, method: str | Non
 
 
 _POOL_REPORT = re.compile(r"HTTPS?ConnectionPool\(.*$")
-_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
-
-
-def connection_cause(text: str) -> str | None:
-    """The system's words for why a connection failed ('Connection refused'),
-    found in a failed request's text, or None."""
-    cause = _ERRNO_TEXT.search(text)
-    return cause.group(1).strip() if cause else None
 
 
 def _without_pool_report(text: str) -> str:
     """'connection to URL: [Errno 111] Connection refused' instead of urllib3's
     report of its retries around it (the pool, the URL again, nested reprs)."""
     report = _POOL_REPORT.search(text)
-    cause = _ERRNO_TEXT.search(report.group(0)) if report else None
+    cause = exc.ERRNO_TEXT.search(report.group(0)) if report else None
     if report is None or cause is None:
         return text
     return text[:report.start()] + cause.group(0).strip()

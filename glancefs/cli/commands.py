@@ -42,6 +42,8 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F
 class CommandError(Exception):
     """A refusal of the command line itself (bad combination, missing data...)."""
 
+    summary = ""   # the message is the whole line (api.exceptions.describe)
+
 
 class UsageError(CommandError):
     """Wrong arguments: exit status 2, like argparse's own errors."""
@@ -556,7 +558,7 @@ def image_create_v2(ctx: Context, args: argparse.Namespace) -> None:
             except (exc.ClientException, OSError) as e:
                 raise CommandError(f"image {image['id']} was created but the upload failed "
                                    f"and it stays {image.get('status', 'queued')}: "
-                                   f"{e}") from e
+                                   f"{exc.describe(e)}") from e
             image = ctx.client.images.get(image["id"])
     show_image(ctx, image)
 
@@ -628,7 +630,7 @@ def _delete_many(ctx: Context, refs: list[str]) -> int:
             ctx.client.images.delete(find_image(ctx, ref)["id"])
         except (exc.ClientException, CommandError) as e:
             failed += 1
-            ctx.warn(f"image-delete: {ref}: {_one_line(e)}")
+            ctx.warn(f"image-delete: {ref}: {exc.describe(e)}")
     if failed:
         raise CommandError(f"{failed} of {len(refs)} images could not be deleted")
     return 0
@@ -774,7 +776,7 @@ def image_create_via_import_v2(ctx: Context, args: argparse.Namespace) -> None:
                 ctx.client.images.image_import(image["id"], method=method, **kwargs)
         except (exc.ClientException, OSError) as e:
             raise CommandError(f"image {image['id']} was created but its {step} failed: "
-                               f"{e}") from e
+                               f"{exc.describe(e)}") from e
         image = ctx.client.images.get(image["id"])
     show_image(ctx, image)
 
@@ -1076,10 +1078,6 @@ def member_delete_v1(ctx: Context, args: argparse.Namespace) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def commands_for(version: str) -> dict[str, Command]:

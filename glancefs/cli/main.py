@@ -427,52 +427,14 @@ def run(argv: Sequence[str] | None = None, console: cmds.Console | None = None,
 
 
 def failure_line(name: str | None, error: BaseException, debug: bool = False) -> str:
-    """``glancefs: COMMAND: reason`` on one line."""
+    """``glancefs: COMMAND: reason`` on one line (the reason: ``exceptions.describe``)."""
     from glancefs.api import exceptions as exc
-    from glancefs.auth import AuthConfigError
 
     where = f"{name}: " if name else ""
-    text = " ".join(str(error).split())
-    if isinstance(error, exc.HTTPUnauthorized) and "Keystone refused" in text:
-        text = ("authentication failed: Keystone refused the credentials (HTTP 401); check "
-                "the user (--os-username/OS_USERNAME), password (OS_PASSWORD), project and "
-                "domains")
-    elif isinstance(error, exc.HTTPException) and "Keystone refused" in text:
-        text = f"authentication failed: {text}"
-    elif isinstance(error, AuthConfigError):
-        text = f"cannot authenticate: {text}"
-    elif isinstance(error, exc.HTTPMultipleChoices):
-        import re
-        offered = sorted({v.split(".")[0] for v in re.findall(r'"id": "(v\d+(?:\.\d+)?)"',
-                                                               str(error.details))})
-        text = ("the server does not offer this Images API version (HTTP 300"
-                + (f"; it offers {', '.join(offered)}" if offered else "")
-                + "): set --os-image-api-version")
-    elif isinstance(error, exc.CommunicationError):
-        text = unreachable(error, text)
-    elif isinstance(error, OSError) and error.strerror:
-        target = f" {error.filename}" if error.filename else ""
-        text = f"{error.strerror}{':' if target else ''}{target}"
-    elif not isinstance(error, (exc.ClientException, cmds.CommandError)):
-        text = f"unexpected {type(error).__name__}: {text}"
-        if not debug:
-            text += " (run with --debug for details)"
-    return f"{PROG}: {where}{text or type(error).__name__}"
-
-
-def unreachable(error: Any, text: str) -> str:
-    """'cannot reach http://host:port (Connection refused)' rather than
-    urllib3's nested retry report."""
-    from urllib.parse import urlsplit
-
-    from glancefs.api.http import connection_cause
-
-    url = getattr(error, "url", None) or ""
-    cause = connection_cause(text)
-    if not url or not cause:
-        return text
-    parts = urlsplit(url)
-    return f"cannot reach {parts.scheme}://{parts.netloc} ({cause})"
+    text = exc.describe(error)
+    if not exc.expected(error) and not debug:
+        text += " (run with --debug for details)"
+    return f"{PROG}: {where}{text}"
 
 
 def _silence_stdout() -> None:

@@ -184,35 +184,14 @@ def setup_logging(opts: MountOptions, background: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO if opts.debug else logging.WARNING)
 
 
-def failure_text(error: BaseException, endpoint: str | None = None) -> str:
+def failure_text(error: BaseException) -> str:
     """One line for the user: what failed, and what the server said."""
     from glancefs.api import exceptions as exc
-    from glancefs.api.http import connection_cause
-    from glancefs.auth import AuthConfigError
-    from glancefs.fs.session import MountError
 
-    text = " ".join(str(error).split())
-    if isinstance(error, AuthConfigError):
-        return f"cannot authenticate: {text}"
-    if isinstance(error, exc.HTTPUnauthorized):
-        return f"authentication failed: {text}"
+    text = exc.describe(error)
     if isinstance(error, exc.HTTPForbidden):
-        return f"not allowed to list images: {text}"
-    if isinstance(error, exc.CommunicationError):
-        url = getattr(error, "url", None) or endpoint or ""
-        target = url.split("/v")[0] if url else "the server"
-        # keystoneauth's text repeats the URL and urllib3's retry story; the
-        # errno line is what the user needs.
-        return f"cannot reach {target}: {connection_cause(text) or text}"
-    if isinstance(error, exc.HTTPMultipleChoices):
-        return f"the server does not offer this Images API version: {text}"
-    if isinstance(error, MountError):
-        return text
-    if isinstance(error, exc.ClientException):
-        return text
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    return f"{type(error).__name__}: {text}"
+        return f"not allowed to list images: {text}"   # the mount's first request
+    return text
 
 
 def run_mount(args: argparse.Namespace) -> int:

@@ -139,16 +139,10 @@ def errno_for(error: BaseException, operation: str = "") -> int:
 
 
 def describe(error: BaseException) -> str:
-    """One line: HTTP status and the server's message, or the error's text."""
+    """One line: the file system's own refusal, or ``exceptions.describe``."""
     if isinstance(error, FsError):
         return error.message
-    if isinstance(error, exc.ClientException):
-        status = f"HTTP {error.code}: " if error.code else ""
-        details = error.details or type(error).__name__
-        request = f" (request {error.request_id})" if error.request_id else ""
-        return f"{status}{details}{request}"
-    text = str(error) or type(error).__name__
-    return " ".join(text.split())
+    return exc.describe(error)
 
 
 def refuse(operation: str, error: BaseException, image: Any = None,

@@ -28,6 +28,8 @@ SHUTDOWN_GRACE = 2.0   # seconds requests in progress get after SIGTERM
 class MountError(Exception):
     """The mount could not be made; the message is one line for the user."""
 
+    summary = ""   # the message is the whole line (api.exceptions.describe)
+
 
 def fuse_options(options: MountOptions, source: str) -> set[str]:
     # No max_read: it clashes with libfuse's own setting (shared/notes/cp-on-fuse.md).
