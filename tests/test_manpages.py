@@ -1,4 +1,4 @@
-"""The man pages and --help: generated from the option and command tables the
+"""The man pages, --help and --version: generated from the option and command tables the
 code runs on, committed under man/ and current, complete, and rendered by
 man(1) without a groff warning."""
 from __future__ import annotations
@@ -168,3 +168,27 @@ def test_the_readme_option_table_names_every_option() -> None:
     table = text[text.index("Mount options (``-o``)"):text.index("When the server is slow")]
     for doc in option_docs():
         assert re.search(rf"(^|[\s,/]){re.escape(doc.name)}(?![\w.])", table, re.M), doc.name
+
+
+def test_version_names_glancefs_python_pyfuse3_and_libfuse() -> None:
+    """What a bug report needs, from both commands (the installed wheel's are
+    checked in test_packaging.py)."""
+    import io
+    import platform
+
+    from glancefs import __version__
+    from glancefs.cli.commands import Console
+
+    out = io.StringIO()
+    console = Console(stdin=io.BytesIO(), stdout=out, stdout_binary=io.BytesIO(),
+                      stderr=io.StringIO())
+    assert run(["--version"], console=console, environ={}) == 0
+    helper = subprocess.run([sys.executable, "-m", "glancefs.cli.mount_helper", "--version"],
+                            capture_output=True, text=True, timeout=60)
+    assert helper.returncode == 0, helper.stderr
+    for prog, text in (("glancefs", out.getvalue()), ("mount.glancefs", helper.stdout)):
+        lines = text.splitlines()
+        assert lines[0] == f"{prog} {__version__}"
+        assert lines[1].startswith(f"Python {platform.python_version()} ")
+        assert re.fullmatch(r"pyfuse3 3\.\d+\.\d+", lines[2]), lines
+        assert re.fullmatch(r"libfuse 3\.\d+\.\d+", lines[3]), lines

@@ -143,9 +143,12 @@ def test_installed_mount_helper_mounts_and_uploads(installed: Path, tmp_path: Pa
     try:
         check([str(installed / "bin" / "mount.glancefs"), "glance", str(mnt), "-o",
                f"api_version=2,log={log},journal_dir={tmp_path / 'journal'},"
-               f"spool_dir={tmp_path}"],
+               f"spool_dir={tmp_path},fsname=wheel-images"],
               cwd=tmp_path, timeout=120, OS_IMAGE_URL=glance_v2.endpoint)
         assert is_mounted(mnt)
+        with open("/proc/self/mounts") as mounts:
+            mine = [line.split() for line in mounts if line.split()[1] == str(mnt)]
+        assert mine[0][:3] == ["wheel-images", str(mnt), "fuse.glancefs"]
         assert (mnt / made["name"]).read_bytes() == there
         data = os.urandom(3 * 1024 * 1024 + 17)
         name = f"wheel-upload-{os.getpid()}.raw"

@@ -90,7 +90,7 @@ def mount_options_help(width: int | None = None) -> str:
         if doc.aliases:
             text += f" (also: {', '.join(doc.aliases)})"
         head = f"  {doc.form}"
-        wrapped = textwrap.wrap(text, width - col) or [""]
+        wrapped = textwrap.wrap(text, width - col, break_on_hyphens=False) or [""]
         if len(head) + 2 > col:
             lines.append(head)
         else:
