@@ -56,6 +56,9 @@ def test_committed_pages_are_what_the_tables_give_now() -> None:
 def test_man_renders_the_page_without_warnings(page: str) -> None:
     text, warnings = rendered(page)
     assert warnings == ""
+    groff = subprocess.run(["groff", "-man", "-ww", "-z", "-Tutf8", str(MAN / page)],
+                           capture_output=True, text=True, timeout=60)
+    assert (groff.returncode, groff.stderr) == (0, "")
     assert manpages.PAGES[page].upper() in text.splitlines()[0]
 
 
