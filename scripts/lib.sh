@@ -4,7 +4,7 @@
 VENV="${GLANCEFS_VENV:-$PWD/.venv}"
 export GLANCEFS_CACHE
 
-SYSTEM_PACKAGES=(fuse3 libfuse3-dev pkg-config attr qemu-utils genisoimage file curl rsync gcc python3-dev python3-venv)
+SYSTEM_PACKAGES=(fuse3 libfuse3-dev pkg-config attr qemu-utils genisoimage file curl rsync gcc python3-dev python3-venv man-db groff-base)
 
 install_system_packages() {
     local missing=()

@@ -90,7 +90,8 @@ def add_global_options(parser: argparse.ArgumentParser, hidden: bool = False) ->
     g.add_argument("-f", "--format", choices=("table", "json"), default="table",
                    help="Output format: table (default) or json (for scripts).")
     g.add_argument("--version", action="store_true", default=False,
-                   help="Print the glancefs version and exit.")
+                   help="Print the versions of glancefs, Python, pyfuse3 and libfuse, "
+                        "and exit.")
     g.add_argument("--os-image-api-version", metavar="<IMAGE_API_VERSION>", default=None,
                    help=env_help("Images API version, 1 or 2 (default 2).",
                                  "OS_IMAGE_API_VERSION"))
@@ -353,8 +354,8 @@ def run(argv: Sequence[str] | None = None, console: cmds.Console | None = None,
         split = command_index(argv)
         pre, _ = _global_parser().parse_known_args(argv[:split])
         if pre.version:
-            from glancefs import __version__
-            console.stdout.write(f"{PROG} {__version__}\n")
+            from glancefs.cli.about import version_text
+            console.stdout.write(version_text(PROG))
             return 0
         version = api_version(pre, environ)
         parser, subparsers = build_parser(version)

@@ -20,7 +20,9 @@ import functools
 import logging
 import logging.handlers
 import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -37,16 +39,7 @@ _SECRET_ARGS = ("os_password", "os_auth_token", "os_application_credential_secre
 def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     """The mount command's own arguments (credentials are the caller's --os-*)."""
     add_path_arguments(parser)
-    parser.add_argument("-o", dest="mount_options", action="append", default=[],
-                        metavar="OPT[,OPT...]",
-                        help="mount options: ttl=SECONDS (30), prefetch_max=SIZE (64M), "
-                             "memory=SIZE (256M), cache_dir=DIR, cache_size=SIZE (4G), "
-                             "verify=on|off (on), ro, allow_other, uid=, gid=, umask= (022), "
-                             "log=FILE, api_version=1|2, os_cloud=, os_image_url=, "
-                             "block_size=SIZE (1M), prefetch_start=SIZE (1M), "
-                             "spool_dir=DIR|none (/var/tmp), spool_size=SIZE (8G), "
-                             "write_buffer=SIZE (8M), replace_on_close, "
-                             "journal_dir=DIR|none (/var/tmp/glancefs-UID/journal)")
+    add_option_argument(parser)
     parser.add_argument("-f", "--foreground", action="store_true", default=False,
                         help="stay in the foreground (logs on stderr)")
     parser.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS,
@@ -67,6 +60,47 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let other users see the mount")
     parser.add_argument("--log-file", dest="log", default=None,
                         help="log file (default: syslog when in the background)")
+
+
+def add_option_argument(parser: argparse.ArgumentParser) -> None:
+    """``-o``, with every mount option listed after the arguments, grouped."""
+    parser.add_argument("-o", dest="mount_options", action="append", default=[],
+                        metavar="OPT[,OPT...]",
+                        help="mount options, listed at the end (and in mount.glancefs(8))")
+    parser.epilog = mount_options_help()
+    # Keep the list's own line breaks; argparse would refill the epilog.
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def mount_options_help(width: int | None = None) -> str:
+    """The -o options of MountOptions, grouped, each with its default: what
+    ``mount.glancefs --help`` and ``glancefs help mount`` print."""
+    from glancefs.fs.options import group_title, option_docs
+
+    if width is None:
+        width = min(100, max(70, shutil.get_terminal_size((100, 24)).columns - 2))
+    col = 30
+    lines = ["mount options (-o OPT,OPT...; sizes as 512K, 64M or 2G; a flag may also be",
+             "given as flag=on|off; secrets are refused: use OS_* or clouds.yaml):"]
+    group = None
+    for doc in option_docs():
+        if doc.group != group:
+            group = doc.group
+            lines += ["", f"{group_title(group)}:"]
+        text = f"{doc.meaning} [default: {doc.default}]"
+        if doc.aliases:
+            text += f" (also: {', '.join(doc.aliases)})"
+        head = f"  {doc.form}"
+        wrapped = textwrap.wrap(text, width - col, break_on_hyphens=False) or [""]
+        if len(head) + 2 > col:
+            lines.append(head)
+        else:
+            lines.append(head.ljust(col) + wrapped.pop(0))
+        lines += [" " * col + rest for rest in wrapped]
+    lines += ["", "Generic mount flags (nosuid, nodev, noexec, noatime, ...) go to the kernel; "
+              "_netdev, nofail,", "noauto, user, defaults and x-* are accepted and ignored. "
+              "See mount.glancefs(8)."]
+    return "\n".join(lines)
 
 
 def add_path_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +219,7 @@ def run_mount(args: argparse.Namespace) -> int:
     except (ValueError, MountError) as error:
         print(f"{PROG}: mount: {error}", file=sys.stderr)
         return 1 if isinstance(error, MountError) else 2
-    fsname = source or "glancefs"
+    fsname = opts.fsname or source or "glancefs"
     if opts.foreground:
         setup_logging(opts, background=False)
         try:

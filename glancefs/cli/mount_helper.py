@@ -24,7 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from glancefs.cli.mount import add_path_arguments, run_mount
+from glancefs.cli.mount import add_option_argument, add_path_arguments, run_mount
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,11 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         usage="mount.glancefs [SOURCE] MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]",
         description="Mount OpenStack Images (Glance) as a directory.")
     add_path_arguments(parser)
-    parser.add_argument("-o", dest="mount_options", action="append", default=[],
-                        metavar="OPT[,OPT...]", help="mount options (see README.rst)")
+    add_option_argument(parser)
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground")
     parser.add_argument("-d", "--debug", action="store_true", help="debug log; implies -f")
+    parser.add_argument("-V", "--version", action="store_true",
+                        help="print the versions of glancefs, Python, pyfuse3 and libfuse")
     # What mount(8) adds for its helpers; meaningless here.
     parser.add_argument("-n", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-s", action="store_true", help=argparse.SUPPRESS)
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    if args.version:
+        from glancefs.cli.about import version_text
+        sys.stdout.write(version_text("mount.glancefs"))
+        return 0
     return run_mount(args)
 
 

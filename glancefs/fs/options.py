@@ -8,76 +8,172 @@ come from the environment or clouds.yaml/secure.yaml.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from glancefs.api.values import GiB, KiB, MiB, major_version, parse_bool, parse_size
 from glancefs.fs.write.journal import default_dir as default_journal_dir
 
-__all__ = ["MountOptions", "apply_option_string", "parse_bool", "parse_size"]
+__all__ = ["GROUPS", "MountOptions", "OptionDoc", "apply_option_string", "option_docs",
+           "parse_bool", "parse_size"]
+
+
+# The groups ``mount.glancefs --help`` and mount.glancefs(8) list the options
+# in, in this order; each option names its group in its own metadata (opt()).
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("connection", "Connection and credentials"),
+    ("reading", "Reading"),
+    ("writing", "Writing"),
+    ("cache", "Cache"),
+    ("ownership", "Ownership and access"),
+    ("process", "The mount process"),
+)
+OTHER_GROUP = "other"   # an option added without opt(): listed last, flagged by a test
+
+
+def opt(default: Any = MISSING, *, group: str, meaning: str, factory: Any = MISSING,
+        metavar: str | None = None, shown: str | None = None) -> Any:
+    """A mount option: its default, its group and its one-line meaning (the
+    text --help and the man page print), and how the default is shown when
+    the value itself would mislead (a per-user path, the caller's uid)."""
+    metadata = {"group": group, "meaning": meaning, "metavar": metavar, "shown": shown}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class MountOptions:
-    ttl: float = 30.0                  # seconds listing/attributes are trusted
-    block_size: int = 1 * MiB          # unit of random reads and of the RAM cache
-    prefetch_start: int = 1 * MiB      # first prefetch window of a sequential reader
-    prefetch_max: int = 64 * MiB       # largest prefetch window per open file
-    memory: int = 256 * MiB            # RAM for cached and prefetched blocks, all files
-    streams: int = 4                   # ranged GETs in flight per sequential reader, at
-                                       # most; added only while the reader waits for them
-    readahead: int = 2 * MiB           # kernel read-ahead of the mount (root only): 1 MiB
-                                       # reads instead of 128 KiB; 4M+ overruns FUSE's 12
-                                       # background requests
-    cache_dir: str | None = None       # on-disk data cache (off when None)
-    cache_size: int = 4 * GiB          # limit of the on-disk cache
-    verify: bool = True                # hash-check full in-order reads
-    timeout: float = 30.0              # seconds without a byte from the server before
-                                       # a request fails (a stalled server -> EIO); also
-                                       # the deadline of a read of data not cached
-    metadata_timeout: float = 10.0     # deadline of a request an ls, stat, getfattr,
-                                       # rm or mv waits on, its retries included
-    connect_timeout: float = 5.0       # seconds to open a connection (refused or
-                                       # unroutable servers are known this fast)
-    upload_timeout: float = 600.0      # seconds the server may take to answer once an
-                                       # upload's data is sent (it finishes the image)
-    # The write path (glancefs.fs.write).
-    spool_dir: str | None = "/var/tmp"  # local copy of files being written; none: no spool
-    spool_size: int = 8 * GiB          # limit of the spool, all files together
-    write_buffer: int = 8 * MiB        # data queued for an upload, per file being written
+    # -- connection and credentials (not secret: secrets come from the environment
+    # or clouds.yaml only)
+    api_version: str | None = opt(
+        None, group="connection", metavar="1|2", shown="OS_IMAGE_API_VERSION, else 2",
+        meaning="Images API version to speak")
+    timeout: float = opt(
+        30.0, group="connection",
+        meaning="seconds without a byte from the server before a request fails (a stalled "
+             "server: EIO); also the deadline of a read of data not cached, retries included")
+    metadata_timeout: float = opt(
+        10.0, group="connection",
+        meaning="deadline of a request an ls, stat, getfattr, setfattr, rm, mv or df waits on, "
+             "its retries included (then ETIMEDOUT)")
+    connect_timeout: float = opt(
+        5.0, group="connection",
+        meaning="seconds to open a connection: a refused or unroutable server is known this fast")
+    upload_timeout: float = opt(
+        600.0, group="connection",
+        meaning="seconds the server may take to answer once an upload's data is sent (it "
+             "writes and hashes the image then)")
+    clouds: str | None = opt(None, group="connection", metavar="CLOUD[,CLOUD...]|all",
+                             shown="one cloud",
+                             meaning="several clouds in one mount: a folder per cloud of "
+                                  "clouds.yaml (and per region); all: every cloud")
+    os_cloud: str | None = opt(None, group="connection", metavar="CLOUD", shown="OS_CLOUD",
+                               meaning="cloud name in clouds.yaml")
+    os_image_url: str | None = opt(None, group="connection", metavar="URL",
+                                   shown="OS_IMAGE_URL",
+                                   meaning="Images API endpoint; with OS_AUTH_TOKEN Keystone "
+                                        "is not used")
+    os_auth_url: str | None = opt(None, group="connection", metavar="URL",
+                                  shown="OS_AUTH_URL", meaning="Keystone URL")
+    os_region_name: str | None = opt(None, group="connection", metavar="REGION",
+                                     shown="OS_REGION_NAME",
+                                     meaning="region of the image endpoint")
+    os_interface: str | None = opt(None, group="connection", metavar="INTERFACE",
+                                   shown="OS_INTERFACE",
+                                   meaning="endpoint interface: public, internal or admin")
+    os_project_name: str | None = opt(None, group="connection", metavar="NAME",
+                                      shown="OS_PROJECT_NAME", meaning="project name")
+    os_project_id: str | None = opt(None, group="connection", metavar="ID",
+                                    shown="OS_PROJECT_ID", meaning="project ID")
+    os_username: str | None = opt(None, group="connection", metavar="NAME",
+                                  shown="OS_USERNAME", meaning="user name")
+    os_user_domain_name: str | None = opt(None, group="connection", metavar="NAME",
+                                          shown="OS_USER_DOMAIN_NAME",
+                                          meaning="domain name of the user")
+    os_project_domain_name: str | None = opt(None, group="connection", metavar="NAME",
+                                             shown="OS_PROJECT_DOMAIN_NAME",
+                                             meaning="domain name of the project")
+    os_cacert: str | None = opt(None, group="connection", metavar="FILE", shown="OS_CACERT",
+                                meaning="CA bundle to verify TLS servers with")
+    insecure: bool = opt(False, group="connection",
+                         meaning="do not verify TLS certificates (unsafe)")
+    # -- reading
+    ttl: float = opt(30.0, group="reading",
+                     meaning="seconds the image listing and attributes are trusted before a "
+                          "refresh (stale-while-revalidate)")
+    block_size: int = opt(1 * MiB, group="reading",
+                          meaning="unit of random reads (aligned ranged GETs) and of the RAM "
+                               "cache; a power of two, at least 64K")
+    prefetch_start: int = opt(1 * MiB, group="reading",
+                              meaning="first read-ahead window of a sequential reader")
+    prefetch_max: int = opt(64 * MiB, group="reading",
+                            meaning="largest read-ahead window per open file")
+    streams: int = opt(4, group="reading",
+                       meaning="ranged GETs in flight per sequential reader, at most; added "
+                            "only while the reader waits for them (1: one at a time)")
+    readahead: int = opt(2 * MiB, group="reading",
+                         meaning="kernel read-ahead of the mount (root only): 1 MiB reads "
+                              "instead of 128 KiB; 4M or more overruns FUSE's 12 background "
+                              "requests")
+    verify: bool = opt(True, group="reading",
+                       meaning="check whole in-order reads against the image hash (EIO on a "
+                            "mismatch); noverify: off")
+    # -- writing (glancefs.fs.write)
+    spool_dir: str | None = opt("/var/tmp", group="writing", metavar="DIR|none",
+                                meaning="local copy of files being written, so a writer may go "
+                                     "back; none: no spool (such a write gets ESPIPE)")
+    spool_size: int = opt(8 * GiB, group="writing",
+                          meaning="limit of the spool, all files being written together "
+                               "(ENOSPC beyond)")
+    write_buffer: int = opt(8 * MiB, group="writing",
+                            meaning="data queued for an upload, per file being written")
     # Images being written, on disk, so the next mount deletes them if this one
     # dies mid-upload (glancefs.fs.write.journal); none: no journal.
-    journal_dir: str | None = field(default_factory=default_journal_dir)
-    replace_on_close: bool = False     # an active image opened for writing is replaced
-    modtime: bool = True               # utimes kept in the 'mtime' property, shown by stat
-    ro: bool = False
-    allow_other: bool = False
-    uid: int = field(default_factory=os.getuid)
-    gid: int = field(default_factory=os.getgid)
-    umask: int = 0o022
-    api_version: str | None = None     # 1 or 2; None: OS_IMAGE_API_VERSION, else 2
-    log: str | None = None             # log file; None: syslog when daemonized
-    debug: bool = False
-    foreground: bool = False
-    fsname: str = "glancefs"
-    # Several clouds in one mount (glancefs.fs.clouds): names of clouds.yaml, or
-    # "all"; one folder per cloud (and region). None: one cloud, the mount's root.
-    clouds: str | None = None
-    # Credentials that are not secret (secrets: environment or clouds.yaml only).
-    os_cloud: str | None = None
-    os_image_url: str | None = None
-    os_auth_url: str | None = None
-    os_region_name: str | None = None
-    os_interface: str | None = None
-    os_project_name: str | None = None
-    os_project_id: str | None = None
-    os_username: str | None = None
-    os_user_domain_name: str | None = None
-    os_project_domain_name: str | None = None
-    os_cacert: str | None = None
-    insecure: bool = False
-    # Generic mount flags passed on to the kernel.
-    kernel_flags: list[str] = field(default_factory=list)
+    journal_dir: str | None = opt(factory=default_journal_dir, group="writing",
+                                  metavar="DIR|none", shown="/var/tmp/glancefs-UID/journal",
+                                  meaning="write journal, so the next mount deletes what a "
+                                       "crashed one left half-made; none: off")
+    replace_on_close: bool = opt(False, group="writing",
+                                 meaning="an active image opened for writing is uploaded again; "
+                                      "the old one is deleted only after success")
+    modtime: bool = opt(True, group="writing",
+                        meaning="keep the times tools set (touch, cp -p, rsync -a) in the "
+                             "image property mtime; no_modtime: off")
+    # -- cache
+    memory: int = opt(256 * MiB, group="cache",
+                      meaning="RAM for cached and prefetched blocks and the hash queue, all "
+                           "files")
+    cache_dir: str | None = opt(None, group="cache", metavar="DIR", shown="none",
+                                meaning="on-disk data cache, keyed by image id and hash "
+                                     "(off when not given)")
+    cache_size: int = opt(4 * GiB, group="cache", meaning="size limit of the on-disk cache")
+    # -- ownership and access
+    ro: bool = opt(False, group="ownership", meaning="read-only mount: refuse every change "
+                                                  "(EROFS); rw: the default")
+    allow_other: bool = opt(False, group="ownership",
+                            meaning="let other users see the mount (needs user_allow_other in "
+                                 "/etc/fuse.conf unless root)")
+    uid: int = opt(factory=os.getuid, group="ownership", metavar="UID", shown="the caller's",
+                   meaning="owner shown for every file")
+    gid: int = opt(factory=os.getgid, group="ownership", metavar="GID", shown="the caller's",
+                   meaning="group shown for every file")
+    umask: int = opt(0o022, group="ownership", metavar="OCTAL", shown="022",
+                     meaning="mask of the modes shown (files 0444/0644, directories 0755)")
+    # -- the mount process
+    log: str | None = opt(None, group="process", metavar="FILE",
+                          shown="syslog in the background, stderr with -f",
+                          meaning="log file")
+    debug: bool = opt(False, group="process",
+                      meaning="log debug lines; stays in the foreground (-d)")
+    foreground: bool = opt(False, group="process",
+                           meaning="stay in the foreground, logging to stderr (-f)")
+    fsname: str | None = opt(None, group="process", metavar="NAME",
+                             shown="SOURCE, else glancefs",
+                             meaning="name /proc/mounts and df show for the mount")
+    # Generic mount flags passed on to the kernel (nosuid, nodev, noatime, ...);
+    # not an -o option of its own.
+    kernel_flags: list[str] = field(default_factory=list, metadata={"internal": True})
 
     def check(self) -> None:
         if self.block_size < 64 * KiB or self.block_size & (self.block_size - 1):
@@ -144,7 +240,7 @@ def apply_option_string(opts: MountOptions, text: str) -> None:
         if in_clouds and bare_word:
             opts.clouds = f"{opts.clouds},{item.strip()}"
             continue
-        in_clouds = key == "clouds" and has_value
+        in_clouds = key == "clouds" and bool(has_value)
         if any(word in key for word in SECRET_WORDS):
             raise ValueError(f"option {key!r} would put a secret on the command line; "
                              "set it in the environment (OS_*) or clouds.yaml/secure.yaml")
@@ -185,3 +281,69 @@ def _convert(name: str, value: str | None) -> Any:
                                                                          "no"):
         return None
     return value
+
+
+# -- what --help and mount.glancefs(8) say about each option ---------------------------------
+
+@dataclass(frozen=True)
+class OptionDoc:
+    name: str
+    group: str
+    form: str            # how it is written: "ttl=SECONDS", "verify"
+    default: str         # the default, as a user would write it
+    meaning: str
+    aliases: tuple[str, ...]   # other spellings: aliases and the flags that switch it off
+
+
+def option_docs() -> list[OptionDoc]:
+    """Every -o option of :class:`MountOptions`, in GROUPS order (then the
+    dataclass's); an option defined without :func:`opt` is listed under
+    OTHER_GROUP with an empty help, so it still shows up."""
+    order = [name for name, _ in GROUPS]
+    docs = [_doc(f) for f in fields(MountOptions) if not f.metadata.get("internal")]
+    return sorted(docs, key=lambda d: order.index(d.group) if d.group in order else len(order))
+
+
+def group_title(group: str) -> str:
+    return dict(GROUPS).get(group, "Other options")
+
+
+def _doc(f: Field) -> OptionDoc:
+    meta = f.metadata
+    if f.name in _BOOLS:
+        form = f.name
+    else:
+        metavar = meta.get("metavar") or ("SIZE" if f.name in _SIZES
+                                          else "SECONDS" if f.type in (float, "float")
+                                          else "N" if f.type in (int, "int") else "VALUE")
+        form = f"{f.name}={metavar}"
+    aliases = [alias for alias, name in _ALIASES.items() if name == f.name]
+    aliases += [flag for flag, (name, _) in _NEGATIONS.items() if name == f.name]
+    return OptionDoc(f.name, meta.get("group", OTHER_GROUP), form, _default_text(f),
+                     meta.get("meaning", ""), tuple(aliases))
+
+
+def _default_text(f: Field) -> str:
+    if f.metadata.get("shown"):
+        return str(f.metadata["shown"])
+    factory = f.default_factory
+    value: Any = factory() if f.default is MISSING and callable(factory) else f.default
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if f.name in _SIZES:
+        return size_text(int(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def size_text(size: int) -> str:
+    """Bytes as parse_size reads them back: 1M, 64M, 4G, 512K, 1000."""
+    for unit, scale in (("T", 1024 * GiB), ("G", GiB), ("M", MiB), ("K", KiB)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)

@@ -38,7 +38,13 @@ _S = TypeVar("_S", bound="GunicornServer")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("GLANCEFS_CACHE") or "/root/.cache/glancefs")
+    """Where the servers' venvs are kept: GLANCEFS_CACHE, else the user's cache
+    directory (``~/.cache/glancefs``: /root/.cache/glancefs for root, as before;
+    a pip-installed glancefs.testing may run as any user)."""
+    if os.environ.get("GLANCEFS_CACHE"):
+        return Path(os.environ["GLANCEFS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "glancefs"
 
 
 def ensure_venv(venv: Path, pins: tuple[str, ...], scripts: tuple[str, ...] = ("gunicorn",),
