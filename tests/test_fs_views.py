@@ -59,8 +59,8 @@ def test_each_view_lists_what_its_filter_selects(service: MemoryImageService,
     seed(service)
 
     async def body(m: Mount) -> None:
-        assert await names_in(m) == [b".by-id", b".by-tag", b".community", b".hidden",
-                                     b".shared", b"acc.raw", b"own.raw"]
+        assert await names_in(m) == [b".by-id", b".by-owner", b".by-tag", b".community",
+                                     b".hidden", b".shared", b"acc.raw", b"own.raw"]
         assert await names_in(m, b".shared") == [b"acc.raw", b"pend.raw", b"rej.raw"]
         assert await names_in(m, b".community") == [b"comm.raw"]
         assert await names_in(m, b".hidden") == [b"hid.raw"]
@@ -70,7 +70,11 @@ def test_each_view_lists_what_its_filter_selects(service: MemoryImageService,
         assert await names_in(m, b".by-tag", b"x%2Fy") == [b"acc.raw"]
         assert await refusal("lookup", m.fs.lookup(await inode_of(m, b".by-tag"),
                                                    b"silver")) == errno.ENOENT
-        for view in (b".shared", b".community", b".hidden", b".by-tag"):
+        # Owners of what the project may list; each folder, that owner's images.
+        assert await names_in(m, b".by-owner") == sorted([PROJECT.encode(), OTHER.encode()])
+        assert await names_in(m, b".by-owner", OTHER.encode()) == [b"acc.raw", b"comm.raw"]
+        assert await names_in(m, b".by-owner", PROJECT.encode()) == [b"own.raw"]
+        for view in (b".shared", b".community", b".hidden", b".by-tag", b".by-owner"):
             attr = await m.fs.lookup(ROOT_INODE, view)
             assert stat.S_ISDIR(attr.mode)
     run_mount(service, tmp_path, body)

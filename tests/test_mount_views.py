@@ -92,11 +92,38 @@ def shown(path: Path) -> set[bytes]:
     return set(os.listdir(os.fsencode(path)))
 
 
+VIEWS = {b".by-id", b".shared", b".community", b".hidden", b".by-tag", b".by-owner"}
+
+
 def test_the_root_shows_the_views(mnt: Path, cloud: Cloud) -> None:
     entries = shown(mnt)
-    assert {b".by-id", b".shared", b".community", b".hidden", b".by-tag"} <= entries
-    assert entries - {b".by-id", b".shared", b".community", b".hidden", b".by-tag"} == \
-        listed(cloud.b)
+    assert VIEWS <= entries
+    assert entries - VIEWS == listed(cloud.b)
+
+
+def test_by_owner_shows_every_projects_images_to_an_admin(
+        cloud: Cloud, tmp_path: Path) -> None:
+    """An admin's mount: one folder per project, each what the client lists
+    for that owner; A's private image is there, which B never sees."""
+    admin = ("admin", "member", "reader")
+    private = make_image(cloud.a, "a-private.raw", b"private" * 10)
+    session = ks_session.Session(additional_headers=identity_headers("project-admin",
+                                                                     roles=admin))
+    as_admin = Client("2", endpoint=cloud.server.endpoint, session=session)
+    proxy = FaultProxy("127.0.0.1", cloud.server.port,
+                       add_headers=identity_headers("project-admin", roles=admin))
+    try:
+        with proxy, mounted(proxy.endpoint, tmp_path / "mnt") as mount:
+            owners = shown(mount.path / ".by-owner")
+            assert {A.encode(), B.encode()} <= owners
+            assert shown(mount.path / ".by-owner" / A) == \
+                listed(as_admin, owner=A, visibility="all")
+            assert b"a-private.raw" in shown(mount.path / ".by-owner" / A)
+            assert (mount.path / ".by-owner" / A / "a-private.raw").read_bytes() == \
+                b"private" * 10
+        assert b"a-private.raw" not in listed(cloud.b, visibility="all")
+    finally:
+        cloud.a.images.delete(private.id)  # type: ignore[attr-defined]
 
 
 def test_shared_shows_pending_and_accepted_as_the_client_lists_them(mnt: Path,

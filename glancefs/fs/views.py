@@ -6,6 +6,9 @@ listing leaves out, or the same images another way (issue 14).
 * ``.community``: community images.
 * ``.hidden``: images with ``os_hidden=true``.
 * ``.by-tag/<tag>``: one folder per tag in use in the root's listing.
+* ``.by-owner/<project id>``: one folder per owner of the images this
+  project may list (``visibility=all``: every project's, for an admin); each
+  lists what it may see of that owner's images (``owner`` and ``visibility=all``).
 
 Why they are shaped this way: a view is a directory over its own
 :class:`~glancefs.fs.catalog.ViewListing`, made the first time someone looks
@@ -35,6 +38,7 @@ SHARED_NAME = b".shared"
 COMMUNITY_NAME = b".community"
 HIDDEN_NAME = b".hidden"
 BY_TAG_NAME = b".by-tag"
+BY_OWNER_NAME = b".by-owner"
 
 
 class ViewDir(Directory):
@@ -109,6 +113,48 @@ class ByTagDir(Directory):
         return [(name, self.folder(tag).attr()) for name, tag in sorted(self._in_use().items())]
 
 
+class ByOwnerDir(Directory):
+    """``.by-owner``: one folder per owner of the images ``visibility=all``
+    lists (a listing of its own, made when someone looks); each folder is a
+    view listing by that owner."""
+
+    def __init__(self, fs: GlanceFS, inode: int) -> None:
+        super().__init__(fs, inode)
+        self.everything = ViewDir(fs, fs.catalog.new_inode(),
+                                  lambda: fs.service.list_images({"visibility": "all"}),
+                                  "the images of every owner")
+        self.folders: dict[str, ViewDir] = {}    # by owner, made when first seen
+
+    async def _owners(self) -> dict[bytes, str]:
+        listing = self.everything.listing
+        await listing.refresh()
+        owners = {record.owner for _, record in listing.entries() if record.owner}
+        return {names.escape(owner): owner for owner in owners
+                if len(names.escape(owner)) <= names.NAME_MAX}
+
+    def folder(self, owner: str) -> ViewDir:
+        found = self.folders.get(owner)
+        if found is None:
+            fs = self.fs
+            found = ViewDir(fs, fs.catalog.new_inode(),
+                            lambda: fs.service.list_images({"owner": owner,
+                                                            "visibility": "all"}),
+                            f"the images of {owner}")
+            self.folders[owner] = found
+            fs.add_dir(found)
+        return found
+
+    async def lookup(self, name: bytes) -> Node:
+        owner = (await self._owners()).get(name)
+        if owner is None:
+            raise FsError(errno.ENOENT, f"no image this project may list is owned by {name!r}")
+        return self.folder(owner)
+
+    async def entries(self) -> list[tuple[bytes, Attr]]:
+        return [(name, self.folder(owner).attr())
+                for name, owner in sorted((await self._owners()).items())]
+
+
 def make_views(fs: GlanceFS) -> dict[bytes, Directory]:
     """The root's views, by name (none where the API cannot list them: v1)."""
     if not fs.service.serves_views:
@@ -124,4 +170,5 @@ def make_views(fs: GlanceFS) -> dict[bytes, Directory]:
                              lambda: service.list_images({"os_hidden": "true"}),
                              "hidden images"),
         BY_TAG_NAME: ByTagDir(fs, catalog.new_inode()),
+        BY_OWNER_NAME: ByOwnerDir(fs, catalog.new_inode()),
     }

@@ -331,6 +331,12 @@ class MemoryImageService:
             return False
         if "tag" in filters and filters["tag"] not in image.tags:
             return False
+        if "owner" in filters and filters["owner"] != image.owner:
+            return False
+        if visibility == "all":
+            # What the project may see of every kind (not other projects' private).
+            return ours or image.visibility in ("public", "community") or (
+                image.visibility == "shared" and status == "accepted")
         if visibility == "shared":
             # Glance: shared images this project is a member of, not its own.
             wanted = filters.get("member_status", "accepted")
