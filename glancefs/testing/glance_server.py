@@ -158,10 +158,12 @@ class GlanceServer(gunicorn_server.GunicornServer):
     def __init__(self, data_dir: Path, port: int, auth: str = "noauth",
                  image_size_cap: int | None = None, user_storage_quota: str | None = None,
                  keystone: dict | None = None, metadefs: bool = False,
-                 image_cache: bool = False, locations: bool = False) -> None:
+                 image_cache: bool = False, image_cache_max_size: int | None = None,
+                 locations: bool = False) -> None:
         """``metadefs``: load Glance's shipped metadata definitions (``glance-manage
         db_load_metadefs``). ``image_cache``: put the cache middleware in the pipeline, so
-        downloads fill the image cache (the cache API answers on every server, because
+        downloads fill the image cache, which ``cache-prune`` shrinks to
+        ``image_cache_max_size`` bytes (the cache API answers on every server, because
         ``image_cache_dir`` is always set). ``locations``: show and let callers change
         image ``locations`` (show_multiple_locations), with a read-only ``http`` store named
         ``web`` and any port allowed, so an http://127.0.0.1:PORT/ URL can be a location.
@@ -179,6 +181,7 @@ class GlanceServer(gunicorn_server.GunicornServer):
         self.metadefs = metadefs
         self.image_cache = image_cache
         self.locations = locations
+        self.image_cache_max_size = image_cache_max_size
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -224,6 +227,8 @@ class GlanceServer(gunicorn_server.GunicornServer):
         if self.image_cache:
             # The cache keeps who holds an image by this URL (cache-nodes-list).
             default.append(f"worker_self_reference_url = {self.url}")
+        if self.image_cache_max_size is not None:
+            default.append(f"image_cache_max_size = {int(self.image_cache_max_size)}")
         if locations_on:
             default.append("show_multiple_locations = true")
         conf = [
