@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import http.server
+import io
 import os
 import threading
 import time
