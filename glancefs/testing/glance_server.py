@@ -28,7 +28,8 @@ Auth modes:
 * ``keystone``: ``keystonemiddleware.auth_token`` validates tokens against a real Keystone.
 
 Command line: ``python -m glancefs.testing.glance_server start DIR PORT [--auth MODE]
-[--image-size-cap N] [--user-storage-quota Q]``, ``stop DIR``, ``status DIR``.
+[--image-size-cap N] [--user-storage-quota Q] [--metadefs] [--image-cache] [--locations]``,
+``stop DIR``, ``status DIR``.
 """
 
 from __future__ import annotations
@@ -383,13 +384,21 @@ def main(argv: list[str] | None = None) -> int:
     p_start.add_argument("--auth", choices=("noauth", "headers"), default="noauth")
     p_start.add_argument("--image-size-cap", type=int, default=None)
     p_start.add_argument("--user-storage-quota", default=None)
+    p_start.add_argument("--metadefs", action="store_true",
+                         help="load Glance's shipped metadata definitions")
+    p_start.add_argument("--image-cache", action="store_true",
+                         help="cache downloaded images (cache middleware)")
+    p_start.add_argument("--locations", action="store_true",
+                         help="show image locations and accept http ones")
     args = parser.parse_args(argv)
 
     if args.command != "start":
         return gunicorn_server.cli_stop_or_status(_server_from_dir(args.dir), args.command)
     server = GlanceServer(args.dir, args.port, auth=args.auth,
                           image_size_cap=args.image_size_cap,
-                          user_storage_quota=args.user_storage_quota)
+                          user_storage_quota=args.user_storage_quota,
+                          metadefs=args.metadefs, image_cache=args.image_cache,
+                          locations=args.locations)
     if not gunicorn_server.cli_start(server, "glance-server"):
         return 1
     print(f"glance-api running: {server.endpoint} (pid {server.pid}, auth {args.auth}, "
