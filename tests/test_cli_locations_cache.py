@@ -243,7 +243,12 @@ def test_cache_of_downloaded_images_nodes_prune_clean_clear(g: Any, gc: Any,
     nodes = [r[0] for r in table_rows(ok(g("cache-nodes-list", first.id)).out)]
     assert nodes == gc.cache.list_cached_nodes(first.id) == [server.url]
 
-    ok(g("cache-clean"))  # nothing stalled or invalid: both stay
+    # What a failed caching leaves behind (the cache's "invalid" directory) goes; the
+    # cached images stay.
+    invalid = Path(server.data_dir) / "cache" / "invalid" / str(uuid.uuid4())
+    invalid.write_bytes(b"half an image")
+    ok(g("cache-clean"))
+    assert not invalid.exists()
     assert {first.id, second.id} <= cache_state(gc)[0]
 
     # Two images in a cache that has room for one: the least recently used goes.
