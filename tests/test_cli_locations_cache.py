@@ -194,6 +194,7 @@ def test_python_api_location_methods(server: GlanceServer, gc: Any, files: Files
     assert locations(gc, image.id)[url] == {"k": "w"}
     with pytest.raises(exc.HTTPNotFound):
         client.images.delete_locations(image.id, {url, "http://127.0.0.1:9/x"})
+    assert url in [loc["url"] for loc in client.images.get_image_locations(image.id)]
     client.images.delete_locations(image.id, {url})
     assert url not in [loc["url"] for loc in gc.images.get(image.id).locations]
 
