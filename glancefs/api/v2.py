@@ -1,4 +1,5 @@
-"""Images API v2: images, data, tags, members, import, info and schemas."""
+"""Images API v2: images, data, locations, tags, members, import, info, the image cache
+and schemas (metadata definitions: glancefs.api.metadefs)."""
 from __future__ import annotations
 
 import builtins  # Images.list shadows list in the class's annotations
@@ -9,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
-from glancefs.api import download, fields
+from glancefs.api import download, fields, metadefs
 from glancefs.api import exceptions as exc
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
 from glancefs.api.http import CHUNK_SIZE, HTTPClient, SizedIterable
@@ -310,6 +311,66 @@ class Images:
                                length=length, expected=expected, verify=do_checksum,
                                chunk_size=chunk_size)
 
+    # -- locations (the server must show them: show_multiple_locations) ------
+    def _with_locations(self, image_id: str) -> Image:
+        image = self.get(image_id)
+        if image.get("locations") is None:
+            raise exc.HTTPBadRequest("The administrator has disabled API access to image "
+                                     "locations", code=400)
+        return image
+
+    def add_location(self, image_id: str, url: str, metadata: dict[str, Any],
+                     validation_data: dict[str, Any] | None = None) -> Image:
+        """Append a location to the image's list (a URL already there is an error)."""
+        value: dict[str, Any] = {"url": url, "metadata": metadata}
+        if validation_data:
+            value["validation_data"] = validation_data
+        self.patch(image_id, [{"op": "add", "path": "/locations/-", "value": value}])
+        return self.get(image_id)
+
+    def delete_locations(self, image_id: str, url_set: Iterable[str]) -> None:
+        """Remove the locations with these URLs (all of them must be there)."""
+        urls = [loc["url"] for loc in self._with_locations(image_id)["locations"]]
+        wanted = set(url_set)
+        missing = sorted(wanted - set(urls))
+        if missing:
+            raise exc.HTTPNotFound(f"Unknown URL(s): {missing}", code=404)
+        # Highest index first: each removal shifts the ones after it.
+        indices = sorted((urls.index(u) for u in wanted), reverse=True)
+        self.patch(image_id, [{"op": "remove", "path": f"/locations/{i}"} for i in indices])
+
+    def update_location(self, image_id: str, url: str, metadata: dict[str, Any]) -> Image:
+        """Replace the metadata of the location with this URL."""
+        image = self._with_locations(image_id)
+        locations = [dict(loc) for loc in image["locations"]]
+        match = [loc for loc in locations if loc["url"] == url]
+        if not match:
+            raise exc.HTTPNotFound(f"Unknown URL: {url}, the URL must be one of existing "
+                                   f"locations of current image", code=404)
+        if match[0].get("metadata") == metadata:
+            return image
+        match[0]["metadata"] = metadata
+        self.patch(image_id, [{"op": "replace", "path": "/locations", "value": locations}])
+        return self.get(image_id)
+
+    def _require(self, version: str, what: str) -> None:
+        if not has_version(self.http, version):
+            raise exc.HTTPNotImplemented(f"{what} needs Images API {version}, which this "
+                                         f"Glance does not offer", code=501)
+
+    def add_image_location(self, image_id: str, location_url: str,
+                           validation_data: dict[str, Any] | None = None) -> Image:
+        """Give a queued image its data by location (Images API 2.17, POST .../locations)."""
+        self._require("v2.17", "adding a location to a queued image")
+        self.http.request("POST", f"/v2/images/{image_id}/locations",
+                          json={"url": location_url,
+                                "validation_data": validation_data or {}}).close()
+        return self.get(image_id)
+
+    def get_image_locations(self, image_id: str) -> builtins.list[dict[str, Any]]:
+        self._require("v2.17", "listing an image's locations")
+        return list(self.http.json_request("GET", f"/v2/images/{image_id}/locations") or [])
+
     # -- info (python-glanceclient has these on images too) -----------------
     def get_import_info(self) -> Resource:
         return Info(self.http).get_import_info()
@@ -396,6 +457,66 @@ class Info:
         return Resource(self.http.json_request("GET", "/v2/info/stores"))
 
 
+def has_version(http: HTTPClient, version: str) -> bool:
+    """Whether the server's /versions lists ``version`` (like "v2.18") as usable."""
+    body = http.json_request("GET", "/versions") or {}
+    for entry in body.get("versions", []):
+        if entry.get("id") == version:
+            return entry.get("status") in ("SUPPORTED", "CURRENT", "EXPERIMENTAL")
+    return False
+
+
+class Cache:
+    """The image cache of the Glance node behind the endpoint (``client.cache``).
+
+    The cache API is per node: behind a load balancer each request may reach another
+    node, which is why the command line asks for a direct endpoint.
+    """
+
+    TARGET_VALUES = ("both", "cache", "queue")
+
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+
+    def is_supported(self, version: str) -> bool:
+        if has_version(self.http, version):
+            return True
+        raise exc.HTTPNotImplemented(f"Glance does not support image caching API ({version})",
+                                     code=501)
+
+    def list(self) -> dict[str, Any]:
+        """{"cached_images": [...], "queued_images": [image ids]}."""
+        self.is_supported("v2.14")
+        return dict(self.http.json_request("GET", "/v2/cache") or {})
+
+    def delete(self, image_id: str) -> None:
+        self.is_supported("v2.14")
+        self.http.request("DELETE", f"/v2/cache/{image_id}").close()
+
+    def clear(self, target: str = "both") -> None:
+        if target not in self.TARGET_VALUES:
+            raise ValueError(f"target must be one of {', '.join(self.TARGET_VALUES)}")
+        self.is_supported("v2.14")
+        headers = {} if target == "both" else {"x-image-cache-clear-target": target}
+        self.http.request("DELETE", "/v2/cache", headers=headers).close()
+
+    def queue(self, image_id: str) -> None:
+        self.is_supported("v2.14")
+        self.http.request("PUT", f"/v2/cache/{image_id}").close()
+
+    def list_cached_nodes(self, image_id: str) -> builtins.list[str]:
+        self.is_supported("v2.14")
+        return list(self.http.json_request("GET", f"/v2/cache/nodes/{image_id}") or [])
+
+    def clean(self) -> dict[str, Any]:
+        self.is_supported("v2.18")
+        return dict(self.http.json_request("POST", "/v2/cache/clean") or {})
+
+    def prune(self) -> dict[str, Any]:
+        self.is_supported("v2.18")
+        return dict(self.http.json_request("POST", "/v2/cache/prune") or {})
+
+
 class Schemas:
     def __init__(self, http: HTTPClient) -> None:
         self.http = http
@@ -416,3 +537,9 @@ class Client:
         self.image_members = ImageMembers(http)
         self.info = Info(http)
         self.schemas = Schemas(http)
+        self.cache = Cache(http)
+        self.metadefs_namespace = metadefs.NamespaceManager(http)
+        self.metadefs_resource_type = metadefs.ResourceTypeManager(http)
+        self.metadefs_property = metadefs.PropertyManager(http)
+        self.metadefs_object = metadefs.ObjectManager(http)
+        self.metadefs_tag = metadefs.TagManager(http)

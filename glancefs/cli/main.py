@@ -23,10 +23,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from glancefs.cli import commands as cmds
+from glancefs.cli import commands_admin, commands_metadefs  # noqa: F401 - register in cmds.V2
 from glancefs.cli.output import Printer
 
 PROG = "glancefs"
 MOUNT_HELP = "Mount the images of a cloud as a filesystem."
+HELP_HELP = "Display help about this program or one of its commands."
+COMPLETION_HELP = "Prints arguments for bash_completion."
 SECRET_FLAGS = {"os_password": "--os-password", "os_auth_token": "--os-auth-token",
                 "os_application_credential_secret": "--os-application-credential-secret"}
 SECRET_ENV = {"--os-password": "OS_PASSWORD", "--os-auth-token": "OS_AUTH_TOKEN",
@@ -254,13 +257,28 @@ def build_parser(version: str) -> tuple[Parser, dict[str, Parser]]:
             "the mount command is not part of this installation (glancefs.cli.mount is "
             "missing)"))
     subparsers["mount"] = p
-    p = sub.add_parser("help", help="Display help about this program or one of its commands.",
-                       command="help")
+    p = sub.add_parser("help", help=HELP_HELP, command="help")
     p.add_argument("topic", metavar="<COMMAND>", nargs="?", help="Command to explain.")
     add_global_options(p, hidden=True)
     p.set_defaults(func=None)
     subparsers["help"] = p
+    p = sub.add_parser("bash-completion", help=COMPLETION_HELP, command="bash-completion",
+                       description="Print every command and option on one line, for a bash "
+                                   "completion script (as glance bash-completion does).")
+    add_global_options(p, hidden=True)
+    p.set_defaults(func=None)
+    subparsers["bash-completion"] = p
     return parser, subparsers
+
+
+def completion_words(parser: Parser, subparsers: dict[str, Parser]) -> str:
+    """Every command and every option (the global ones too: they work after a command),
+    sorted so the line is the same on every run."""
+    commands = set(subparsers) - {"bash-completion"}
+    options: set[str] = set(parser._option_string_actions)
+    for sub in subparsers.values():
+        options |= set(sub._option_string_actions)
+    return " ".join(sorted(commands) + sorted(options))
 
 
 def _wrong_version(text: str) -> Any:
@@ -275,7 +293,7 @@ def help_text(parser: Parser, subparsers: dict[str, Parser], version: str) -> st
     lines = [f"usage: {PROG} [--os-... options] [-f table|json] <command> [<args>]", "",
              f"Images (Glance) command line and FUSE mount (Images API v{version}).", "",
              "Commands:"]
-    names = sorted(set(table) | set(other) | {"mount", "help"})
+    names = sorted(set(table) | set(other) | {"mount", "help", "bash-completion"})
     col = max(len(n) for n in names) + 4
     for name in names:
         if name in table:
@@ -284,8 +302,10 @@ def help_text(parser: Parser, subparsers: dict[str, Parser], version: str) -> st
             summary = f"(v{'2' if version == '1' else '1'} only) {other[name].summary}"
         elif name == "mount":
             summary = MOUNT_HELP
+        elif name == "bash-completion":
+            summary = COMPLETION_HELP
         else:
-            summary = "Display help about this program or one of its commands."
+            summary = HELP_HELP
         lines.append(f"  {name.ljust(col)}{summary}")
     lines += ["", f"See '{PROG} help COMMAND' for help on a command.", ""]
     options = parser.format_help()
@@ -383,6 +403,9 @@ def run(argv: Sequence[str] | None = None, console: cmds.Console | None = None,
                 console.stdout.write(subparsers[topic].format_help())
             else:
                 console.stdout.write(help_text(parser, subparsers, version))
+            return 0
+        if name == "bash-completion":
+            console.stdout.write(completion_words(parser, subparsers) + "\n")
             return 0
         options = auth_options(args, environ)
         args.auth_options = options

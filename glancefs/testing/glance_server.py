@@ -28,7 +28,8 @@ Auth modes:
 * ``keystone``: ``keystonemiddleware.auth_token`` validates tokens against a real Keystone.
 
 Command line: ``python -m glancefs.testing.glance_server start DIR PORT [--auth MODE]
-[--image-size-cap N] [--user-storage-quota Q]``, ``stop DIR``, ``status DIR``.
+[--image-size-cap N] [--user-storage-quota Q] [--metadefs] [--image-cache] [--locations]``,
+``stop DIR``, ``status DIR``.
 """
 
 from __future__ import annotations
@@ -157,7 +158,18 @@ class GlanceServer(gunicorn_server.GunicornServer):
 
     def __init__(self, data_dir: Path, port: int, auth: str = "noauth",
                  image_size_cap: int | None = None, user_storage_quota: str | None = None,
-                 keystone: dict | None = None) -> None:
+                 keystone: dict | None = None, metadefs: bool = False,
+                 image_cache: bool = False, image_cache_max_size: int | None = None,
+                 locations: bool = False) -> None:
+        """``metadefs``: load Glance's shipped metadata definitions (``glance-manage
+        db_load_metadefs``). ``image_cache``: put the cache middleware in the pipeline, so
+        downloads fill the image cache, which ``cache-prune`` shrinks to
+        ``image_cache_max_size`` bytes (the cache API answers on every server, because
+        ``image_cache_dir`` is always set). ``locations``: show and let callers change
+        image ``locations`` (show_multiple_locations), with a read-only ``http`` store named
+        ``web`` and any port allowed, so an http://127.0.0.1:PORT/ URL can be a location.
+        The last two change what image requests do, so tests that need them start a server
+        of their own."""
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         if auth == "keystone" and not keystone:
@@ -167,6 +179,10 @@ class GlanceServer(gunicorn_server.GunicornServer):
         self.image_size_cap = image_size_cap
         self.user_storage_quota = user_storage_quota
         self.keystone = dict(keystone or {})
+        self.metadefs = metadefs
+        self.image_cache = image_cache
+        self.locations = locations
+        self.image_cache_max_size = image_cache_max_size
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -197,10 +213,11 @@ class GlanceServer(gunicorn_server.GunicornServer):
 
     def _write_config(self) -> None:
         d = self.data_dir
+        locations_on = self.locations
         for sub in ("etc", "images", "staging", "tasks", "locks", "cache"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         default = [
-            "enabled_backends = fs:file",
+            "enabled_backends = fs:file" + (", web:http" if locations_on else ""),
             "use_stderr = true",
             f"image_cache_dir = {d / 'cache'}",
         ]
@@ -208,6 +225,13 @@ class GlanceServer(gunicorn_server.GunicornServer):
             default.append(f"image_size_cap = {int(self.image_size_cap)}")
         if self.user_storage_quota is not None:
             default.append(f"user_storage_quota = {self.user_storage_quota}")
+        if self.image_cache:
+            # The cache keeps who holds an image by this URL (cache-nodes-list).
+            default.append(f"worker_self_reference_url = {self.url}")
+        if self.image_cache_max_size is not None:
+            default.append(f"image_cache_max_size = {int(self.image_cache_max_size)}")
+        if locations_on:
+            default.append("show_multiple_locations = true")
         conf = [
             "[DEFAULT]", *default, "",
             "[database]",
@@ -223,6 +247,12 @@ class GlanceServer(gunicorn_server.GunicornServer):
             "[oslo_concurrency]", f"lock_path = {d / 'locks'}", "",
             "[oslo_policy]", f"policy_file = {self.etc_dir / 'policy.json'}", "",
         ]
+        if locations_on:
+            # Glance only takes http locations on ports 80 and 443, and never on loopback,
+            # unless told otherwise (its guard against requests to internal services).
+            conf += ["[import_filtering_opts]", "allowed_ports = []",
+                     "allowed_hosts = [127.0.0.1]",
+                     ""]
         if self.auth == "keystone":
             k = self.keystone
             conf += [
@@ -246,9 +276,10 @@ class GlanceServer(gunicorn_server.GunicornServer):
 
         context = {"noauth": "default-identity context", "headers": "context",
                    "keystone": "authtoken context"}[self.auth]
+        cache = " cache" if self.image_cache else ""
         paste = f"""\
 [pipeline:glance-api]
-pipeline = versionnegotiation {context} rootapp
+pipeline = versionnegotiation {context}{cache} rootapp
 
 [composite:rootapp]
 paste.composite_factory = glance.api:root_app_factory
@@ -273,6 +304,9 @@ paste.filter_factory = glance.api.middleware.context:UnauthenticatedContextMiddl
 [filter:default-identity]
 paste.filter_factory = {_WSGI_MODULE}:default_identity_filter
 
+[filter:cache]
+paste.filter_factory = glance.api.middleware.cache:CacheFilter.factory
+
 [filter:authtoken]
 paste.filter_factory = keystonemiddleware.auth_token:filter_factory
 delay_auth_decision = true
@@ -286,6 +320,21 @@ delay_auth_decision = true
     def _setup(self) -> None:
         """Create the schema; a fresh data dir copies a cached empty database (db_sync takes
         2-3 s, and test suites start many servers)."""
+        self._create_db()
+        marker = self.data_dir / ".metadefs-loaded"
+        if self.metadefs and not marker.exists():
+            self._manage("db_load_metadefs", str(venv_dir() / "etc" / "glance" / "metadefs"))
+            marker.touch()
+
+    def _manage(self, *command: str) -> None:
+        proc = subprocess.run(
+            [str(glance_bin("glance-manage")), "--config-file", str(self.config_file),
+             *command],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.data_dir)
+        if proc.returncode != 0:
+            raise RuntimeError(f"glance-manage {command[0]} failed:\n{proc.stdout[-4000:]}")
+
+    def _create_db(self) -> None:
         marker = self.data_dir / ".db-synced"
         if marker.exists() and self.db_file.exists():
             return
@@ -295,12 +344,7 @@ delay_auth_decision = true
             marker.touch()
             return
         fresh = not self.db_file.exists()
-        proc = subprocess.run(
-            [str(glance_bin("glance-manage")), "--config-file", str(self.config_file),
-             "db_sync"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.data_dir)
-        if proc.returncode != 0:
-            raise RuntimeError(f"glance-manage db_sync failed:\n{proc.stdout[-4000:]}")
+        self._manage("db_sync")
         marker.touch()
         if fresh and not template.exists():
             tmp = template.with_name(f"{template.name}.{os.getpid()}.tmp")
@@ -340,13 +384,21 @@ def main(argv: list[str] | None = None) -> int:
     p_start.add_argument("--auth", choices=("noauth", "headers"), default="noauth")
     p_start.add_argument("--image-size-cap", type=int, default=None)
     p_start.add_argument("--user-storage-quota", default=None)
+    p_start.add_argument("--metadefs", action="store_true",
+                         help="load Glance's shipped metadata definitions")
+    p_start.add_argument("--image-cache", action="store_true",
+                         help="cache downloaded images (cache middleware)")
+    p_start.add_argument("--locations", action="store_true",
+                         help="show image locations and accept http ones")
     args = parser.parse_args(argv)
 
     if args.command != "start":
         return gunicorn_server.cli_stop_or_status(_server_from_dir(args.dir), args.command)
     server = GlanceServer(args.dir, args.port, auth=args.auth,
                           image_size_cap=args.image_size_cap,
-                          user_storage_quota=args.user_storage_quota)
+                          user_storage_quota=args.user_storage_quota,
+                          metadefs=args.metadefs, image_cache=args.image_cache,
+                          locations=args.locations)
     if not gunicorn_server.cli_start(server, "glance-server"):
         return 1
     print(f"glance-api running: {server.endpoint} (pid {server.pid}, auth {args.auth}, "

@@ -1,0 +1,237 @@
+"""Images API v2 metadata definitions (the ``metadefs`` catalog): namespaces, resource
+types, properties, objects and tags, with python-glanceclient's manager names and methods
+(``client.metadefs_namespace.list()``, ``client.metadefs_tag.create_multiple(...)`` ...).
+
+Unlike python-glanceclient, no JSON schema is fetched to validate arguments before a request:
+Glance validates every body itself and answers 400 with the reason, which reaches the caller
+as HTTPBadRequest. Objects are :class:`Resource` dicts without the server's ``self`` link.
+"""
+from __future__ import annotations
+
+import builtins  # the managers' list methods shadow list in their annotations
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from glancefs.api.http import HTTPClient
+from glancefs.api.resource import Resource
+
+DEFAULT_PAGE_SIZE = 20
+SORT_DIR_VALUES = ("asc", "desc")
+SORT_KEY_VALUES = ("created_at", "namespace")
+# Fields the server sets; a PUT that carries them is refused.
+_READ_ONLY = ("schema", "updated_at", "created_at", "self")
+
+
+def _seg(name: str) -> str:
+    """One path segment. Names like ``OS::Compute::CPUPinning`` keep their colons."""
+    return quote(str(name), safe=":")
+
+
+def _namespace_path(namespace: str, *rest: str) -> str:
+    return "/".join(["/v2/metadefs/namespaces", _seg(namespace), *(_seg(r) for r in rest)])
+
+
+def _resource(body: Any) -> Resource:
+    body = dict(body or {})
+    body.pop("self", None)
+    return Resource(body)
+
+
+def _writable(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    body = {k: v for k, v in {**current, **changes}.items() if k not in _READ_ONLY}
+    return body
+
+
+class _Manager:
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+
+    def _delete(self, path: str) -> None:
+        self.http.request("DELETE", path).close()
+
+
+class NamespaceManager(_Manager):
+    """``client.metadefs_namespace``."""
+
+    def create(self, **kwargs: Any) -> Resource:
+        return _resource(self.http.json_request("POST", "/v2/metadefs/namespaces",
+                                                json=kwargs))
+
+    def update(self, namespace_name: str, **kwargs: Any) -> Resource:
+        """Change fields of a namespace (``namespace=`` renames it); returns it as stored."""
+        current = self.get(namespace_name)
+        for key in ("properties", "objects", "tags", "resource_type_associations"):
+            current.pop(key, None)  # not part of a namespace's own record
+        body = _writable(current, kwargs)
+        self.http.request("PUT", _namespace_path(namespace_name), json=body).close()
+        return self.get(body.get("namespace") or namespace_name)
+
+    def get(self, namespace: str, **kwargs: Any) -> Resource:
+        """One namespace with its properties, objects, tags and resource types;
+        ``resource_type=`` prefixes the property names as that type sees them."""
+        params = {k: v for k, v in kwargs.items() if v is not None}
+        return _resource(self.http.json_request("GET", _namespace_path(namespace),
+                                                params=params or None))
+
+    def list(self, filters: dict[str, Any] | None = None, page_size: int | None = None,
+             marker: str | None = None, sort_key: str | None = None,
+             sort_dir: str | None = None, limit: int | None = None,
+             **_ignored: Any) -> Iterator[Resource]:
+        """Every namespace matching ``filters`` (``resource_types``, ``visibility``),
+        following the server's next links; ``limit`` caps the total."""
+        if sort_key is not None and sort_key not in SORT_KEY_VALUES:
+            raise ValueError(f"sort_key must be one of the following: "
+                             f"{', '.join(SORT_KEY_VALUES)}.")
+        if sort_dir is not None and sort_dir not in SORT_DIR_VALUES:
+            raise ValueError(f"sort_dir must be one of the following: "
+                             f"{', '.join(SORT_DIR_VALUES)}.")
+        params: builtins.list[tuple[str, str]] = []
+        for key, value in (filters or {}).items():
+            if value is None:
+                continue
+            if isinstance(value, (builtins.list, tuple)):
+                value = ",".join(str(v) for v in value)
+            params.append((key, str(value)))
+        params.append(("limit", str(page_size or DEFAULT_PAGE_SIZE)))
+        for key, value in (("marker", marker), ("sort_key", sort_key), ("sort_dir", sort_dir)):
+            if value:
+                params.append((key, value))
+        path: str | None = "/v2/metadefs/namespaces"
+        query: Any = params
+        remaining = limit
+        while path:
+            body = self.http.json_request("GET", path, params=query) or {}
+            for raw in body.get("namespaces", []):
+                yield _resource(raw)
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining <= 0:
+                        return
+            next_link = body.get("next")
+            if not next_link:
+                return
+            split = urlsplit(next_link)
+            path = split.path if split.path.startswith("/v2") else "/v2/metadefs/namespaces"
+            query = [(k, v) for k, vs in parse_qs(split.query, keep_blank_values=True).items()
+                     for v in vs]
+
+    def delete(self, namespace: str) -> None:
+        self._delete(_namespace_path(namespace))
+
+
+class ResourceTypeManager(_Manager):
+    """``client.metadefs_resource_type``."""
+
+    def associate(self, namespace: str, **kwargs: Any) -> Resource:
+        return _resource(self.http.json_request(
+            "POST", _namespace_path(namespace, "resource_types"), json=kwargs))
+
+    def deassociate(self, namespace: str, resource: str) -> None:
+        self._delete(_namespace_path(namespace, "resource_types", resource))
+
+    def list(self) -> Iterator[Resource]:
+        """Every resource type the catalog knows."""
+        body = self.http.json_request("GET", "/v2/metadefs/resource_types") or {}
+        return iter([_resource(r) for r in body.get("resource_types", [])])
+
+    def get(self, namespace: str) -> Iterator[Resource]:
+        """The resource types associated with ``namespace``."""
+        body = self.http.json_request("GET", _namespace_path(namespace, "resource_types")) or {}
+        return iter([_resource(r) for r in body.get("resource_type_associations", [])])
+
+
+class PropertyManager(_Manager):
+    """``client.metadefs_property``."""
+
+    def create(self, namespace: str, **kwargs: Any) -> Resource:
+        return _resource(self.http.json_request(
+            "POST", _namespace_path(namespace, "properties"), json=kwargs))
+
+    def update(self, namespace: str, prop_name: str, **kwargs: Any) -> Resource:
+        body = _writable(self.get(namespace, prop_name), kwargs)
+        self.http.request("PUT", _namespace_path(namespace, "properties", prop_name),
+                          json=body).close()
+        return self.get(namespace, body.get("name") or prop_name)
+
+    def get(self, namespace: str, prop_name: str) -> Resource:
+        prop = _resource(self.http.json_request(
+            "GET", _namespace_path(namespace, "properties", prop_name)))
+        prop["name"] = prop_name
+        return prop
+
+    def list(self, namespace: str, **_ignored: Any) -> Iterator[Resource]:
+        body = self.http.json_request("GET", _namespace_path(namespace, "properties")) or {}
+        return iter([_resource({**value, "name": key})
+                     for key, value in (body.get("properties") or {}).items()])
+
+    def delete(self, namespace: str, prop_name: str) -> None:
+        self._delete(_namespace_path(namespace, "properties", prop_name))
+
+    def delete_all(self, namespace: str) -> None:
+        self._delete(_namespace_path(namespace, "properties"))
+
+
+class ObjectManager(_Manager):
+    """``client.metadefs_object``."""
+
+    def create(self, namespace: str, **kwargs: Any) -> Resource:
+        return _resource(self.http.json_request(
+            "POST", _namespace_path(namespace, "objects"), json=kwargs))
+
+    def update(self, namespace: str, object_name: str, **kwargs: Any) -> Resource:
+        body = _writable(self.get(namespace, object_name), kwargs)
+        self.http.request("PUT", _namespace_path(namespace, "objects", object_name),
+                          json=body).close()
+        return self.get(namespace, body.get("name") or object_name)
+
+    def get(self, namespace: str, object_name: str) -> Resource:
+        return _resource(self.http.json_request(
+            "GET", _namespace_path(namespace, "objects", object_name)))
+
+    def list(self, namespace: str, **_ignored: Any) -> Iterator[Resource]:
+        body = self.http.json_request("GET", _namespace_path(namespace, "objects")) or {}
+        return iter([_resource(o) for o in body.get("objects", [])])
+
+    def delete(self, namespace: str, object_name: str) -> None:
+        self._delete(_namespace_path(namespace, "objects", object_name))
+
+    def delete_all(self, namespace: str) -> None:
+        self._delete(_namespace_path(namespace, "objects"))
+
+
+class TagManager(_Manager):
+    """``client.metadefs_tag``."""
+
+    def create(self, namespace: str, tag_name: str) -> Resource:
+        return _resource(self.http.json_request(
+            "POST", _namespace_path(namespace, "tags", tag_name)))
+
+    def create_multiple(self, namespace: str, tags: builtins.list[str] | None = None,
+                        append: bool = False, **_ignored: Any) -> Iterator[Resource]:
+        """Set the namespace's tags to ``tags`` (``append``: add them to the ones there)."""
+        headers = {"X-Openstack-Append": "True"} if append else {}
+        body = self.http.json_request(
+            "POST", _namespace_path(namespace, "tags"),
+            json={"tags": [{"name": t} for t in tags or []]}, headers=headers) or {}
+        return iter([_resource(t) for t in body.get("tags", [])])
+
+    def update(self, namespace: str, tag_name: str, **kwargs: Any) -> Resource:
+        body = _writable(self.get(namespace, tag_name), kwargs)
+        self.http.request("PUT", _namespace_path(namespace, "tags", tag_name),
+                          json=body).close()
+        return self.get(namespace, body.get("name") or tag_name)
+
+    def get(self, namespace: str, tag_name: str) -> Resource:
+        return _resource(self.http.json_request(
+            "GET", _namespace_path(namespace, "tags", tag_name)))
+
+    def list(self, namespace: str, **_ignored: Any) -> Iterator[Resource]:
+        body = self.http.json_request("GET", _namespace_path(namespace, "tags")) or {}
+        return iter([_resource(t) for t in body.get("tags", [])])
+
+    def delete(self, namespace: str, tag_name: str) -> None:
+        self._delete(_namespace_path(namespace, "tags", tag_name))
+
+    def delete_all(self, namespace: str) -> None:
+        self._delete(_namespace_path(namespace, "tags"))

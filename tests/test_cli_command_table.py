@@ -1,0 +1,128 @@
+"""Every v2 command of python-glanceclient's ``glance`` exists in ``glancefs``: the two
+``help`` listings side by side (no server needed), and ``glancefs bash-completion``.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from glancefs.testing.glance_server import ensure_glance_venv, glance_bin
+from tests.cli_support import cli_env, glancefs_cmd, run_glancefs
+
+# Built on branch issue15 (the import issue) with the tasks manager; the lead empties this
+# after merging both branches, and from then on their absence fails the test like any other.
+BUILT_BY_IMPORT_ISSUE = frozenset({"task-create", "task-list", "task-show", "image-tasks",
+                                   "stores-delete"})
+
+# A command line in argparse's listing: four spaces, the name, then its summary or nothing
+# (a long name puts its summary on the next line).
+_COMMAND_LINE = re.compile(r"^    ([a-z][a-z0-9-]+)(?:\s{2,}\S.*)?$")
+
+
+def listed_commands(help_text: str) -> set[str]:
+    return {m.group(1) for line in help_text.splitlines() if (m := _COMMAND_LINE.match(line))}
+
+
+def glance_help() -> str:
+    ensure_glance_venv()
+    env = cli_env(OS_IMAGE_API_VERSION="2")
+    proc = subprocess.run([str(glance_bin("glance")), "help"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def glancefs_help() -> str:
+    proc = subprocess.run(glancefs_cmd("help"), env=cli_env(OS_IMAGE_API_VERSION="2"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # glancefs lists its commands with two spaces of indent; make them look like glance's.
+    return "\n".join("  " + line if line.startswith("  ") and not line.startswith("   ")
+                     else line for line in proc.stdout.splitlines())
+
+
+@pytest.fixture(scope="module")
+def glance_commands() -> set[str]:
+    commands = listed_commands(glance_help())
+    assert len(commands) > 60, "glance help listed too few commands: the parser is wrong"
+    return commands
+
+
+@pytest.fixture(scope="module")
+def glancefs_commands() -> set[str]:
+    return listed_commands(glancefs_help())
+
+
+def test_every_glance_v2_command_is_in_glancefs(glance_commands: set[str],
+                                                glancefs_commands: set[str]) -> None:
+    missing = glance_commands - glancefs_commands - BUILT_BY_IMPORT_ISSUE
+    assert not missing, f"glance v2 commands missing from glancefs: {sorted(missing)}"
+
+
+def test_the_import_issue_exception_names_only_glance_commands(
+        glance_commands: set[str], glancefs_commands: set[str]) -> None:
+    """The exception list stays honest: each name is a glance command, and one glancefs
+    already has is taken off the list."""
+    assert BUILT_BY_IMPORT_ISSUE <= glance_commands
+    assert not BUILT_BY_IMPORT_ISSUE & glancefs_commands, \
+        "built now: remove from BUILT_BY_IMPORT_ISSUE"
+
+
+def test_bash_completion_prints_every_command_and_option(glancefs_commands: set[str]) -> None:
+    result = run_glancefs(None, "bash-completion", environ={})
+    assert result.rc == 0 and result.err == ""
+    words = result.out.split()
+    assert len(words) == len(set(words)) and result.out.count("\n") == 1
+    assert set(words) >= glancefs_commands - {"bash-completion"}
+    assert "bash-completion" not in words
+    for option in ("--os-image-url", "--max-column-width", "--resource-type", "--url",
+                   "--target", "--names", "--append", "--file", "-f", "--help"):
+        assert option in words, option
+
+
+# Options of glance commands that glancefs had before issue 16 and still lacks: reported to
+# the lead, not part of that issue. Shrinking this is welcome; the test only fails when an
+# option missing from glancefs is not listed here.
+KNOWN_OPTION_GAPS: dict[str, frozenset[str]] = {
+    "image-create": frozenset({"--store"}),
+    "image-upload": frozenset({"--store"}),
+    "image-download": frozenset({"--allow-md5-fallback", "--prefer"}),
+    "image-import": frozenset({"--remote-image-id", "--remote-region",
+                               "--remote-service-interface"}),
+    "image-create-via-import": frozenset({"--remote-image-id", "--remote-region",
+                                          "--remote-service-interface"}),
+    "stores-info": frozenset({"--detail"}),
+}
+
+
+def test_every_glance_option_and_argument_is_in_glancefs() -> None:
+    """python-glanceclient's own parsers (its shell, in this process) against glancefs's:
+    each option string of a glance command is accepted by the glancefs command of that name,
+    which takes as many positional arguments."""
+    import warnings
+
+    from glancefs.cli.main import build_parser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from glanceclient import shell
+        glance = shell.OpenStackImagesShell()
+        glance.get_subcommand_parser(2)
+    _, ours = build_parser("2")
+    gaps: dict[str, list[str]] = {}
+    positionals: dict[str, tuple[int, int]] = {}
+    for name, parser in glance.subcommands.items():
+        if name not in ours:
+            continue  # a missing command is the first test's failure
+        lacking = set(parser._option_string_actions) - set(ours[name]._option_string_actions)
+        lacking -= KNOWN_OPTION_GAPS.get(name, frozenset())
+        if lacking:
+            gaps[name] = sorted(lacking)
+        count = (sum(not a.option_strings for a in parser._actions),
+                 sum(not a.option_strings for a in ours[name]._actions))
+        if count[0] != count[1]:
+            positionals[name] = count
+    assert not gaps, f"options of glance that glancefs lacks: {gaps}"
+    assert not positionals, f"positional arguments (glance, glancefs): {positionals}"
