@@ -17,7 +17,6 @@ from glancefs.cli.commands import (
     V2,
     CommandError,
     Context,
-    _one_line,
     arg,
     command,
     show_image,
@@ -160,7 +159,7 @@ def _each(ctx: Context, name: str, ids: list[str], action: Any, verb: str) -> No
             ctx.warn(f"{name}: You are not permitted to {verb} the image '{image_id}'.")
         except exc.ClientException as e:
             failed += 1
-            ctx.warn(f"{name}: {image_id}: {_one_line(e)}")
+            ctx.warn(f"{name}: {image_id}: {exc.describe(e)}")
     if failed:
         raise CommandError(f"{failed} of {len(ids)} images failed")
 
