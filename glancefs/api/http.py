@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 from keystoneauth1 import exceptions as ks_exc
@@ -335,6 +336,36 @@ class HTTPClient:
                 f"expected JSON, got {resp.headers.get('Content-Type', 'no content type')}: "
                 f"{exc.server_message(resp.content[:200])}",
                 method=method, url=resp.url) from None
+
+    def pages(self, path: str, key: str, params: Any,
+              limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """The items under ``key`` of a listing Glance pages with ``next`` links
+        (images, metadefs), ``limit`` of them at most. The server's next link
+        keeps the query's filters and adds the marker."""
+        url: str | None = path
+        query: Any = params
+        remaining = limit
+        while url:
+            body = self.json_request("GET", url, params=query)
+            if body is None:
+                return
+            if not isinstance(body, dict) or not isinstance(body.get(key, []), list):
+                raise exc.InvalidResponse(
+                    f"expected an object with a list of {key}, got {type(body).__name__}",
+                    method="GET", url=self.url(url))
+            for raw in body.get(key, []):
+                yield raw
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining <= 0:
+                        return
+            next_link = body.get("next")
+            if not next_link:
+                return
+            split = urlsplit(next_link)
+            url = split.path if split.path.startswith("/v2") else path
+            query = [(k, v) for k, vs in parse_qs(split.query, keep_blank_values=True).items()
+                     for v in vs]
 
 
 def _jitter(delay: float) -> float:

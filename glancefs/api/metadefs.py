@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins  # the managers' list methods shadow list in their annotations
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 from glancefs.api.http import HTTPClient
 from glancefs.api.resource import Resource
@@ -97,24 +97,8 @@ class NamespaceManager(_Manager):
         for key, value in (("marker", marker), ("sort_key", sort_key), ("sort_dir", sort_dir)):
             if value:
                 params.append((key, value))
-        path: str | None = "/v2/metadefs/namespaces"
-        query: Any = params
-        remaining = limit
-        while path:
-            body = self.http.json_request("GET", path, params=query) or {}
-            for raw in body.get("namespaces", []):
-                yield _resource(raw)
-                if remaining is not None:
-                    remaining -= 1
-                    if remaining <= 0:
-                        return
-            next_link = body.get("next")
-            if not next_link:
-                return
-            split = urlsplit(next_link)
-            path = split.path if split.path.startswith("/v2") else "/v2/metadefs/namespaces"
-            query = [(k, v) for k, vs in parse_qs(split.query, keep_blank_values=True).items()
-                     for v in vs]
+        for raw in self.http.pages("/v2/metadefs/namespaces", "namespaces", params, limit):
+            yield _resource(raw)
 
     def delete(self, namespace: str) -> None:
         self._delete(_namespace_path(namespace))

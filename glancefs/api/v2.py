@@ -8,7 +8,6 @@ import io
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
-from urllib.parse import parse_qs, urlsplit
 
 from glancefs.api import download, fields, metadefs
 from glancefs.api import exceptions as exc
@@ -159,29 +158,8 @@ class Images:
         params.append(("limit", str(page)))
         if marker:
             params.append(("marker", marker))
-        path: str | None = "/v2/images"
-        query: Any = params
-        remaining = limit
-        while path:
-            body = self.http.json_request("GET", path, params=query)
-            if not isinstance(body, dict) or not isinstance(body.get("images", []), list):
-                raise exc.InvalidResponse(
-                    f"expected an object with a list of images, got {type(body).__name__}",
-                    method="GET", url=self.http.url(path))
-            for raw in body.get("images", []):
-                yield self._model(raw)
-                if remaining is not None:
-                    remaining -= 1
-                    if remaining <= 0:
-                        return
-            next_link = body.get("next")
-            if not next_link:
-                return
-            # The server's next link keeps our filters and adds the marker.
-            split = urlsplit(next_link)
-            path = split.path if split.path.startswith("/v2") else "/v2/images"
-            query = [(k, v) for k, vs in parse_qs(split.query, keep_blank_values=True).items()
-                     for v in vs]
+        for raw in self.http.pages("/v2/images", "images", params, limit):
+            yield self._model(raw)
 
     def get(self, image: Any) -> Image:
         return self._model(self.http.json_request("GET", f"/v2/images/{image_id_of(image)}"))
