@@ -16,7 +16,9 @@ Sections (``--only``; all by default):
   peak RSS against its memory budget. Also what bounds those reads on this machine: the CPU
   seconds per GiB the mount, Glance and the reader (``cat``, ``curl``) spend, the rate that
   work would have spread perfectly over all cores, and ``cat`` through a FUSE file system
-  that serves from memory (``scripts/fuse_ceiling.py``): FUSE's own cost here.
+  that serves from memory (``scripts/fuse_ceiling.py``): FUSE's own cost here; and the client
+  alone receiving the image into preallocated buffers (``readinto``, no FUSE, no hash) beside
+  the read path's own chunked download: what receiving costs, and whether its copies matter.
 * ``write``: ``cp`` into the mount vs glanceclient's upload vs ``curl -T``, the mount's peak RSS
   during the copy.
 * ``list``: ``ls -l`` of N images through the mount, cold and warm, vs ``glance image-list``.
@@ -850,6 +852,7 @@ class Bench:
         log("curl download, counting CPU")
         self.add_cpu("dl_curl", "curl download", self.cpu_of(self.measure_dl_curl)[1])
         self.fuse_ceiling()
+        self.receive_floor()
         if r.get("sha512_rate") is not None:
             r.ratio("mount_read_sha512", "mount read (verify on) / sha512 rate",
                     "mount_cold_verify_on", "sha512_rate", ">= 0.9")
@@ -963,6 +966,55 @@ class Bench:
               "MiB/s", note="pyfuse3 and trio as glancefs, the same read-ahead, no network")
         best_cpu.pop("Glance", None)
         self.add_cpu("fuse_ceiling", "FUSE from memory", best_cpu)
+
+    def receive_floor(self) -> None:
+        """The client alone receiving the image into preallocated 1 MiB buffers
+        (``readinto`` from the response's socket file, no FUSE, no hash), in this
+        process: the least CPU any read of it through HTTP costs here. Beside it, the
+        same client's download loop as the mount's read path runs it."""
+        r = self.report
+        from glancefs.api import download
+        image_id = self.main_image()
+        path = f"/v2/images/{image_id}/file"
+        http = self.client.http
+
+        def cpu() -> float:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return usage.ru_utime + usage.ru_stime
+
+        def into_buffers() -> int:
+            resp = http.request("GET", path, stream=True)
+            fp = resp.raw._fp   # http.client's response: readinto straight from the socket
+            got = 0
+            try:
+                block = memoryview(bytearray(MiB))
+                while True:
+                    n = fp.readinto(block)
+                    if not n:
+                        return got
+                    got += n
+            finally:
+                resp.close()
+
+        def by_chunks() -> int:
+            return sum(len(chunk) for chunk in download.stream(
+                http, path, offset=0, length=self.size, verify=False, chunk_size=MiB))
+
+        for key, label, fetch in (
+                ("receive_floor", "client alone, readinto preallocated buffers", into_buffers),
+                ("receive_chunks", "client alone, the read path's 1 MiB chunks", by_chunks)):
+            best, best_cpu = float("inf"), 0.0
+            for _ in range(self.repeat):
+                start, used = time.perf_counter(), cpu()
+                got = fetch()
+                seconds, used = time.perf_counter() - start, cpu() - used
+                if got != self.size:
+                    raise RuntimeError(f"{label}: {got} bytes, expected {self.size}")
+                if seconds < best:
+                    best, best_cpu = seconds, used
+            r.add(key, f"download: {label}", rate(self.size, best), "MiB/s")
+            r.add(f"{key}_cpu", f"download: {label}: CPU s/GiB, client",
+                  best_cpu * GiB / self.size, "s", note="no FUSE, no hash")
 
     def random_reads(self, count: int = 200, size: int = 4096) -> None:
         r = self.report
