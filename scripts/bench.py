@@ -865,6 +865,13 @@ class Bench:
         r.ratio("mount_read_noverify_fuse", "mount read (verify off) / FUSE from memory",
                 "mount_cold_verify_off", "fuse_ceiling")
         r.ratio("curl_fuse", "curl / FUSE from memory", "dl_curl", "fuse_ceiling")
+        floor = [r.get("fuse_ceiling_cpu_file_system"), r.get("receive_floor_cpu")]
+        if None not in floor:
+            r.add("lean_floor_cpu", "FUSE from memory + client alone receiving: CPU s/GiB",
+                  sum(v for v in floor if v is not None), "s",
+                  note="the two unavoidable parts of a read through the mount")
+            r.ratio("mount_cpu_floor", "mount CPU s/GiB (verify off) / that sum",
+                    "mount_cold_verify_off_cpu_file_system", "lean_floor_cpu", "<= 1.2")
         self.random_reads()
         if peaks:
             r.add("mount_rss_peak", "mount peak RSS (sequential reads)",

@@ -137,6 +137,11 @@ class Job:
             self.gate.notify_all()
 
     def want(self, block: int) -> None:
+        # Only trio raises want_until: reading it without the lock first spares
+        # the lock (and the stream thread it contends with) on every read that
+        # does not move it.
+        if block <= self.want_until:
+            return
         with self.gate:
             if block > self.want_until:
                 self.want_until = block
