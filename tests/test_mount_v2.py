@@ -71,7 +71,7 @@ def test_listing_matches_api(mnt: Path, client: Client, images: dict[str, Image]
                                    for r in records])
     shown = set(os.listdir(os.fsencode(mnt)))
     assert shown == set(expected) | {b".by-id", b".shared", b".community", b".hidden",
-                                     b".by-tag"}
+                                     b".by-tag", b".by-owner"}
     assert set(os.listdir(mnt / ".by-id")) == {r.id for r in records}
     # Every odd name is shown under its escape and leads to its image.
     for n, name in enumerate(ODD_NAMES):

@@ -318,7 +318,7 @@ def test_odd_names_created_through_the_api_are_listed_and_read_back(
     with mounted(own_glance.endpoint, tmp_path / "mnt", options="ttl=1") as m:
         shown = set(os.listdir(os.fsencode(m.path)))
         assert shown == set(expected) | {b".by-id", b".shared", b".community", b".hidden",
-                                         b".by-tag"}
+                                         b".by-tag", b".by-owner"}
         by_id = {v: k for k, v in expected.items()}
         for image in made:
             name = by_id[image.id]
