@@ -21,6 +21,7 @@ import yaml
 from glancefs.api import Client
 from glancefs.testing.glance_server import GlanceServer, free_port
 from glancefs.testing.linkproxy import LinkProxy
+from tests.cli_support import glanceclient_for
 from tests.conftest import fresh_glance
 from tests.mount_support import make_image, mount_env, mounted
 
@@ -61,7 +62,10 @@ def no_auth(endpoint: str, **more: object) -> dict[str, object]:
 
 
 def images_named(client: Client, name: str) -> list[dict]:
-    return [i for i in client.images.list() if i.get("name") == name]
+    """The images named ``name``, as python-glanceclient lists them at the
+    endpoint of ``client``: the target is checked by another client."""
+    peer = glanceclient_for(client.http.endpoint)
+    return [dict(i) for i in peer.images.list(filters={"name": name})]
 
 
 def wait_for(condition, what: str, deadline: float = DEADLINE):  # type: ignore[no-untyped-def]

@@ -36,9 +36,14 @@ DEADLINE = 30.0
 MEMBER_STATUS = "user.glance.member_status"
 
 
-def client_as(server: GlanceServer, project: str) -> Client:
-    session = ks_session.Session(additional_headers=identity_headers(project))
-    return Client("2", endpoint=server.endpoint, session=session)
+def client_as(server: GlanceServer, project: str,
+              roles: tuple[str, ...] = ("member", "reader")) -> Client:
+    """glancefs's client as ``project`` (it seeds the images); ``listed`` asks
+    python-glanceclient as the same project."""
+    session = ks_session.Session(additional_headers=identity_headers(project, roles=roles))
+    client = Client("2", endpoint=server.endpoint, session=session)
+    client.project, client.roles, client.server = project, roles, server  # type: ignore[attr-defined]
+    return client
 
 
 @dataclass
@@ -80,11 +85,27 @@ def mnt(cloud: Cloud, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         yield mount.path
 
 
+def glanceclient_as(server: GlanceServer, project: str,
+                    roles: tuple[str, ...] = ("member", "reader")) -> object:
+    """python-glanceclient speaking as ``project``: the peer each view is checked
+    against."""
+    import glanceclient
+    session = ks_session.Session(additional_headers=identity_headers(project, roles=roles))
+    return glanceclient.Client("2", endpoint=server.endpoint, session=session)
+
+
 def listed(client: object, not_owned_by: str | None = None, **filters: str) -> set[bytes]:
-    """File names of what the client lists (the names rule of the mount; the
-    names here are unique, so no suffixes)."""
+    """File names of what python-glanceclient lists speaking as ``client``'s
+    project (the names rule of the mount; the names here are unique, so no
+    suffixes)."""
+    project = client.project  # type: ignore[attr-defined]
+    roles = getattr(client, "roles", ("member", "reader"))
+    peer = glanceclient_as(client.server, project, roles)  # type: ignore[attr-defined]
+    wanted: dict[str, object] = dict(filters)
+    if "tag" in wanted:
+        wanted["tag"] = [wanted["tag"]]   # glanceclient takes a list of tags
     return {names.escape(i["name"])
-            for i in client.images.list(filters)  # type: ignore[attr-defined]
+            for i in peer.images.list(filters=wanted)  # type: ignore[attr-defined]
             if not_owned_by is None or i["owner"] != not_owned_by}
 
 
@@ -107,9 +128,7 @@ def test_by_owner_shows_every_projects_images_to_an_admin(
     for that owner; A's private image is there, which B never sees."""
     admin = ("admin", "member", "reader")
     private = make_image(cloud.a, "a-private.raw", b"private" * 10)
-    session = ks_session.Session(additional_headers=identity_headers("project-admin",
-                                                                     roles=admin))
-    as_admin = Client("2", endpoint=cloud.server.endpoint, session=session)
+    as_admin = client_as(cloud.server, "project-admin", roles=admin)
     proxy = FaultProxy("127.0.0.1", cloud.server.port,
                        add_headers=identity_headers("project-admin", roles=admin))
     try:
