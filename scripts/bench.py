@@ -25,7 +25,8 @@ Sections (``--only``; all by default):
 * ``far``: the same Glance made far (glancefs.testing.linkproxy: by default 20 ms each way,
   40 MiB/s per connection, 400 MiB/s in all): python-glanceclient's download, the glancefs
   client's download and the mount's cold verified read of one image through the link, their
-  ratios, and the bound the link and the machine's CPU set (``--far-*`` options).
+  ratios, the bound the link and the machine's CPU set (``--far-*`` options), and the HTTP
+  requests ``qemu-img info`` of a qcow2 image through the mount costs over the link.
 * ``clouds``: a second local Glance beside the first and a mount of both (``-o clouds=a,b``
   from a clouds.yaml with ``auth_type: none``): ``cp`` of the image from one cloud's folder
   to the other's, against ``glance image-download`` piped into ``glance image-create`` between
@@ -1295,6 +1296,7 @@ class Bench:
                 "far_glanceclient", ">= 3")
         caps = [v for v in (r.get("far_cap_total"), r.get("far_mount_cold_cpu_bound"))
                 if v is not None]
+        self.far_qemu_info(link)
         r.add("far_bound", "far: min(cap of all connections, CPU bound of the read)",
               min(caps) if caps else None, "MiB/s")
         r.ratio("far_mount_bound", "far: mount read / that bound", "far_mount_cold",
@@ -1398,6 +1400,40 @@ class Bench:
         r.add("clouds_rss_growth", "clouds: mount peak RSS growth during cp / budget",
               growth / budget, "x", "<= 1", note=f"budget {budget / MiB:.0f} MiB")
 
+
+    def far_qemu_info(self, link: LinkProxy) -> None:
+        """``qemu-img info`` of a qcow2 image through the mount over the far link: the
+        HTTP requests it costs (each a round trip or more), counted by a FaultProxy
+        between the mount and the link, from a fresh mount whose listing is done."""
+        r = self.report
+        if shutil.which("qemu-img") is None:
+            r.note("far: qemu-img info: qemu-img is not installed")
+            return
+        disk = self.work / "far-info.qcow2"
+        run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "10G"]).check_returncode()
+        image = self.client.images.create(name="bench-far-info.qcow2", disk_format="qcow2",
+                                          container_format="bare")
+        with open(disk, "rb") as f:
+            image.update(data=f)
+        counter = FaultProxy("127.0.0.1", link.port).start()
+        self.proxies.append(counter)
+        try:
+            with self.mount(endpoint=counter.endpoint) as m:
+                counter.stats = Stats()
+                log("far link: qemu-img info through the mount")
+                start = time.perf_counter()
+                done = run(["qemu-img", "info", str(m.path / ".by-id" / image["id"])])
+                seconds = time.perf_counter() - start
+                requests = list(counter.stats.requests)
+            if done.returncode or "qcow2" not in done.stdout:
+                raise RuntimeError(f"qemu-img info through the mount: {done.stderr[-300:]}")
+        finally:
+            self.delete(image["id"])
+        r.add("far_qemu_info_requests", "far: qemu-img info through the mount, HTTP requests",
+              len(requests), "", "<= 4", note=", ".join(q.split(" HTTP")[0][:60]
+                                                for q in requests)[:200] or "none")
+        r.add("far_qemu_info_seconds", "far: qemu-img info through the mount, time",
+              seconds, "s")
 
 def _caps(per_connection: float | None, total: float | None) -> str:
     def text(value: float | None) -> str:
