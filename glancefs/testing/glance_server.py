@@ -28,7 +28,8 @@ Auth modes:
 * ``keystone``: ``keystonemiddleware.auth_token`` validates tokens against a real Keystone.
 
 Command line: ``python -m glancefs.testing.glance_server start DIR PORT [--auth MODE]
-[--image-size-cap N] [--user-storage-quota Q]``, ``stop DIR``, ``status DIR``.
+[--image-size-cap N] [--user-storage-quota Q] [--stores a,b] [--import-methods m,n]
+[--convert-to FORMAT]``, ``stop DIR``, ``status DIR``.
 """
 
 from __future__ import annotations
@@ -157,7 +158,14 @@ class GlanceServer(gunicorn_server.GunicornServer):
 
     def __init__(self, data_dir: Path, port: int, auth: str = "noauth",
                  image_size_cap: int | None = None, user_storage_quota: str | None = None,
-                 keystone: dict | None = None) -> None:
+                 keystone: dict | None = None, stores: tuple[str, ...] = ("fs",),
+                 import_methods: tuple[str, ...] | None = None,
+                 convert_to: str | None = None) -> None:
+        """``stores``: file stores (the first is the default), each in ``images-<id>``
+        except a lone ``fs`` (``images``, where tests look for stored files);
+        ``import_methods``: Glance's enabled_import_methods (None: its default);
+        ``convert_to``: turn the image_conversion import plugin on with this
+        output format (what a Ceph-backed cloud does with ``raw``)."""
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         if auth == "keystone" and not keystone:
@@ -167,6 +175,11 @@ class GlanceServer(gunicorn_server.GunicornServer):
         self.image_size_cap = image_size_cap
         self.user_storage_quota = user_storage_quota
         self.keystone = dict(keystone or {})
+        if not stores:
+            raise ValueError("at least one store is needed")
+        self.stores = tuple(stores)
+        self.import_methods = tuple(import_methods) if import_methods is not None else None
+        self.convert_to = convert_to
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -180,8 +193,14 @@ class GlanceServer(gunicorn_server.GunicornServer):
 
     @property
     def images_dir(self) -> Path:
-        """The file store: one file per image, named by image id."""
-        return self.data_dir / "images"
+        """The (default) file store: one file per image, named by image id."""
+        return self.store_dir(self.stores[0])
+
+    def store_dir(self, store: str) -> Path:
+        """Where the file store ``store`` keeps its images."""
+        if self.stores == ("fs",):
+            return self.data_dir / "images"
+        return self.data_dir / f"images-{store}"
 
     @property
     def db_file(self) -> Path:
@@ -197,10 +216,12 @@ class GlanceServer(gunicorn_server.GunicornServer):
 
     def _write_config(self) -> None:
         d = self.data_dir
-        for sub in ("etc", "images", "staging", "tasks", "locks", "cache"):
+        for sub in ("etc", "staging", "tasks", "locks", "cache"):
             (d / sub).mkdir(parents=True, exist_ok=True)
+        for store in self.stores:
+            self.store_dir(store).mkdir(parents=True, exist_ok=True)
         default = [
-            "enabled_backends = fs:file",
+            "enabled_backends = " + ", ".join(f"{store}:file" for store in self.stores),
             "use_stderr = true",
             f"image_cache_dir = {d / 'cache'}",
         ]
@@ -208,6 +229,16 @@ class GlanceServer(gunicorn_server.GunicornServer):
             default.append(f"image_size_cap = {int(self.image_size_cap)}")
         if self.user_storage_quota is not None:
             default.append(f"user_storage_quota = {self.user_storage_quota}")
+        if self.import_methods is not None:
+            default.append(f"enabled_import_methods = [{','.join(self.import_methods)}]")
+        store_sections: list[str] = []
+        for store in self.stores:
+            store_sections += [f"[{store}]",
+                               f"filesystem_store_datadir = {self.store_dir(store)}", ""]
+        plugins: list[str] = []
+        if self.convert_to is not None:
+            plugins = ["[image_import_opts]", "image_import_plugins = ['image_conversion']", "",
+                       "[image_conversion]", f"output_format = {self.convert_to}", ""]
         conf = [
             "[DEFAULT]", *default, "",
             "[database]",
@@ -216,8 +247,8 @@ class GlanceServer(gunicorn_server.GunicornServer):
             "sqlite_synchronous = false", "",
             "[paste_deploy]",
             f"config_file = {self.etc_dir / 'glance-api-paste.ini'}", "",
-            "[glance_store]", "default_backend = fs", "",
-            "[fs]", f"filesystem_store_datadir = {d / 'images'}", "",
+            "[glance_store]", f"default_backend = {self.stores[0]}", "",
+            *store_sections, *plugins,
             "[os_glance_staging_store]", f"filesystem_store_datadir = {d / 'staging'}", "",
             "[os_glance_tasks_store]", f"filesystem_store_datadir = {d / 'tasks'}", "",
             "[oslo_concurrency]", f"lock_path = {d / 'locks'}", "",
@@ -314,7 +345,7 @@ delay_auth_decision = true
         return f"running: {self.endpoint} (pid {self.pid}, auth {self.auth})"
 
     def _state(self, pid: int) -> dict[str, object]:
-        return {"port": self.port, "auth": self.auth, "pid": pid}
+        return {"port": self.port, "auth": self.auth, "pid": pid, "stores": list(self.stores)}
 
 
 @contextlib.contextmanager
@@ -329,8 +360,10 @@ def running_glance(data_dir: Path, port: int | None = None,
 
 def _server_from_dir(data_dir: Path) -> GlanceServer:
     state = gunicorn_server.read_state(Path(data_dir) / _STATE_FILE)
+    stores = state.get("stores") or ["fs"]
     return GlanceServer(Path(data_dir), int(state.get("port", 0)),
-                        auth=str(state.get("auth", "noauth")))
+                        auth=str(state.get("auth", "noauth")),
+                        stores=tuple(str(s) for s in stores))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,13 +373,23 @@ def main(argv: list[str] | None = None) -> int:
     p_start.add_argument("--auth", choices=("noauth", "headers"), default="noauth")
     p_start.add_argument("--image-size-cap", type=int, default=None)
     p_start.add_argument("--user-storage-quota", default=None)
+    p_start.add_argument("--stores", default="fs",
+                         help="comma-separated file stores, the first the default")
+    p_start.add_argument("--import-methods", default=None,
+                         help="comma-separated enabled_import_methods")
+    p_start.add_argument("--convert-to", default=None,
+                         help="turn the image_conversion import plugin on (e.g. raw)")
     args = parser.parse_args(argv)
 
     if args.command != "start":
         return gunicorn_server.cli_stop_or_status(_server_from_dir(args.dir), args.command)
     server = GlanceServer(args.dir, args.port, auth=args.auth,
                           image_size_cap=args.image_size_cap,
-                          user_storage_quota=args.user_storage_quota)
+                          user_storage_quota=args.user_storage_quota,
+                          stores=tuple(args.stores.split(",")),
+                          import_methods=(tuple(args.import_methods.split(","))
+                                          if args.import_methods else None),
+                          convert_to=args.convert_to)
     if not gunicorn_server.cli_start(server, "glance-server"):
         return 1
     print(f"glance-api running: {server.endpoint} (pid {server.pid}, auth {args.auth}, "
