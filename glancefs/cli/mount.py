@@ -45,6 +45,8 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                              "block_size=SIZE (1M), prefetch_start=SIZE (1M), "
                              "spool_dir=DIR|none (/var/tmp), spool_size=SIZE (8G), "
                              "write_buffer=SIZE (8M), replace_on_close, "
+                             "upload=direct|import|auto (auto), stores=A,B, all_stores, "
+                             "allow_failure=on|off (on), "
                              "journal_dir=DIR|none (/var/tmp/glancefs-UID/journal)")
     parser.add_argument("-f", "--foreground", action="store_true", default=False,
                         help="stay in the foreground (logs on stderr)")

@@ -49,6 +49,14 @@ class MountOptions:
     # dies mid-upload (glancefs.fs.write.journal); none: no journal.
     journal_dir: str | None = field(default_factory=default_journal_dir)
     replace_on_close: bool = False     # an active image opened for writing is replaced
+    # How a file written through the mount reaches Glance: "direct" (PUT .../file),
+    # "import" (stage, then the glance-direct import: conversion, several stores) or
+    # "auto" (README.rst, Writing: how it decides). stores/all_stores/allow_failure:
+    # where an import puts the image, as glance image-create-via-import names them.
+    upload: str = "auto"
+    stores: list[str] = field(default_factory=list)
+    all_stores: bool = False
+    allow_failure: bool = True
     modtime: bool = True               # utimes kept in the 'mtime' property, shown by stat
     ro: bool = False
     allow_other: bool = False
@@ -96,18 +104,27 @@ class MountOptions:
             raise ValueError("streams must be at least 1")
         if self.write_buffer < 64 * KiB:
             raise ValueError("write_buffer must be at least 64K")
+        if self.upload not in UPLOAD_MODES:
+            raise ValueError(f"upload must be one of {', '.join(UPLOAD_MODES)}, "
+                             f"not {self.upload!r}")
+        if self.stores and self.all_stores:
+            raise ValueError("only one of stores and all_stores can be given")
+        if (self.stores or self.all_stores) and self.upload == "direct":
+            raise ValueError("stores and all_stores need upload=import or auto: a direct "
+                             "upload goes to one store")
 
 
+UPLOAD_MODES = ("direct", "import", "auto")
 _SIZES = {"block_size", "prefetch_start", "prefetch_max", "memory", "cache_size", "readahead",
           "spool_size", "write_buffer"}
 _BOOLS = {"verify", "ro", "allow_other", "debug", "foreground", "insecure", "replace_on_close",
-          "modtime"}
+          "modtime", "all_stores", "allow_failure"}
 _ALIASES = {
     "prefetch": "prefetch_max", "max_prefetch": "prefetch_max", "memory_budget": "memory",
     "mem": "memory", "cache": "cache_dir", "logfile": "log", "log_file": "log",
     "cloud": "os_cloud", "image_url": "os_image_url", "os_image_api_version": "api_version",
     "region": "os_region_name", "spool": "spool_dir", "replace": "replace_on_close",
-    "journal": "journal_dir",
+    "journal": "journal_dir", "store": "stores",
 }
 # Generic flags mount(8) or fstab may hand us; they belong to the kernel or to mount.
 KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime",
@@ -127,10 +144,19 @@ _NEGATIONS: dict[str, tuple[str, Any]] = {
 
 
 def apply_option_string(opts: MountOptions, text: str) -> None:
-    """Apply ``-o`` text (comma separated ``key`` or ``key=value``) to ``opts``."""
+    """Apply ``-o`` text (comma separated ``key`` or ``key=value``) to ``opts``.
+
+    ``stores=a,b`` is read as glance's ``--stores a,b``: after it, a bare word that
+    is no option of ours names one more store (``stores=a:b`` says the same)."""
+    known = {f.name: f for f in fields(MountOptions)}
+    in_stores = False
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, has_value, value = item.partition("=")
         key = key.strip().lower().replace("-", "_")
+        if in_stores and not has_value and not _is_option(key, known):
+            opts.stores.append(item)
+            continue
+        in_stores = False
         if any(word in key for word in SECRET_WORDS):
             raise ValueError(f"option {key!r} would put a secret on the command line; "
                              "set it in the environment (OS_*) or clouds.yaml/secure.yaml")
@@ -143,13 +169,22 @@ def apply_option_string(opts: MountOptions, text: str) -> None:
             setattr(opts, *_NEGATIONS[key])
             continue
         name = _ALIASES.get(key, key)
-        known = {f.name: f for f in fields(MountOptions)}
         if name not in known or name == "kernel_flags":
             raise ValueError(f"unknown mount option {key!r}")
         try:
-            setattr(opts, name, _convert(name, value if has_value else None))
+            converted = _convert(name, value if has_value else None)
         except ValueError as error:
             raise ValueError(f"mount option {key}: {error}") from None
+        if name == "stores":
+            opts.stores.extend(converted)
+            in_stores = True
+        else:
+            setattr(opts, name, converted)
+
+
+def _is_option(key: str, known: dict[str, Any]) -> bool:
+    return (key in known or key in _ALIASES or key in _NEGATIONS or key in KERNEL_FLAGS
+            or key in IGNORED or key.startswith(("x-", "comment")))
 
 
 def _convert(name: str, value: str | None) -> Any:
@@ -168,6 +203,10 @@ def _convert(name: str, value: str | None) -> Any:
         return float(value)
     if name == "api_version":
         return major_version(value)
+    if name == "stores":
+        return [s.strip() for s in value.split(":") if s.strip()]
+    if name == "upload":
+        return value.strip().lower()
     if name in ("spool_dir", "journal_dir") and value.strip().lower() in ("", "none", "off",
                                                                          "no"):
         return None
