@@ -1,0 +1,170 @@
+"""cp through Glance's import workflow, through a real kernel mount, against the real Glance
+that converts (``glance_convert``: import methods glance-direct, web-download, copy-image;
+image_conversion to raw; stores ``fast`` (default) and ``slow``).
+
+Every outcome is checked through python-glanceclient as well: the image's status, format,
+stores and bytes as the server holds them.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.mount_support import mounted
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+
+MiB = 1024 * 1024
+
+
+def glanceclient_for(endpoint: str) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import glanceclient
+        return glanceclient.Client("2", endpoint=endpoint)
+
+
+def named(gc: Any, name: str) -> list[Any]:
+    return [i for i in gc.images.list() if i.get("name") == name]
+
+
+def the_image(gc: Any, name: str) -> Any:
+    found = named(gc, name)
+    assert len(found) == 1, [(i["id"], i["status"]) for i in found]
+    return gc.images.get(found[0]["id"])
+
+
+def downloaded(gc: Any, image_id: str, **kwargs: Any) -> bytes:
+    return b"".join(gc.images.data(image_id, **kwargs))
+
+
+def qcow2(path: Path, size: str = "16M", backing: Path | None = None) -> Path:
+    """A qcow2 with data at two places (and holes between), or an overlay of ``backing``."""
+    cmd = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        cmd += ["-b", str(backing), "-F", "qcow2"]
+    subprocess.run([*cmd, str(path), size], check=True)
+    for pattern, at in (("0x5a", "0"), ("0xc3", "9M")):
+        subprocess.run(["qemu-io", "-c", f"write -P {pattern} {at} 1M", str(path)],
+                       check=True, capture_output=True)
+    return path
+
+
+def cp(src: Path, dst: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["cp", str(src), str(dst)], capture_output=True, text=True,
+                          timeout=300)
+
+
+class Setup:
+    def __init__(self, endpoint: str, mnt: Path, log: Any, local: Path) -> None:
+        self.mnt, self.log, self.local = mnt, log, local
+        self.gc = glanceclient_for(endpoint)
+
+
+@pytest.fixture(scope="module")
+def setup(glance_convert: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    base = tmp_path_factory.mktemp("import-mount")
+    (base / "local").mkdir()
+    (base / "spool").mkdir()
+    # A long ttl: what the file shows after the import comes from the upload itself.
+    with mounted(glance_convert.endpoint, base / "mnt",
+                 options=f"ttl=300,spool_dir={base / 'spool'},upload=import") as mount:
+        yield Setup(glance_convert.endpoint, mount.path, mount.log_text, base / "local")
+        log = mount.log_text()
+    assert "Traceback" not in log, log
+
+
+def test_cp_of_qcow2_becomes_the_same_disk_in_raw(setup: Setup) -> None:
+    src = qcow2(setup.local / "guest.qcow2")
+    target = setup.mnt / "imp-guest.qcow2"
+    done = cp(src, target)
+    assert done.returncode == 0, done.stderr + setup.log()
+    image = the_image(setup.gc, "imp-guest.qcow2")
+    assert (image["status"], image["disk_format"], image["size"]) == ("active", "raw", 16 * MiB)
+    assert image["stores"] == "fast"
+    raw = downloaded(setup.gc, image["id"])
+    assert image["os_hash_value"] == hashlib.sha512(raw).hexdigest()
+    # At once, ttl or not: the converted image's size, format and hashes.
+    assert target.stat().st_size == 16 * MiB
+    assert os.getxattr(target, "user.glance.disk_format") == b"raw"
+    assert os.getxattr(target, "user.glance.os_hash_value").decode() == image["os_hash_value"]
+    same = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(src),
+                           str(target)], capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr
+    (setup.local / "got.raw").write_bytes(raw)
+    same = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(src),
+                           str(setup.local / "got.raw")], capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr
+    target.unlink()
+    assert named(setup.gc, "imp-guest.qcow2") == []
+
+
+def test_failed_import_fails_cp_with_the_tasks_message_and_leaves_nothing(
+        setup: Setup) -> None:
+    base = qcow2(setup.local / "base.qcow2")
+    # An overlay: Glance's safety checks refuse a qcow2 with a backing file in the import.
+    src = qcow2(setup.local / "overlay.qcow2", backing=base)
+    done = cp(src, setup.mnt / "imp-overlay.qcow2")
+    assert done.returncode != 0
+    assert os.strerror(errno.EIO) in done.stderr, done.stderr
+    lines = [line for line in setup.log().splitlines()
+             if "imp-overlay.qcow2" in line and "import of image" in line]
+    assert len(lines) == 1, setup.log()
+    # The task's own message (Glance 33 says "Task failed due to ..."), and the errno.
+    assert "says 'Task failed" in lines[0] and lines[0].endswith("-> EIO"), lines[0]
+    deadline = time.monotonic() + 30
+    while named(setup.gc, "imp-overlay.qcow2"):
+        assert time.monotonic() < deadline, "the image of the failed import is still there"
+        time.sleep(0.2)
+    assert not (setup.mnt / "imp-overlay.qcow2").exists()
+
+
+def test_setfattr_stores_copies_to_the_second_store_and_reads_back(setup: Setup) -> None:
+    data = os.urandom(3 * MiB + 5)
+    src = setup.local / "plain.raw"
+    src.write_bytes(data)
+    target = setup.mnt / "imp-plain.raw"
+    assert cp(src, target).returncode == 0, setup.log()
+    image = the_image(setup.gc, "imp-plain.raw")
+    assert image["stores"] == "fast" and image["checksum"] == hashlib.md5(data).hexdigest()
+    os.setxattr(target, "user.glance.stores", b"fast,slow")
+    assert set(setup.gc.images.get(image["id"])["stores"].split(",")) == {"fast", "slow"}
+    assert downloaded(setup.gc, image["id"], prefer=["slow"]) == data
+    # Left out of the list: deleted from that store; the data is read from the other.
+    os.setxattr(target, "user.glance.stores", b"slow")
+    assert setup.gc.images.get(image["id"])["stores"] == "slow"
+    assert os.getxattr(target, "user.glance.stores") == b"slow"
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
+    with pytest.raises(OSError) as refused:
+        os.setxattr(target, "user.glance.stores", b"nowhere")
+    assert refused.value.errno == errno.EINVAL
+    target.unlink()
+
+
+def test_stores_option_puts_the_image_in_the_named_store(
+        glance_convert: Any, tmp_path: Path) -> None:
+    data = os.urandom(MiB + 3)
+    src = tmp_path / "slow.raw"
+    src.write_bytes(data)
+    gc = glanceclient_for(glance_convert.endpoint)
+    # upload=auto (the default) goes through the import because stores= asks for it.
+    with mounted(glance_convert.endpoint, tmp_path / "mnt",
+                 options=f"spool_dir={tmp_path},stores=slow") as mount:
+        done = cp(src, mount.path / "imp-slow.raw")
+        assert done.returncode == 0, done.stderr + mount.log_text()
+        image = the_image(gc, "imp-slow.raw")
+        assert image["stores"] == "slow" and image["status"] == "active"
+        tasks = gc.images.get_associated_image_tasks(image["id"])["tasks"]
+        assert [t["status"] for t in tasks] == ["success"]   # imported, not PUT
+        assert (glance_convert.store_dir("slow") / image["id"]).read_bytes() == data
+        assert os.getxattr(mount.path / "imp-slow.raw", "user.glance.stores") == b"slow"
+        (mount.path / "imp-slow.raw").unlink()
