@@ -109,9 +109,9 @@ class MountOptions:
                              f"not {self.upload!r}")
         if self.stores and self.all_stores:
             raise ValueError("only one of stores and all_stores can be given")
-        if (self.stores or self.all_stores) and self.upload == "direct":
-            raise ValueError("stores and all_stores need upload=import or auto: a direct "
-                             "upload goes to one store")
+        if (len(self.stores) > 1 or self.all_stores) and self.upload == "direct":
+            raise ValueError("several stores and all_stores need upload=import or auto: "
+                             "a direct upload goes to one store")
 
 
 UPLOAD_MODES = ("direct", "import", "auto")
