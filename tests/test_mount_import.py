@@ -168,3 +168,34 @@ def test_stores_option_puts_the_image_in_the_named_store(
         assert (glance_convert.store_dir("slow") / image["id"]).read_bytes() == data
         assert os.getxattr(mount.path / "imp-slow.raw", "user.glance.stores") == b"slow"
         (mount.path / "imp-slow.raw").unlink()
+
+
+@pytest.fixture(scope="module")
+def glance_no_direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A cloud whose policy refuses direct uploads (PUT .../file): only imports."""
+    from tests.conftest import fresh_glance
+    with fresh_glance(tmp_path_factory, "glance-no-direct",
+                      import_methods=("glance-direct",),
+                      policy={"upload_image": "!"}) as server:
+        yield server
+
+
+def test_auto_goes_through_the_import_where_direct_upload_is_refused(
+        glance_no_direct: Any, tmp_path: Path) -> None:
+    gc = glanceclient_for(glance_no_direct.endpoint)
+    with mounted(glance_no_direct.endpoint, tmp_path / "mnt",
+                 options=f"spool_dir={tmp_path}") as mount:
+        for n in (1, 2):     # the refused one, then one that goes through the import at once
+            data = os.urandom(2 * MiB + n)
+            (tmp_path / f"{n}.raw").write_bytes(data)
+            done = cp(tmp_path / f"{n}.raw", mount.path / f"auto-{n}.raw")
+            assert done.returncode == 0, done.stderr + mount.log_text()
+            image = the_image(gc, f"auto-{n}.raw")
+            assert image["status"] == "active"
+            assert image["checksum"] == hashlib.md5(data).hexdigest()
+            assert downloaded(gc, image["id"]) == data
+            tasks = gc.images.get_associated_image_tasks(image["id"])["tasks"]
+            assert [t["status"] for t in tasks] == ["success"]
+        # One image per file: the refused upload's image took the staged data.
+        assert len(list(gc.images.list())) == 2
+        assert mount.log_text().count("refused a direct upload") == 1

@@ -160,12 +160,13 @@ class GlanceServer(gunicorn_server.GunicornServer):
                  image_size_cap: int | None = None, user_storage_quota: str | None = None,
                  keystone: dict | None = None, stores: tuple[str, ...] = ("fs",),
                  import_methods: tuple[str, ...] | None = None,
-                 convert_to: str | None = None) -> None:
+                 convert_to: str | None = None, policy: dict[str, str] | None = None) -> None:
         """``stores``: file stores (the first is the default), each in ``images-<id>``
         except a lone ``fs`` (``images``, where tests look for stored files);
         ``import_methods``: Glance's enabled_import_methods (None: its default);
         ``convert_to``: turn the image_conversion import plugin on with this
-        output format (what a Ceph-backed cloud does with ``raw``)."""
+        output format (what a Ceph-backed cloud does with ``raw``); ``policy``: rules
+        added to the policy file (e.g. ``{"upload_image": "!"}``: no direct upload)."""
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         if auth == "keystone" and not keystone:
@@ -180,6 +181,7 @@ class GlanceServer(gunicorn_server.GunicornServer):
         self.stores = tuple(stores)
         self.import_methods = tuple(import_methods) if import_methods is not None else None
         self.convert_to = convert_to
+        self.policy = dict(policy or {})
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -311,6 +313,7 @@ delay_auth_decision = true
         (self.etc_dir / "glance-api-paste.ini").write_text(paste)
         # noauth: the default policies demand roles an unauthenticated context lacks.
         policy = {"context_is_admin": ""} if self.auth == "noauth" else {}
+        policy.update(self.policy)
         (self.etc_dir / "policy.json").write_text(json.dumps(policy) + "\n")
         (d / f"{_WSGI_MODULE}.py").write_text(_WSGI_SOURCE)
 

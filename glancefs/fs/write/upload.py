@@ -50,7 +50,7 @@ from typing import Any
 from glancefs.api import exceptions as exc
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
 from glancefs.api.service import DataSource, ImageRecord, ImageService
-from glancefs.fs.errors import FsError
+from glancefs.fs.errors import FsError, describe
 from glancefs.fs.stats import MountStats
 from glancefs.fs.write.janitor import Janitor
 from glancefs.fs.write.spool import CHUNK, ZEROS, Spool, SpoolBudget, SpoolFull
@@ -245,6 +245,7 @@ class Upload:
         self._error: BaseException | None = None
         self._created_props: dict[str, str] = {}
         self._created_disk: str | None = None
+        self._direct_refused: exc.HTTPForbidden | None = None   # see _import_instead
         self.imported = False          # the data went through the import workflow
         self.converted = False         # ... and the server converted it
         if self.spool is not None and not resume:
@@ -288,7 +289,7 @@ class Upload:
                 self._stop_stream("truncated to 0")
                 self._queue = ChunkQueue(self.config.write_buffer)
                 self._thread = None
-                self._result = self._error = None
+                self._result = self._error = self._direct_refused = None
                 self.streaming = True
                 self.stream_pos = 0
                 self.why_restart = None
@@ -324,8 +325,11 @@ class Upload:
                     self._thread.join()
                     if self._error is not None:
                         raise self._error
-                    assert self._result is not None
-                    record, source = self._result
+                    if self._direct_refused is not None:
+                        record, source = self._stage_refused()
+                    else:
+                        assert self._result is not None
+                        record, source = self._result
                 else:
                     record, source = self._upload_from_spool()
                 record = self._settle(record, source)
@@ -411,9 +415,13 @@ class Upload:
             self._thread.start()
 
     def _stream_main(self, chunks: ChunkQueue) -> None:
+        ended = False   # the end of the data was taken from the queue
+
         def produce() -> Iterator[bytes]:
+            nonlocal ended
             while (chunk := chunks.get()) is not None:
                 yield chunk
+            ended = True
 
         image_id = None
         try:
@@ -429,7 +437,17 @@ class Upload:
                 # an empty file: Images v1 takes a size of 0 for "no data yet" and
                 # leaves the image queued.
                 source.size = self.stream_pos
-            record = self._send(record.id, source, source.size)
+            try:
+                record = self._send(record.id, source, source.size)
+            except exc.HTTPForbidden as refused:
+                if not self._import_instead(refused):
+                    raise
+                # The data is in the spool, and goes up from there at close: take what
+                # the writer still sends, so it writes on at full speed.
+                self._direct_refused = refused
+                while not ended and chunks.get() is not None:
+                    pass
+                return
             self._result = (record, source)
         except _Abandoned:
             if image_id is not None:
@@ -520,6 +538,29 @@ class Upload:
         record = self._create(self.spool.read(0, SNIFF_BYTES, self.size))
         source = DataSource(self.spool.chunks(self.size), size=self.size)
         return self._send(record.id, source, self.size), source
+
+    def _import_instead(self, refused: exc.HTTPForbidden) -> bool:
+        """upload=auto, and the server refused a direct upload (its policy): every
+        upload of the mount goes through the import from now on, when the server
+        offers glance-direct and this file's data is all in the spool."""
+        config = self.config
+        if config.upload != "auto" or self.spool is None or self.imported:
+            return False
+        if "glance-direct" not in self.service.import_methods():
+            return False
+        config._method = "import"
+        LOG.warning("the server refused a direct upload (%s): uploads go through the "
+                    "import workflow from now on (upload=auto)", describe(refused))
+        return True
+
+    def _stage_refused(self) -> tuple[ImageRecord, DataSource]:
+        """The file whose direct upload was refused: staged into the same (still
+        queued) image from the spool, then imported."""
+        assert self._direct_refused is not None and self.image_id is not None
+        if self.spool is None:
+            raise self._direct_refused   # the spool was dropped: nothing to send again
+        source = DataSource(self.spool.chunks(self.size), size=self.size)
+        return self._send(self.image_id, source, self.size), source
 
     def _send(self, image_id: str, source: DataSource, size: int | None) -> ImageRecord:
         """The data into the image: a direct upload, or staged then imported (where
