@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import signal
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -199,3 +201,56 @@ def test_auto_goes_through_the_import_where_direct_upload_is_refused(
         # One image per file: the refused upload's image took the staged data.
         assert len(list(gc.images.list())) == 2
         assert mount.log_text().count("refused a direct upload") == 1
+
+
+def test_mount_killed_while_staging_its_image_goes_at_the_next_mount(
+        glance_convert: Any, tmp_path: Path) -> None:
+    """The write journal covers an image being staged as it covers a direct upload: the
+    mount is SIGKILLed while ``cp`` streams into the stage (``cp`` reads a FIFO the test
+    holds open), and the next mount of the endpoint deletes the image."""
+    gc = glanceclient_for(glance_convert.endpoint)
+    opts = f"upload=import,spool_dir={tmp_path},journal_dir={tmp_path / 'journal'}"
+    source = tmp_path / "source"
+    os.mkfifo(source)
+    stop = threading.Event()
+
+    def feed() -> None:
+        try:
+            with open(source, "wb") as fifo:
+                for _ in range(8):
+                    fifo.write(os.urandom(MiB))
+                fifo.flush()
+                stop.wait(120)
+        except BrokenPipeError:
+            pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        with mounted(glance_convert.endpoint, tmp_path / "mnt", options=opts) as mount:
+            copy = subprocess.Popen(["cp", str(source), str(mount.path / "imp-crash.raw")],
+                                    stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            while not named(gc, "imp-crash.raw"):
+                assert time.monotonic() < deadline, mount.log_text()
+                time.sleep(0.05)
+            leftover = named(gc, "imp-crash.raw")[0]["id"]
+            # Glance marks the image uploading as soon as the stage request starts.
+            while gc.images.get(leftover)["status"] != "uploading":
+                assert time.monotonic() < deadline, mount.log_text()
+                time.sleep(0.05)
+            os.kill(mount.proc.pid, signal.SIGKILL)
+            mount.proc.wait(timeout=10)
+            stop.set()
+            assert copy.wait(timeout=60) != 0
+            subprocess.run(["fusermount3", "-uz", str(mount.path)], check=True)
+        assert gc.images.get(leftover)["status"] != "active"
+        with mounted(glance_convert.endpoint, tmp_path / "mnt-next", options=opts) as again:
+            assert "imp-crash.raw" not in os.listdir(again.path)
+            deadline = time.monotonic() + 60
+            while leftover in {i["id"] for i in gc.images.list()}:
+                assert time.monotonic() < deadline, again.log_text()
+                time.sleep(0.2)
+    finally:
+        stop.set()
+        feeder.join(timeout=10)
