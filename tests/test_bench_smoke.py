@@ -40,7 +40,8 @@ def test_bench_runs_with_small_sizes(tmp_path: Path) -> None:
                     "list_ls_warm", "mount_cold_verify_on_cpu_bound", "dl_curl_cpu_bound",
                     "fuse_ceiling", "mount_cold_verify_on_gets", "far_mount_cold",
                     "far_mount_bound", "mount_cold_verify_on_streams1", "mount_read_streams",
-                    "far_mount_cold_streams1", "far_mount_streams"):
+                    "far_mount_cold_streams1", "far_mount_streams", "import_cp",
+                    "import_glanceclient"):
             assert figures[key]["value"] is not None, key
         # From the mount's counters, not its log: a tiny image hashes in very little CPU
         # time, which is a figure (or, below the clock's resolution, a note), never missing.

@@ -92,6 +92,10 @@ class WriteConfig:
                 raise FsError(errno.EINVAL, "a direct upload goes to one store: "
                               "stores=A:B and all_stores need upload=import")
             method = "direct"
+        elif self.upload == "auto" and not (self.stores or self.all_stores):
+            # Nothing asks for an import: no request to find out whether one is offered
+            # (a direct upload the server refuses switches over, see Upload._import_instead).
+            method = "direct"
         else:
             offered = "glance-direct" in service.import_methods()
             if self.upload == "import" and not offered:
