@@ -152,24 +152,28 @@ def test_setfattr_stores_copies_to_the_second_store_and_reads_back(setup: Setup)
     target.unlink()
 
 
-def test_stores_option_puts_the_image_in_the_named_store(
-        glance_convert: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stores", ["slow", "fast,slow"])
+def test_stores_option_puts_the_image_in_the_named_stores(
+        glance_convert: Any, tmp_path: Path, stores: str) -> None:
     data = os.urandom(MiB + 3)
-    src = tmp_path / "slow.raw"
+    src = tmp_path / "src.raw"
     src.write_bytes(data)
     gc = glanceclient_for(glance_convert.endpoint)
+    name = f"imp-stores-{stores.replace(',', '-')}.raw"
     # upload=auto (the default) goes through the import because stores= asks for it.
     with mounted(glance_convert.endpoint, tmp_path / "mnt",
-                 options=f"spool_dir={tmp_path},stores=slow") as mount:
-        done = cp(src, mount.path / "imp-slow.raw")
+                 options=f"spool_dir={tmp_path},stores={stores}") as mount:
+        done = cp(src, mount.path / name)
         assert done.returncode == 0, done.stderr + mount.log_text()
-        image = the_image(gc, "imp-slow.raw")
-        assert image["stores"] == "slow" and image["status"] == "active"
+        # cp returned: the image is in every store named, not only in the first.
+        image = the_image(gc, name)
+        assert image["status"] == "active"
+        assert sorted(image["stores"].split(",")) == stores.split(",")
         tasks = gc.images.get_associated_image_tasks(image["id"])["tasks"]
         assert [t["status"] for t in tasks] == ["success"]   # imported, not PUT
-        assert (glance_convert.store_dir("slow") / image["id"]).read_bytes() == data
-        assert os.getxattr(mount.path / "imp-slow.raw", "user.glance.stores") == b"slow"
-        (mount.path / "imp-slow.raw").unlink()
+        for store in stores.split(","):
+            assert (glance_convert.store_dir(store) / image["id"]).read_bytes() == data
+        (mount.path / name).unlink()
 
 
 @pytest.fixture(scope="module")

@@ -588,7 +588,9 @@ class Upload:
     def _settle(self, record: ImageRecord, source: DataSource) -> ImageRecord:
         """Wait for active, then check that the server holds what was written."""
         deadline = time.monotonic() + self.config.active_timeout
-        while record.status != "active":
+        # An import to several stores makes the image active with the first; cp returns
+        # once every store asked for has it (or failed it).
+        while record.status != "active" or (self.imported and record.importing_to_stores):
             if self.imported and (record.status == "queued" or record.status in DEAD_STATUSES):
                 # A failed import puts the image back to queued: its task says why.
                 raise self.service.import_failure(record.id)
