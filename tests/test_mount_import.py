@@ -258,3 +258,26 @@ def test_mount_killed_while_staging_its_image_goes_at_the_next_mount(
     finally:
         stop.set()
         feeder.join(timeout=10)
+
+
+def test_auto_imports_a_refused_upload_redone_from_the_spool(
+        glance_no_direct: Any, tmp_path: Path) -> None:
+    """qemu-img convert goes back into what it wrote, so its upload is redone from the
+    spool at close: whichever direct upload the server refuses (the stream, or the one
+    from the spool), the file goes through the import and arrives whole."""
+    gc = glanceclient_for(glance_no_direct.endpoint)
+    src = qcow2(tmp_path / "guest.qcow2")
+    with mounted(glance_no_direct.endpoint, tmp_path / "mnt",
+                 options=f"spool_dir={tmp_path}") as mount:
+        target = mount.path / "auto-convert.qcow2"
+        done = subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(src), str(target)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr + mount.log_text()
+        image = the_image(gc, "auto-convert.qcow2")
+        assert (image["status"], image["disk_format"]) == ("active", "qcow2")
+        (tmp_path / "got.qcow2").write_bytes(downloaded(gc, image["id"]))
+        same = subprocess.run(["qemu-img", "compare", str(src), str(tmp_path / "got.qcow2")],
+                              capture_output=True, text=True)
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert "refused a direct upload" in mount.log_text()
+        target.unlink()

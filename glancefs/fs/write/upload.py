@@ -541,6 +541,12 @@ class Upload:
         assert self.spool is not None
         record = self._create(self.spool.read(0, SNIFF_BYTES, self.size))
         source = DataSource(self.spool.chunks(self.size), size=self.size)
+        try:
+            return self._send(record.id, source, self.size), source
+        except exc.HTTPForbidden as refused:
+            if not self._import_instead(refused):
+                raise
+        source = DataSource(self.spool.chunks(self.size), size=self.size)
         return self._send(record.id, source, self.size), source
 
     def _import_instead(self, refused: exc.HTTPForbidden) -> bool:
