@@ -21,6 +21,9 @@ Sections (``--only``; all by default):
   the read path's own chunked download: what receiving costs, and whether its copies matter.
 * ``write``: ``cp`` into the mount vs glanceclient's upload vs ``curl -T``, the mount's peak RSS
   during the copy.
+* ``import``: ``cp`` of a qcow2 into a mount with ``upload=import`` vs python-glanceclient's
+  stage + glance-direct import of the same file (until active), on a second Glance that
+  converts to raw.
 * ``list``: ``ls -l`` of N images through the mount, cold and warm, vs ``glance image-list``.
 * ``far``: the same Glance made far (glancefs.testing.linkproxy: by default 20 ms each way,
   40 MiB/s per connection, 400 MiB/s in all): python-glanceclient's download, the glancefs
@@ -40,7 +43,8 @@ mount's own counters, ``getfattr -n user.glancefs.stats MOUNTPOINT``): the hash 
 has just arrived, with the other cores busy; and the data GETs and bytes each cold read cost,
 from the same counters.
 
-Usage: ``scripts/bench [--size-mib N] [--images N] [--only client,read,write,list,far,clouds]
+Usage: ``scripts/bench [--size-mib N] [--images N]
+[--only client,read,write,import,list,far,clouds]
 [--repeat N] [--streams N] [--far-size-mib N] [--far-delay-ms MS] [--far-rate R]
 [--far-total-rate R] [--json PATH] [--workdir DIR] [--keep]``.
 
@@ -86,7 +90,7 @@ from glancefs.testing.linkproxy import LinkProxy, parse_rate  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-SECTIONS = ("client", "read", "write", "list", "far", "clouds")
+SECTIONS = ("client", "read", "write", "import", "list", "far", "clouds")
 STEP_TIMEOUT = 900          # seconds any one subprocess may take
 MOUNT_TIMEOUT = 120         # seconds until a mount must be ready (5,000 images listed first)
 CLIENT_RSS_BUDGET = 64 * MiB  # issue 2: a 1 GiB transfer holds a few chunks, not the image
@@ -377,6 +381,18 @@ if mode == "download":
     for chunk in gc.images.data(arg):              # verified (os_hash_value) by default
         size += len(chunk)
     image_id = arg
+elif mode == "import":
+    # What `glance image-create-via-import --file` sends, then the wait for active
+    # that a cp through the mount includes.
+    image = gc.images.create(name=sys.argv[4], disk_format="qcow2", container_format="bare")
+    with open(arg, "rb") as f:
+        gc.images.stage(image["id"], f)
+    gc.images.image_import(image["id"], "glance-direct")
+    while (status := gc.images.get(image["id"])["status"]) != "active":
+        if status == "queued":
+            sys.exit(f"the import of {image['id']} failed")
+        time.sleep(0.05)
+    image_id, size = image["id"], None
 else:
     image = gc.images.create(name=sys.argv[4], disk_format="raw", container_format="bare")
     with open(arg, "rb") as f:
@@ -1104,6 +1120,69 @@ class Bench:
             r.add("mount_rss_peak_cp", "mount peak RSS during cp", peak_rss / MiB, "MiB")
             r.add("mount_rss_growth_cp", "mount peak RSS growth during cp / budget",
                   growth / budget, "x", "<= 1", note=f"budget {budget / MiB:.0f} MiB")
+
+    # -- import section -------------------------------------------------------------------
+
+    def section_import(self) -> None:
+        """cp of a qcow2 into a mount with upload=import, against python-glanceclient's
+        stage + glance-direct import of the same file, on a Glance of its own that
+        converts to raw (as a Ceph-backed cloud does); both timed until the image is
+        active, which is when cp returns."""
+        r = self.report
+        r.section(f"import: a {self.args.size_mib} MiB qcow2 through the import workflow "
+                  "(a Glance converting to raw)")
+        if not self.mount_available():
+            return
+        if shutil.which("qemu-img") is None:
+            r.note("import: not available (qemu-img is missing)")
+            return
+        qcow2 = self.work / "source.qcow2"
+        run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(self.source), str(qcow2)])
+        size = qcow2.stat().st_size
+        server = GlanceServer(self.work / "glance-convert", free_port(),
+                              import_methods=("glance-direct",), convert_to="raw")
+        log(f"starting a converting Glance on {server.endpoint}")
+        server.start()
+        client = Client("2", endpoint=server.endpoint)
+
+        def check(image_id: str, what: str) -> None:
+            image = client.images.get(image_id)
+            if image["status"] != "active" or image["disk_format"] != "raw" or \
+                    image["size"] != self.size:
+                raise RuntimeError(f"{what}: image {image_id} is {image['status']}, "
+                                   f"{image['disk_format']}, {image['size']} bytes")
+            client.images.delete(image_id)
+
+        try:
+            ref, best = float("inf"), float("inf")
+            for i in range(self.upload_runs):
+                log(f"glanceclient stage + import ({i + 1}/{self.upload_runs})")
+                out = self._glanceclient("import", str(qcow2), self.unique("bench-import"),
+                                         endpoint=server.endpoint)
+                check(out["id"], "glanceclient import")
+                ref = min(ref, out["seconds"])
+                name = self.unique("bench-cp-import")
+                with self.mount("upload=import", endpoint=server.endpoint) as m:
+                    log(f"cp into the mount, upload=import ({i + 1}/{self.upload_runs})")
+                    seconds, done = timed(["cp", str(qcow2), str(m.path / name)])
+                if done.returncode:
+                    r.note(f"import: cp failed (exit {done.returncode}: "
+                           f"{done.stderr.decode().strip()[-300:]})")
+                    return
+                found = list(client.images.list(filters={"name": name}))
+                if len(found) != 1:
+                    r.note(f"import: cp succeeded but {len(found)} images are named {name}")
+                    return
+                check(found[0]["id"], "cp with upload=import")
+                best = min(best, seconds)
+            r.add("import_glanceclient", "import: glanceclient stage + import, to active",
+                  rate(size, ref), "MiB/s")
+            r.add("import_cp", "import: cp into the mount (upload=import)", rate(size, best),
+                  "MiB/s")
+            r.ratio("import_cp_glanceclient", "cp (upload=import) / glanceclient import",
+                    "import_cp", "import_glanceclient", ">= 0.95")
+        finally:
+            server.stop()
 
     # -- list section ---------------------------------------------------------------------
 

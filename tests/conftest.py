@@ -36,6 +36,19 @@ def glance_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer
         yield server
 
 
+# The cloud that converts: two file stores, the import methods the mount and the CLI use,
+# and the image_conversion plugin turning every import into raw (as a Ceph-backed cloud does).
+CONVERT_STORES = ("fast", "slow")
+
+
+@pytest.fixture(scope="session")
+def glance_convert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
+    with fresh_glance(tmp_path_factory, "glance-convert", stores=CONVERT_STORES,
+                      import_methods=("glance-direct", "web-download", "copy-image"),
+                      convert_to="raw") as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def glance_v1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[V1Server]:
     store = tmp_path_factory.mktemp("glance-v1")

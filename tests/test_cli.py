@@ -129,7 +129,8 @@ V2_COMMANDS = ["image-list", "image-show", "image-create", "image-update", "imag
                "image-download", "image-delete", "image-deactivate", "image-reactivate",
                "image-tag-update", "image-tag-delete", "image-stage", "image-import",
                "image-create-via-import", "member-list", "member-create", "member-update",
-               "member-delete", "import-info", "stores-info", "usage", "mount"]
+               "member-delete", "import-info", "stores-info", "usage", "mount", "image-tasks",
+               "task-list", "task-show", "task-create", "stores-delete"]
 
 
 def test_help_lists_every_command(g2):

@@ -11,11 +11,6 @@ import pytest
 from glancefs.testing.glance_server import ensure_glance_venv, glance_bin
 from tests.cli_support import cli_env, glancefs_cmd, run_glancefs
 
-# Built on branch issue15 (the import issue) with the tasks manager; the lead empties this
-# after merging both branches, and from then on their absence fails the test like any other.
-BUILT_BY_IMPORT_ISSUE = frozenset({"task-create", "task-list", "task-show", "image-tasks",
-                                   "stores-delete"})
-
 # A command line in argparse's listing: four spaces, the name, then its summary or nothing
 # (a long name puts its summary on the next line).
 _COMMAND_LINE = re.compile(r"^    ([a-z][a-z0-9-]+)(?:\s{2,}\S.*)?$")
@@ -57,17 +52,8 @@ def glancefs_commands() -> set[str]:
 
 def test_every_glance_v2_command_is_in_glancefs(glance_commands: set[str],
                                                 glancefs_commands: set[str]) -> None:
-    missing = glance_commands - glancefs_commands - BUILT_BY_IMPORT_ISSUE
+    missing = glance_commands - glancefs_commands
     assert not missing, f"glance v2 commands missing from glancefs: {sorted(missing)}"
-
-
-def test_the_import_issue_exception_names_only_glance_commands(
-        glance_commands: set[str], glancefs_commands: set[str]) -> None:
-    """The exception list stays honest: each name is a glance command, and one glancefs
-    already has is taken off the list."""
-    assert BUILT_BY_IMPORT_ISSUE <= glance_commands
-    assert not BUILT_BY_IMPORT_ISSUE & glancefs_commands, \
-        "built now: remove from BUILT_BY_IMPORT_ISSUE"
 
 
 def test_bash_completion_prints_every_command_and_option(glancefs_commands: set[str]) -> None:
@@ -85,16 +71,7 @@ def test_bash_completion_prints_every_command_and_option(glancefs_commands: set[
 # Options of glance commands that glancefs had before issue 16 and still lacks: reported to
 # the lead, not part of that issue. Shrinking this is welcome; the test only fails when an
 # option missing from glancefs is not listed here.
-KNOWN_OPTION_GAPS: dict[str, frozenset[str]] = {
-    "image-create": frozenset({"--store"}),
-    "image-upload": frozenset({"--store"}),
-    "image-download": frozenset({"--allow-md5-fallback", "--prefer"}),
-    "image-import": frozenset({"--remote-image-id", "--remote-region",
-                               "--remote-service-interface"}),
-    "image-create-via-import": frozenset({"--remote-image-id", "--remote-region",
-                                          "--remote-service-interface"}),
-    "stores-info": frozenset({"--detail"}),
-}
+KNOWN_OPTION_GAPS: dict[str, frozenset[str]] = {}
 
 
 def test_every_glance_option_and_argument_is_in_glancefs() -> None:

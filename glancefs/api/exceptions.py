@@ -18,6 +18,8 @@ of HTML and JSON wrapping) and ``request_id`` where the server sent one::
     |   +-- HashMismatch           downloaded bytes do not match the image's
     |                              os_hash_value / checksum
     +-- NoUniqueMatch              a name matches more than one image
+    +-- ImportFailed               the server's import task failed; ``details``
+    |                              is the task's own message
     +-- UnsupportedVersion         an API version other than 1 or 2
     +-- HTTPException              any HTTP error status; ``code`` says which
         +-- HTTPMultipleChoices    300 (e.g. a v1 request to a v2-only Glance)
@@ -93,6 +95,11 @@ class InvalidResponse(ClientException):
 
 class HashMismatch(InvalidResponse):
     """Downloaded data does not match the hash the server published."""
+
+
+class ImportFailed(ClientException):
+    """An import (stage + import, copy-image) that the server's task failed:
+    ``details`` carries the task's message (``GET /v2/images/{id}/tasks``)."""
 
 
 class NoUniqueMatch(ClientException):

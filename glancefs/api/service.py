@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -52,6 +53,9 @@ class ImageRecord:
     created_at: str | None = None
     updated_at: str | None = None
     stores: str | None = None
+    # The stores an import or copy is still writing to, and those it failed in (v2).
+    importing_to_stores: str | None = None
+    failed_import: str | None = None
     properties: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # This project's member status of an image shared with it, where a listing
     # by member status said so (``shared_images``); None otherwise.
@@ -91,6 +95,8 @@ class ImageRecord:
             min_disk=raw.get("min_disk") or 0, min_ram=raw.get("min_ram") or 0,
             tags=tuple(raw.get("tags") or ()), created_at=raw.get("created_at"),
             updated_at=raw.get("updated_at"), stores=raw.get("stores"),
+            importing_to_stores=raw.get("os_glance_importing_to_stores"),
+            failed_import=raw.get("os_glance_failed_import"),
             properties=MappingProxyType(props))
 
     @classmethod
@@ -234,13 +240,121 @@ class ImageService:
         return self._record(self.client.images.create(properties=dict(properties or {}), **fields))
 
     def upload(self, image_id: str, data: DataSource | Iterable[bytes], size: int | None = None,
-               filename: str | None = None) -> ImageRecord:
+               filename: str | None = None, store: str | None = None) -> ImageRecord:
         """Send the data into a queued image; returns the active image after
-        checking that the server's hashes equal the data sent."""
+        checking that the server's hashes equal the data sent. ``store``: the
+        store it goes to (v2, multiple stores)."""
         if isinstance(self.client, v2.Client):
-            self.client.images.upload(image_id, data, image_size=size, filename=filename)
+            self.client.images.upload(image_id, data, image_size=size, filename=filename,
+                                      backend=store)
             return self.get(image_id)
         return self._record(self.client.images.update(image_id, data=data, image_size=size))
+
+    # -- the interoperable import workflow (v2 only) -------------------------------------
+
+    def import_methods(self) -> tuple[str, ...]:
+        """The import methods the server offers (``/v2/info/import``); none under v1
+        or where the server has no import workflow."""
+        if not isinstance(self.client, v2.Client):
+            return ()
+        try:
+            info = self.client.info.get_import_info()
+        except (exc.HTTPNotFound, exc.HTTPForbidden, exc.HTTPMethodNotAllowed):
+            return ()
+        return tuple((info.get("import-methods") or {}).get("value") or ())
+
+    def stores(self) -> tuple[str, ...]:
+        """The ids of the server's stores (``/v2/info/stores``); none where it has
+        no multiple stores."""
+        if not isinstance(self.client, v2.Client):
+            return ()
+        try:
+            info = self.client.info.get_stores_info()
+        except (exc.HTTPNotFound, exc.HTTPForbidden, exc.HTTPMethodNotAllowed):
+            return ()
+        return tuple(str(s.get("id")) for s in info.get("stores") or [] if s.get("id"))
+
+    def _v2(self, what: str) -> v2.Client:
+        if not isinstance(self.client, v2.Client):
+            raise exc.HTTPForbidden(f"Images v1 has no {what}", code=403)
+        return self.client
+
+    def stage(self, image_id: str, data: DataSource | Iterable[bytes],
+              size: int | None = None) -> None:
+        """Send the data into the image's staging area (status ``uploading``)."""
+        self._v2("import workflow").images.stage(image_id, data, image_size=size)
+
+    def start_import(self, image_id: str, method: str = "glance-direct",
+                     stores: Iterable[str] = (), all_stores: bool = False,
+                     allow_failure: bool = True) -> None:
+        """Ask the server to import the image (a task it runs on its own):
+        ``glance-direct`` takes the staged data, ``copy-image`` copies an
+        active image's data to more ``stores``."""
+        self._v2("import workflow").images.image_import(
+            image_id, method=method, stores=list(stores) or None,
+            all_stores=all_stores or None, allow_failure=allow_failure)
+
+    def import_failure(self, image_id: str) -> exc.ImportFailed:
+        """Why the image's last import failed: its newest task's message."""
+        tasks: list[Any] = []
+        try:
+            tasks = list(self._v2("import workflow").images.get_associated_image_tasks(
+                image_id).get("tasks") or [])
+        except exc.ClientException as error:
+            LOG.debug("tasks of image %s: %s", image_id, error)
+        tasks.sort(key=lambda t: t.get("updated_at") or t.get("created_at") or "", reverse=True)
+        failed = [t for t in tasks if t.get("status") == "failure"] or tasks
+        if not failed:
+            return exc.ImportFailed(f"the import of image {image_id} failed (the server "
+                                    "kept no task saying why)")
+        task = failed[0]
+        message = " ".join(str(task.get("message") or "no message").split())
+        return exc.ImportFailed(f"the import of image {image_id} failed: task "
+                                f"{task.get('id')} says {message!r}")
+
+    def set_stores(self, image_id: str, wanted: Iterable[str], timeout: float,
+                   poll: float = 0.25) -> ImageRecord:
+        """Put the active image in exactly the ``wanted`` stores: copy it to the
+        new ones (the copy-image import, waited for up to ``timeout`` seconds),
+        then delete it from those left out. Raises ImportFailed with the task's
+        message when a copy fails; deletes nothing then."""
+        wanted = [s for s in dict.fromkeys(wanted) if s]
+        if not wanted:
+            raise exc.HTTPBadRequest("an image is in one store at least", code=400)
+        record = self.get(image_id)
+        have = [s for s in (record.stores or "").split(",") if s]
+        known = self.stores()
+        if not known:
+            raise exc.HTTPForbidden("this server has no multiple stores (stores-info)",
+                                    code=403)
+        unknown = [s for s in wanted if s not in known]
+        if unknown:
+            raise exc.HTTPBadRequest(f"no store {unknown[0]!r} on this server "
+                                     f"(stores: {', '.join(known) or 'none'})", code=400)
+        missing = [s for s in wanted if s not in have]
+        if missing:
+            self.start_import(image_id, "copy-image", stores=missing, allow_failure=False)
+            deadline = time.monotonic() + timeout
+            while True:
+                record = self.get(image_id)
+                now = [s for s in (record.stores or "").split(",") if s]
+                failed = [s for s in (record.failed_import or "").split(",") if s]
+                if any(s in failed for s in missing):
+                    raise self.import_failure(image_id)
+                if all(s in now for s in missing) and not record.importing_to_stores:
+                    break
+                if time.monotonic() > deadline:
+                    raise exc.DeadlineExceeded(f"image {image_id} is not in store(s) "
+                                               f"{', '.join(missing)} after {timeout:.0f} s")
+                time.sleep(poll)
+            have = now
+        for store in [s for s in have if s not in wanted]:
+            self.delete_from_store(image_id, store)
+        return self.get(image_id)
+
+    def delete_from_store(self, image_id: str, store: str) -> None:
+        """Remove the image's data from one store; it stays in its others."""
+        self._v2("stores").images.delete_from_store(store, image_id)
 
     def read(self, image: ImageRecord, offset: int = 0, length: int | None = None,
              verify: bool = True, chunk_size: int | None = None) -> Iterator[bytes]:

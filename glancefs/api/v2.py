@@ -8,6 +8,7 @@ import io
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
+from urllib.parse import urlencode
 
 from glancefs.api import download, fields, metadefs
 from glancefs.api import exceptions as exc
@@ -166,13 +167,18 @@ class Images:
 
     # -- create / update / delete ----------------------------------------
     def create(self, data: Any = None, **fields: Any) -> Image:
-        """Create an image record (status ``queued``); with ``data``, upload it too."""
+        """Create an image record (status ``queued``); with ``data``, upload it too.
+        ``backend``: the store the data goes to (as python-glanceclient takes it)."""
         properties = fields.pop("properties", None) or {}
+        backend = fields.pop("backend", None)
         body = {**{k: v for k, v in fields.items() if v is not None}, **properties}
-        image = self._model(self.http.json_request(
-            "POST", "/v2/images", json=body, headers={"Content-Type": "application/json"}))
+        headers = {"Content-Type": "application/json"}
+        if backend:
+            headers["x-image-meta-store"] = backend
+        image = self._model(self.http.json_request("POST", "/v2/images", json=body,
+                                                   headers=headers))
         if data is not None:
-            self.upload(image, data)
+            self.upload(image, data, backend=backend)
             image = self.get(image)
         return image
 
@@ -213,10 +219,12 @@ class Images:
 
     # -- data --------------------------------------------------------------
     def upload(self, image: Any, image_data: Any, image_size: int | None = None,
-               filename: str | None = None, verify: bool = True, _stage: bool = False) -> None:
+               filename: str | None = None, verify: bool = True, _stage: bool = False,
+               backend: str | None = None) -> None:
         """Stream data into a queued image. Missing disk/container formats are
         detected from the data first, because v2 refuses data without them.
-        With ``verify``, the image's checksum must equal what was sent."""
+        With ``verify``, the image's checksum must equal what was sent.
+        ``backend``: the store to upload to (multi-store clouds; stores-info)."""
         image_id = image_id_of(image)
         source = image_data if isinstance(image_data, DataSource) else \
             DataSource(image_data, image_size)
@@ -240,6 +248,8 @@ class Images:
             # front (RBD, Cinder, S3) size it from this instead of growing it, and
             # Glance checks the quota before taking the data. The body stays chunked.
             headers["x-openstack-image-size"] = str(source.size)
+        if backend and not _stage:
+            headers["x-image-meta-store"] = backend
         self.http.request("PUT", f"/v2/images/{image_id}/{target}", data=source.wire_chunks(),
                           headers=headers, upload=True).close()
         if verify and not _stage:
@@ -251,8 +261,17 @@ class Images:
     def image_import(self, image: Any, method: str = "glance-direct", uri: str | None = None,
                      stores: builtins.list[str] | None = None,
                      all_stores: bool | None = None,
-                     allow_failure: bool = True, backend: str | None = None) -> None:
+                     allow_failure: bool = True, backend: str | None = None,
+                     remote_region: str | None = None, remote_image_id: str | None = None,
+                     remote_service_interface: str | None = None) -> None:
+        """Start an import (the server runs it as a task: ``get_associated_image_tasks``).
+        ``remote_*``: the glance-download method's image in another region."""
         body: dict[str, Any] = {"method": {"name": method}}
+        if remote_region and remote_image_id:
+            body["method"]["glance_region"] = remote_region
+            body["method"]["glance_image_id"] = remote_image_id
+            if remote_service_interface:
+                body["method"]["glance_service_interface"] = remote_service_interface
         if uri:
             if method != "web-download":
                 raise exc.HTTPBadRequest('a URI is only supported with method "web-download"')
@@ -270,22 +289,27 @@ class Images:
     def data(self, image: Any, do_checksum: bool = True, offset: int = 0,
              length: int | None = None, byte_range: tuple[int, int] | None = None,
              chunk_size: int = CHUNK_SIZE, streams: int = 1,
+             prefer: builtins.list[str] | None = None,
              **_ignored: Any) -> Iterator[bytes]:
         """The image's data as a stream of chunks, resumed after a dropped
         connection; a whole read is verified against os_hash_value/checksum.
         ``byte_range=(start, end_inclusive)`` or ``offset``/``length`` read a part.
         ``streams`` > 1 reads a whole image as ranged parts over that many
-        connections at once (download.parallel_stream), still in order."""
+        connections at once (download.parallel_stream), still in order.
+        ``prefer``: stores to read from first, in order (multi-store clouds)."""
         meta = image if isinstance(image, dict) and "status" in image else self.get(image)
         if byte_range is not None:
             offset, length = byte_range[0], byte_range[1] - byte_range[0] + 1
         expected = download.Expected(meta.get("size"), meta.get("os_hash_algo"),
                                      meta.get("os_hash_value"), meta.get("checksum"))
+        path = f"/v2/images/{meta['id']}/file"
+        if prefer:
+            path += "?" + urlencode({"prefer": ",".join(prefer)})
         if streams > 1 and offset == 0 and length is None:
-            return download.parallel_stream(self.http, f"/v2/images/{meta['id']}/file",
+            return download.parallel_stream(self.http, path,
                                             expected=expected, streams=streams,
                                             verify=do_checksum, chunk_size=chunk_size)
-        return download.stream(self.http, f"/v2/images/{meta['id']}/file", offset=offset,
+        return download.stream(self.http, path, offset=offset,
                                length=length, expected=expected, verify=do_checksum,
                                chunk_size=chunk_size)
 
@@ -355,6 +379,20 @@ class Images:
 
     def get_stores_info(self) -> Resource:
         return Info(self.http).get_stores_info()
+
+    def get_stores_info_detail(self) -> Resource:
+        return Info(self.http).get_stores_info_detail()
+
+    def delete_from_store(self, store_id: str, image: Any) -> None:
+        """Remove the image's data from one store (it stays in the others)."""
+        self.http.request("DELETE", f"/v2/stores/{store_id}/{image_id_of(image)}").close()
+
+    def get_associated_image_tasks(self, image: Any) -> Resource:
+        """``{"tasks": [...]}``: the import tasks run for the image, newest first;
+        a failed one's ``message`` says why (Images API v2.12)."""
+        body = self.http.json_request("GET", f"/v2/images/{image_id_of(image)}/tasks") or {}
+        body.pop("self", None)
+        return Resource(body)
 
 
 def patch_ops(current: dict[str, Any], changes: dict[str, Any],
@@ -433,6 +471,58 @@ class Info:
 
     def get_stores_info(self) -> Resource:
         return Resource(self.http.json_request("GET", "/v2/info/stores"))
+
+    def get_stores_info_detail(self) -> Resource:
+        """Stores with their type and properties (admin only)."""
+        return Resource(self.http.json_request("GET", "/v2/info/stores/detail"))
+
+
+TASK_SORT_KEYS = ("id", "type", "status")
+TASK_SORT_DIRS = ("asc", "desc")
+TASK_PAGE_SIZE = 20
+
+
+class Tasks:
+    """Glance tasks (``/v2/tasks``): the imports the server runs, and the
+    legacy ``import`` task type."""
+
+    def __init__(self, http: HTTPClient) -> None:
+        self.http = http
+
+    def list(self, filters: dict[str, Any] | None = None, page_size: int | None = None,
+             marker: str | None = None, sort_key: str | None = None,
+             sort_dir: str | None = None) -> Iterator[Resource]:
+        """Every task matching ``filters`` (``type``, ``status``), following ``next`` links."""
+        if sort_key is not None and sort_key not in TASK_SORT_KEYS:
+            raise ValueError(f"sort_key must be one of the following: "
+                             f"{', '.join(TASK_SORT_KEYS)}.")
+        if sort_dir is not None and sort_dir not in TASK_SORT_DIRS:
+            raise ValueError(f"sort_dir must be one of the following: "
+                             f"{', '.join(TASK_SORT_DIRS)}.")
+        params: builtins.list[tuple[str, str]] = [
+            (k, str(v)) for k, v in (filters or {}).items() if v is not None]
+        params.append(("limit", str(page_size or TASK_PAGE_SIZE)))
+        if marker:
+            params.append(("marker", marker))
+        if sort_key:
+            params.append(("sort_key", sort_key))
+        if sort_dir:
+            params.append(("sort_dir", sort_dir))
+        for raw in self.http.pages("/v2/tasks", "tasks", params):
+            raw.pop("self", None)
+            yield Resource(raw)
+
+    def get(self, task_id: str) -> Resource:
+        body = self.http.json_request("GET", f"/v2/tasks/{task_id}")
+        body.pop("self", None)
+        return Resource(body)
+
+    def create(self, **kwargs: Any) -> Resource:
+        """A new task: ``type`` (e.g. ``import``) and its ``input`` object."""
+        body = self.http.json_request("POST", "/v2/tasks", json=kwargs,
+                                      headers={"Content-Type": "application/json"})
+        body.pop("self", None)
+        return Resource(body)
 
 
 def has_version(http: HTTPClient, version: str) -> bool:
@@ -521,3 +611,4 @@ class Client:
         self.metadefs_property = metadefs.PropertyManager(http)
         self.metadefs_object = metadefs.ObjectManager(http)
         self.metadefs_tag = metadefs.TagManager(http)
+        self.tasks = Tasks(http)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import io
+import json
 import os
 import re
 import stat
@@ -526,20 +527,42 @@ def image_show_v2(ctx: Context, args: argparse.Namespace) -> None:
     show_image(ctx, find_image(ctx, args.image), args.human_readable)
 
 
-def _upload_v2(ctx: Context, image: Any, data: DataInput, stage: bool = False) -> None:
+def _upload_v2(ctx: Context, image: Any, data: DataInput, stage: bool = False,
+               store: str | None = None) -> None:
     try:
         if stage:
             ctx.client.images.stage(image["id"], data.stream, image_size=data.size)
         else:
             ctx.client.images.upload(image, data.stream, image_size=data.size,
-                                     filename=data.filename)
+                                     filename=data.filename, backend=store)
     finally:
         data.done()
 
 
+STORE_ARG = arg("--store", metavar="<STORE>", default=os.environ.get("OS_IMAGE_STORE"),
+                help="Backend store to upload image to (default env[OS_IMAGE_STORE]; "
+                     "see stores-info).")
+
+
+def _check_stores(ctx: Context, stores: Iterable[str]) -> None:
+    """Refuse a store the cloud does not have before anything is created (as glance does)."""
+    wanted = [s for s in stores if s]
+    if not wanted:
+        return
+    try:
+        known = [s.get("id") for s in ctx.client.info.get_stores_info().get("stores") or []]
+    except exc.HTTPNotFound:
+        raise CommandError("this cloud has no multiple stores (stores-info is not "
+                           "available): leave out --store/--stores") from None
+    for store in wanted:
+        if store not in known:
+            raise CommandError(f"store {store!r} is not one of this cloud's stores "
+                               f"({', '.join(str(k) for k in known)}; see stores-info)")
+
+
 @command(V2, "image-create",
          arg("--id", metavar="<ID>", help="An identifier for the image (a UUID)."),
-         FIELDS_V2, DATA_ARGS)
+         FIELDS_V2, DATA_ARGS, STORE_ARG)
 def image_create_v2(ctx: Context, args: argparse.Namespace) -> None:
     """Create a new image, and upload its data if given.
 
@@ -551,10 +574,13 @@ def image_create_v2(ctx: Context, args: argparse.Namespace) -> None:
     """
     fields, props = v2_fields(args)
     with DataInput(ctx, args, required=False) as data:
+        if args.store and not data:
+            raise UsageError("--store is only used with data (--file or standard input)")
+        _check_stores(ctx, [args.store] if args.store else [])
         image = ctx.client.images.create(**fields, **props)
         if data:
             try:
-                _upload_v2(ctx, image, data)
+                _upload_v2(ctx, image, data, store=args.store)
             except (exc.ClientException, OSError) as e:
                 raise CommandError(f"image {image['id']} was created but the upload failed "
                                    f"and it stays {image.get('status', 'queued')}: "
@@ -578,16 +604,17 @@ def image_update_v2(ctx: Context, args: argparse.Namespace) -> None:
     show_image(ctx, image)
 
 
-@command(V2, "image-upload", IMAGE_ARG, DATA_ARGS)
+@command(V2, "image-upload", IMAGE_ARG, DATA_ARGS, STORE_ARG)
 def image_upload_v2(ctx: Context, args: argparse.Namespace) -> None:
     """Upload data for a queued image.
 
     The data comes from --file or standard input; the image's checksum is
-    compared with the data sent.
+    compared with the data sent. --store picks the store on a multi-store cloud.
     """
     with DataInput(ctx, args, required=True) as data:
+        _check_stores(ctx, [args.store] if args.store else [])
         image = find_image(ctx, args.image)
-        _upload_v2(ctx, image, data)
+        _upload_v2(ctx, image, data, store=args.store)
 
 
 def _download(ctx: Context, args: argparse.Namespace, image: Any) -> None:
@@ -602,7 +629,9 @@ def _download(ctx: Context, args: argparse.Namespace, image: Any) -> None:
                         enabled=args.progress)
     # v1 servers send the whole image for any Range: one stream (the mount does the same).
     streams = args.streams if ctx.client.version == "2" else 1
-    chunks = ctx.client.images.data(image, do_checksum=True, streams=streams)
+    prefer = [p.strip() for p in (getattr(args, "prefer", None) or "").split(",") if p.strip()]
+    kwargs: dict[str, Any] = {"prefer": prefer} if prefer else {}
+    chunks = ctx.client.images.data(image, do_checksum=True, streams=streams, **kwargs)
     try:
         write_download(ctx, progress.wrap_iter(chunks), args.file)
     except exc.HashMismatch as e:
@@ -612,7 +641,14 @@ def _download(ctx: Context, args: argparse.Namespace, image: Any) -> None:
         progress.finish()
 
 
-@command(V2, "image-download", IMAGE_ARG, DOWNLOAD_ARGS)
+@command(V2, "image-download", IMAGE_ARG, DOWNLOAD_ARGS,
+         arg("--prefer", metavar="<STORES>",
+             help="Comma-separated stores to try first, in order, when downloading "
+                  "(see stores-info)."),
+         arg("--allow-md5-fallback", action="store_true",
+             help="Check the MD5 checksum when the image's os_hash_algo is unknown here. "
+                  "glancefs always does (with a warning), so this is accepted for "
+                  "glance's command lines and changes nothing."))
 def image_download_v2(ctx: Context, args: argparse.Namespace) -> None:
     """Download the data of an image.
 
@@ -691,18 +727,41 @@ IMPORT_ARGS = [
         help="Comma-separated list of stores to import the image to."),
     arg("--all-stores", metavar="[True|False]", type=bool_value, default=None,
         help="Import the image to every store."),
-    arg("--allow-failure", metavar="[True|False]", type=bool_value, default=True,
+    arg("--allow-failure", metavar="[True|False]", type=bool_value,
+        default=parse_bool(os.environ.get("OS_IMAGE_ALLOW_FAILURE", "True")),
         help="With --stores/--all-stores: succeed if at least one store succeeds "
-             "(default True)."),
+             "(default True, or env[OS_IMAGE_ALLOW_FAILURE])."),
+    arg("--remote-region", metavar="<GLANCE_REGION>", default=None,
+        help="Region of the remote Glance to download the image from (glance-download)."),
+    arg("--remote-image-id", metavar="<REMOTE_IMAGE_ID>", default=None,
+        help="ID of the image in the remote Glance (glance-download)."),
+    arg("--remote-service-interface", metavar="<REMOTE_SERVICE_INTERFACE>",
+        default="public",
+        help="Interface of the remote Glance's endpoint (glance-download; default public)."),
 ]
 
 
-def _import_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def _import_kwargs(ctx: Context, args: argparse.Namespace, method: str | None) -> dict[str, Any]:
+    """The image_import keywords, after the checks glance makes on them."""
     if sum(bool(x) for x in (args.store, args.stores, args.all_stores)) > 1:
         raise UsageError("only one of --store, --stores and --all-stores can be given")
     stores = [s.strip() for s in args.stores.split(",") if s.strip()] if args.stores else None
-    return {"uri": args.uri, "stores": stores, "all_stores": args.all_stores,
-            "allow_failure": args.allow_failure, "backend": args.store}
+    if method == "glance-download":
+        if not (args.remote_region and args.remote_image_id):
+            raise UsageError("the glance-download method needs --remote-region and "
+                             "--remote-image-id")
+    elif args.remote_region or args.remote_image_id:
+        raise UsageError("--remote-region and --remote-image-id are only used with "
+                         "--import-method glance-download")
+    if method == "copy-image" and not (stores or args.all_stores):
+        raise UsageError("the copy-image method needs --stores or --all-stores")
+    _check_stores(ctx, [args.store] if args.store else stores or [])
+    kwargs: dict[str, Any] = {"uri": args.uri, "stores": stores, "all_stores": args.all_stores,
+                              "allow_failure": args.allow_failure, "backend": args.store}
+    if method == "glance-download":
+        kwargs.update(remote_region=args.remote_region, remote_image_id=args.remote_image_id,
+                      remote_service_interface=args.remote_service_interface)
+    return kwargs
 
 
 def _check_method(ctx: Context, method: str) -> None:
@@ -723,13 +782,13 @@ def image_import_v2(ctx: Context, args: argparse.Namespace) -> None:
 
     The import runs on the server; image-show tells when the image is active.
     """
-    kwargs = _import_kwargs(args)
     if args.import_method == "web-download" and not args.uri:
         raise UsageError("the web-download method needs --uri")
     if args.uri and args.import_method != "web-download":
         raise UsageError("--uri is only used with --import-method web-download")
     ident = image_id(ctx, args.image)
     _check_method(ctx, args.import_method)
+    kwargs = _import_kwargs(ctx, args, args.import_method)
     ctx.client.images.image_import(ident, method=args.import_method, **kwargs)
     show_image(ctx, ctx.client.images.get(ident))
 
@@ -750,7 +809,6 @@ def image_create_via_import_v2(ctx: Context, args: argparse.Namespace) -> None:
     server fetches --uri. Without data or method only the record is created.
     """
     fields, props = v2_fields(args)
-    kwargs = _import_kwargs(args)
     with DataInput(ctx, args, required=False, label="stage") as data:
         method = args.import_method or ("glance-direct" if data else None)
         if method == "copy-image":
@@ -764,8 +822,11 @@ def image_create_via_import_v2(ctx: Context, args: argparse.Namespace) -> None:
                 raise UsageError("the web-download method takes --uri, not data")
         elif args.uri:
             raise UsageError("--uri is only used with --import-method web-download")
+        if method == "glance-download" and data:
+            raise UsageError("the glance-download method takes no data")
         if method:
             _check_method(ctx, method)
+        kwargs = _import_kwargs(ctx, args, method)
         image = ctx.client.images.create(**fields, **props)
         step = "staging"
         try:
@@ -839,15 +900,111 @@ def import_info_v2(ctx: Context, args: argparse.Namespace) -> None:
     ctx.printer.record(dict(ctx.client.info.get_import_info()))
 
 
-@command(V2, "stores-info")
+@command(V2, "stores-info",
+         arg("--detail", action="store_true", default=False,
+             help="Show each store's type and properties (admin only)."))
 def stores_info_v2(ctx: Context, args: argparse.Namespace) -> None:
     """Print the backend stores the cloud offers."""
-    info = dict(ctx.client.info.get_stores_info())
+    try:
+        info = dict(ctx.client.info.get_stores_info_detail() if args.detail
+                    else ctx.client.info.get_stores_info())
+    except exc.HTTPNotFound:
+        raise CommandError("multiple stores are not enabled on this cloud") from None
     if ctx.printer.fmt == "json":
         ctx.printer.record(info)
         return
+    if args.detail:
+        ctx.printer.records(info.get("stores") or [],
+                            ["id", "default", "type", "weight", "properties"],
+                            ["ID", "Default", "Type", "Weight", "Properties"])
+        return
     ctx.printer.records(info.get("stores") or [], ["id", "default", "description"],
                         ["ID", "Default", "Description"])
+
+
+@command(V2, "stores-delete", IMAGE_ARG,
+         arg("--store", metavar="<STORE_ID>", required=True,
+             help="Store to delete the image's data from."))
+def stores_delete_v2(ctx: Context, args: argparse.Namespace) -> None:
+    """Delete an image's data from one store (the image stays in its other stores)."""
+    ident = image_id(ctx, args.image)
+    try:
+        ctx.client.images.delete_from_store(args.store, ident)
+    except exc.HTTPNotFound as e:
+        raise CommandError(f"multiple stores are not enabled, or image {ident} is not in "
+                           f"store {args.store!r}: {exc.describe(e)}") from e
+    except exc.ClientException as e:
+        raise CommandError(f"unable to delete image {ident} from store {args.store!r}: "
+                           f"{exc.describe(e)}") from e
+
+
+TASK_COLUMNS = ["message", "status", "updated_at"]
+TASK_LABELS = ["Message", "Status", "Updated at"]
+
+
+@command(V2, "image-tasks", IMAGE_ARG)
+def image_tasks_v2(ctx: Context, args: argparse.Namespace) -> None:
+    """Show the import tasks of an image (a failed one's message says why).
+
+    With --verbose, the task and image ids, user, request, result, owner,
+    input and expiry are shown too.
+    """
+    ident = image_id(ctx, args.image)
+    try:
+        tasks = ctx.client.images.get_associated_image_tasks(ident).get("tasks") or []
+    except exc.HTTPNotFound:
+        raise CommandError(f"image {ident} not found") from None
+    columns, labels = list(TASK_COLUMNS), list(TASK_LABELS)
+    if ctx.verbose:
+        columns = ["image_id", "id", *columns, "user_id", "request_id", "result", "owner",
+                   "input", "expires_at"]
+        labels = ["Image Id", "Task Id", *labels, "User Id", "Request Id", "Result", "Owner",
+                  "Input", "Expires at"]
+    ctx.printer.records(tasks, columns, labels)
+
+
+@command(V2, "task-list",
+         arg("--sort-key", default="status", choices=("id", "type", "status"),
+             help="Sort the task list by this field (default status)."),
+         arg("--sort-dir", default="desc", choices=("asc", "desc"),
+             help="Sort direction (default desc)."),
+         arg("--page-size", metavar="<SIZE>", type=positive, default=None,
+             help="Number of tasks to request in each paginated request."),
+         arg("--type", metavar="<TYPE>", help="Only tasks of this type."),
+         arg("--status", metavar="<STATUS>", help="Only tasks in this status."))
+def task_list_v2(ctx: Context, args: argparse.Namespace) -> None:
+    """List the tasks you can access."""
+    filters = {k: getattr(args, k) for k in ("type", "status") if getattr(args, k)}
+    tasks = ctx.client.tasks.list(filters=filters, page_size=args.page_size,
+                                  sort_key=args.sort_key, sort_dir=args.sort_dir)
+    ctx.printer.records(list(tasks), ["id", "type", "status", "owner"],
+                        ["ID", "Type", "Status", "Owner"])
+
+
+def _show_task(ctx: Context, task: dict[str, Any]) -> None:
+    ctx.printer.record({k: v for k, v in task.items() if k not in ("self", "schema")})
+
+
+@command(V2, "task-show", arg("id", metavar="<TASK_ID>", help="ID of the task to describe."))
+def task_show_v2(ctx: Context, args: argparse.Namespace) -> None:
+    """Describe a task."""
+    _show_task(ctx, ctx.client.tasks.get(args.id))
+
+
+@command(V2, "task-create",
+         arg("--type", metavar="<TYPE>", required=True,
+             help="Type of the task (see the task schema, e.g. import)."),
+         arg("--input", metavar="<STRING>", default="{}",
+             help="The task's parameters, a JSON object."))
+def task_create_v2(ctx: Context, args: argparse.Namespace) -> None:
+    """Create a new task."""
+    try:
+        task_input = json.loads(args.input)
+    except ValueError:
+        raise UsageError('failed to parse --input: it must be a valid JSON object') from None
+    if not isinstance(task_input, dict):
+        raise UsageError("--input must be a JSON object")
+    _show_task(ctx, ctx.client.tasks.create(type=args.type, input=task_input))
 
 
 @command(V2, "usage")

@@ -265,9 +265,8 @@ def several_clouds(args: argparse.Namespace, opts: MountOptions) -> Any:
     from glancefs.fs.clouds import Cloud, CloudsFS, connect_all
     from glancefs.fs.session import MountError
 
-    wanted = (opts.clouds or "").strip()
-    names = cloud_names() if wanted.lower() == "all" else \
-        [n.strip() for n in wanted.split(",") if n.strip()]
+    wanted = [n.strip() for n in opts.clouds if n.strip()]
+    names = cloud_names() if [n.lower() for n in wanted] == ["all"] else wanted
     if not names:
         raise MountError("clouds=all: there is no cloud in any clouds.yaml")
     clouds = []

@@ -70,6 +70,7 @@ TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (exc.HTTPMultipleChoices, errno.EPROTONOSUPPORT),  # 300: API version not served
     (exc.HTTPException, errno.EIO),
     (exc.NoUniqueMatch, errno.EINVAL),
+    (exc.ImportFailed, errno.EIO),              # the import task failed (its message logged)
     (exc.UnsupportedVersion, errno.EPROTONOSUPPORT),
     (exc.DeadlineExceeded, errno.ETIMEDOUT),    # no answer within the deadline
     (exc.TransferBroken, errno.EIO),            # reached, then the transfer broke

@@ -117,7 +117,10 @@ class GlanceFS:
         self._xattrs: dict[str, tuple[ImageRecord, dict[bytes, bytes]]] = {}
         self.writes = WritePath(service, WriteConfig(
             spool_dir=options.spool_dir, spool_size=options.spool_size,
-            write_buffer=options.write_buffer), replace_on_close=options.replace_on_close,
+            write_buffer=options.write_buffer, active_timeout=options.upload_timeout,
+            upload=options.upload, stores=tuple(options.stores),
+            all_stores=options.all_stores, allow_failure=options.allow_failure),
+            replace_on_close=options.replace_on_close,
             stats=self.stats)
         self.open_files: dict[int, OpenFile] = {}     # the one table of open files
         # Writers wait for the server (a full queue, a flush): their own threads.

@@ -46,6 +46,8 @@ LOG = logging.getLogger("glancefs.fs")
 
 # Attributes of images that may still change are trusted this long at most.
 UNSETTLED_TIMEOUT = 1.0
+# user.glance.stores: setfattr copies the image to more stores and removes it from others.
+STORES = "stores"
 
 
 @dataclass
@@ -236,6 +238,22 @@ class FileNode(Node):
         fs.catalog.update(record)
         return record
 
+    async def _change_stores(self, record: ImageRecord, value: bytes | None) -> ImageRecord:
+        """setfattr -n user.glance.stores -v a,b: the image is copied to the stores it
+        is not in yet (copy-image, waited for) and removed from those left out."""
+        fs = self.fs
+        if value is None:
+            raise FsError(errno.EPERM, "user.glance.stores cannot be removed: set it to "
+                          "the stores to keep")
+        wanted = [s.strip() for s in value.decode("utf-8", "replace").split(",") if s.strip()]
+        if not wanted:
+            raise FsError(errno.EINVAL, "user.glance.stores: name one store at least")
+        record = await fs.thread(fs.service.set_stores, record.id, wanted,
+                                 fs.options.upload_timeout)
+        fs.catalog.update(record)
+        LOG.info("image %s is now in store(s) %s", record.id, record.stores)
+        return record
+
     async def _set_mtime_of_image(self, record: ImageRecord, value: str) -> ImageRecord:
         fs = self.fs
         if record.properties.get(modtime.PROPERTY) == value:
@@ -319,6 +337,9 @@ class ImageNode(FileNode):
     async def change_xattr(self, kind: str, key: str, value: bytes | None) -> None:
         if kind == "member" and self.record.member_status is not None:
             await self._answer_share(value)
+            return
+        if kind == "core" and key == STORES:
+            await self._change_stores(self.record, value)
             return
         self._check_change(kind, key)
         await self._change_image(self.record, kind, key, value)
@@ -434,6 +455,12 @@ class WrittenNode(FileNode):
             # what Glance sets is skipped (its hashes are checked at the end).
             LOG.debug("%r: %s %s from a copy's source: skipped", file.name, kind, key)
             await fs.thread(fs.writes.note_copied, file, key, value)
+            return
+        if kind == "core" and key == STORES:
+            if self.pending:
+                raise FsError(errno.EBUSY, "user.glance.stores: the file is not uploaded "
+                              "yet (mount option stores= says where uploads go)")
+            self._follow(await self._change_stores(self._record(), value))
             return
         self._check_change(kind, key)
         if await fs.thread(fs.writes.set_meta, file, kind, key, value):

@@ -64,10 +64,10 @@ class MountOptions:
         600.0, group="connection",
         meaning="seconds the server may take to answer once an upload's data is sent (it "
              "writes and hashes the image then)")
-    clouds: str | None = opt(None, group="connection", metavar="CLOUD[,CLOUD...]|all",
-                             shown="one cloud",
-                             meaning="several clouds in one mount: a folder per cloud of "
-                                  "clouds.yaml (and per region); all: every cloud")
+    clouds: list[str] = opt(factory=list, group="connection",
+                            metavar="CLOUDS|all", shown="one cloud",
+                            meaning="several clouds in one mount (comma- or colon-separated): a folder per cloud of "
+                                 "clouds.yaml (and per region); all: every cloud")
     os_cloud: str | None = opt(None, group="connection", metavar="CLOUD", shown="OS_CLOUD",
                                meaning="cloud name in clouds.yaml")
     os_image_url: str | None = opt(None, group="connection", metavar="URL",
@@ -137,6 +137,17 @@ class MountOptions:
     replace_on_close: bool = opt(False, group="writing",
                                  meaning="an active image opened for writing is uploaded again; "
                                       "the old one is deleted only after success")
+    upload: str = opt("auto", group="writing", metavar="direct|import|auto",
+                      meaning="how a written file reaches Glance: direct upload, import "
+                           "(stage, then glance-direct: conversion, several stores), or auto "
+                           "(README: how it decides)")
+    stores: list[str] = opt(factory=list, group="writing", metavar="STORES",
+                            shown="the default store",
+                            meaning="stores an upload puts the image in (an import), comma- or colon-separated")
+    all_stores: bool = opt(False, group="writing",
+                           meaning="an import puts the image in every store")
+    allow_failure: bool = opt(True, group="writing",
+                              meaning="an import to several stores succeeds when some fail")
     modtime: bool = opt(True, group="writing",
                         meaning="keep the times tools set (touch, cp -p, rsync -a) in the "
                              "image property mtime; no_modtime: off")
@@ -195,18 +206,27 @@ class MountOptions:
             raise ValueError("streams must be at least 1")
         if self.write_buffer < 64 * KiB:
             raise ValueError("write_buffer must be at least 64K")
+        if self.upload not in UPLOAD_MODES:
+            raise ValueError(f"upload must be one of {', '.join(UPLOAD_MODES)}, "
+                             f"not {self.upload!r}")
+        if self.stores and self.all_stores:
+            raise ValueError("only one of stores and all_stores can be given")
+        if (len(self.stores) > 1 or self.all_stores) and self.upload == "direct":
+            raise ValueError("several stores and all_stores need upload=import or auto: "
+                             "a direct upload goes to one store")
 
 
+UPLOAD_MODES = ("direct", "import", "auto")
 _SIZES = {"block_size", "prefetch_start", "prefetch_max", "memory", "cache_size", "readahead",
           "spool_size", "write_buffer"}
 _BOOLS = {"verify", "ro", "allow_other", "debug", "foreground", "insecure", "replace_on_close",
-          "modtime"}
+          "modtime", "all_stores", "allow_failure"}
 _ALIASES = {
     "prefetch": "prefetch_max", "max_prefetch": "prefetch_max", "memory_budget": "memory",
     "mem": "memory", "cache": "cache_dir", "logfile": "log", "log_file": "log",
     "cloud": "os_cloud", "image_url": "os_image_url", "os_image_api_version": "api_version",
     "region": "os_region_name", "spool": "spool_dir", "replace": "replace_on_close",
-    "journal": "journal_dir",
+    "journal": "journal_dir", "store": "stores",
 }
 # Generic flags mount(8) or fstab may hand us; they belong to the kernel or to mount.
 KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime",
@@ -225,22 +245,25 @@ _NEGATIONS: dict[str, tuple[str, Any]] = {
 }
 
 
+# Options whose value is a list (-o clouds=a,b or a:b; stores likewise).
+LIST_OPTIONS = frozenset({"clouds", "stores"})
+
+
 def apply_option_string(opts: MountOptions, text: str) -> None:
     """Apply ``-o`` text (comma separated ``key`` or ``key=value``) to ``opts``.
 
-    ``clouds=a,b,c`` is a list although commas separate options: a bare word
-    that is no option, right after ``clouds=``, is one more cloud."""
-    known = {f.name for f in fields(MountOptions)}
-    in_clouds = False
+    ``clouds=a,b`` and ``stores=a,b`` are lists although commas separate options
+    (glance's ``--stores a,b``): after either, a bare word that is no option of
+    ours is one more item (``a:b`` says the same)."""
+    known = {f.name: f for f in fields(MountOptions)}
+    in_list: str | None = None
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, has_value, value = item.partition("=")
         key = key.strip().lower().replace("-", "_")
-        bare_word = not has_value and _ALIASES.get(key, key) not in known and \
-            key not in KERNEL_FLAGS and key not in IGNORED and key not in _NEGATIONS
-        if in_clouds and bare_word:
-            opts.clouds = f"{opts.clouds},{item.strip()}"
+        if in_list and not has_value and not _is_option(key, known):
+            getattr(opts, in_list).append(item)
             continue
-        in_clouds = key == "clouds" and bool(has_value)
+        in_list = None
         if any(word in key for word in SECRET_WORDS):
             raise ValueError(f"option {key!r} would put a secret on the command line; "
                              "set it in the environment (OS_*) or clouds.yaml/secure.yaml")
@@ -256,9 +279,19 @@ def apply_option_string(opts: MountOptions, text: str) -> None:
         if name not in known or name == "kernel_flags":
             raise ValueError(f"unknown mount option {key!r}")
         try:
-            setattr(opts, name, _convert(name, value if has_value else None))
+            converted = _convert(name, value if has_value else None)
         except ValueError as error:
             raise ValueError(f"mount option {key}: {error}") from None
+        if name in LIST_OPTIONS:
+            getattr(opts, name).extend(converted)
+            in_list = name
+        else:
+            setattr(opts, name, converted)
+
+
+def _is_option(key: str, known: dict[str, Any]) -> bool:
+    return (key in known or key in _ALIASES or key in _NEGATIONS or key in KERNEL_FLAGS
+            or key in IGNORED or key.startswith(("x-", "comment")))
 
 
 def _convert(name: str, value: str | None) -> Any:
@@ -277,6 +310,10 @@ def _convert(name: str, value: str | None) -> Any:
         return float(value)
     if name == "api_version":
         return major_version(value)
+    if name in LIST_OPTIONS:
+        return [s.strip() for s in value.split(":") if s.strip()]
+    if name == "upload":
+        return value.strip().lower()
     if name in ("spool_dir", "journal_dir") and value.strip().lower() in ("", "none", "off",
                                                                          "no"):
         return None

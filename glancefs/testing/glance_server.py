@@ -28,8 +28,8 @@ Auth modes:
 * ``keystone``: ``keystonemiddleware.auth_token`` validates tokens against a real Keystone.
 
 Command line: ``python -m glancefs.testing.glance_server start DIR PORT [--auth MODE]
-[--image-size-cap N] [--user-storage-quota Q] [--metadefs] [--image-cache] [--locations]``,
-``stop DIR``, ``status DIR``.
+[--image-size-cap N] [--user-storage-quota Q] [--metadefs] [--image-cache] [--locations]
+[--stores a,b] [--import-methods m,n] [--convert-to FORMAT]``, ``stop DIR``, ``status DIR``.
 """
 
 from __future__ import annotations
@@ -160,7 +160,9 @@ class GlanceServer(gunicorn_server.GunicornServer):
                  image_size_cap: int | None = None, user_storage_quota: str | None = None,
                  keystone: dict | None = None, metadefs: bool = False,
                  image_cache: bool = False, image_cache_max_size: int | None = None,
-                 locations: bool = False) -> None:
+                 locations: bool = False, stores: tuple[str, ...] = ("fs",),
+                 import_methods: tuple[str, ...] | None = None,
+                 convert_to: str | None = None, policy: dict[str, str] | None = None) -> None:
         """``metadefs``: load Glance's shipped metadata definitions (``glance-manage
         db_load_metadefs``). ``image_cache``: put the cache middleware in the pipeline, so
         downloads fill the image cache, which ``cache-prune`` shrinks to
@@ -169,7 +171,14 @@ class GlanceServer(gunicorn_server.GunicornServer):
         image ``locations`` (show_multiple_locations), with a read-only ``http`` store named
         ``web`` and any port allowed, so an http://127.0.0.1:PORT/ URL can be a location.
         The last two change what image requests do, so tests that need them start a server
-        of their own."""
+        of their own.
+
+        ``stores``: file stores (the first is the default), each in ``images-<id>``
+        except a lone ``fs`` (``images``, where tests look for stored files);
+        ``import_methods``: Glance's enabled_import_methods (None: its default);
+        ``convert_to``: turn the image_conversion import plugin on with this
+        output format (what a Ceph-backed cloud does with ``raw``); ``policy``: rules
+        added to the policy file (e.g. ``{"upload_image": "!"}``: no direct upload)."""
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         if auth == "keystone" and not keystone:
@@ -183,6 +192,12 @@ class GlanceServer(gunicorn_server.GunicornServer):
         self.image_cache = image_cache
         self.locations = locations
         self.image_cache_max_size = image_cache_max_size
+        if not stores:
+            raise ValueError("at least one store is needed")
+        self.stores = tuple(stores)
+        self.import_methods = tuple(import_methods) if import_methods is not None else None
+        self.convert_to = convert_to
+        self.policy = dict(policy or {})
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -196,8 +211,14 @@ class GlanceServer(gunicorn_server.GunicornServer):
 
     @property
     def images_dir(self) -> Path:
-        """The file store: one file per image, named by image id."""
-        return self.data_dir / "images"
+        """The (default) file store: one file per image, named by image id."""
+        return self.store_dir(self.stores[0])
+
+    def store_dir(self, store: str) -> Path:
+        """Where the file store ``store`` keeps its images."""
+        if self.stores == ("fs",):
+            return self.data_dir / "images"
+        return self.data_dir / f"images-{store}"
 
     @property
     def db_file(self) -> Path:
@@ -214,10 +235,13 @@ class GlanceServer(gunicorn_server.GunicornServer):
     def _write_config(self) -> None:
         d = self.data_dir
         locations_on = self.locations
-        for sub in ("etc", "images", "staging", "tasks", "locks", "cache"):
+        for sub in ("etc", "staging", "tasks", "locks", "cache"):
             (d / sub).mkdir(parents=True, exist_ok=True)
+        for store in self.stores:
+            self.store_dir(store).mkdir(parents=True, exist_ok=True)
         default = [
-            "enabled_backends = fs:file" + (", web:http" if locations_on else ""),
+            "enabled_backends = " + ", ".join(f"{store}:file" for store in self.stores)
+            + (", web:http" if locations_on else ""),
             "use_stderr = true",
             f"image_cache_dir = {d / 'cache'}",
         ]
@@ -232,6 +256,16 @@ class GlanceServer(gunicorn_server.GunicornServer):
             default.append(f"image_cache_max_size = {int(self.image_cache_max_size)}")
         if locations_on:
             default.append("show_multiple_locations = true")
+        if self.import_methods is not None:
+            default.append(f"enabled_import_methods = [{','.join(self.import_methods)}]")
+        store_sections: list[str] = []
+        for store in self.stores:
+            store_sections += [f"[{store}]",
+                               f"filesystem_store_datadir = {self.store_dir(store)}", ""]
+        plugins: list[str] = []
+        if self.convert_to is not None:
+            plugins = ["[image_import_opts]", "image_import_plugins = ['image_conversion']", "",
+                       "[image_conversion]", f"output_format = {self.convert_to}", ""]
         conf = [
             "[DEFAULT]", *default, "",
             "[database]",
@@ -240,8 +274,8 @@ class GlanceServer(gunicorn_server.GunicornServer):
             "sqlite_synchronous = false", "",
             "[paste_deploy]",
             f"config_file = {self.etc_dir / 'glance-api-paste.ini'}", "",
-            "[glance_store]", "default_backend = fs", "",
-            "[fs]", f"filesystem_store_datadir = {d / 'images'}", "",
+            "[glance_store]", f"default_backend = {self.stores[0]}", "",
+            *store_sections, *plugins,
             "[os_glance_staging_store]", f"filesystem_store_datadir = {d / 'staging'}", "",
             "[os_glance_tasks_store]", f"filesystem_store_datadir = {d / 'tasks'}", "",
             "[oslo_concurrency]", f"lock_path = {d / 'locks'}", "",
@@ -314,6 +348,7 @@ delay_auth_decision = true
         (self.etc_dir / "glance-api-paste.ini").write_text(paste)
         # noauth: the default policies demand roles an unauthenticated context lacks.
         policy = {"context_is_admin": ""} if self.auth == "noauth" else {}
+        policy.update(self.policy)
         (self.etc_dir / "policy.json").write_text(json.dumps(policy) + "\n")
         (d / f"{_WSGI_MODULE}.py").write_text(_WSGI_SOURCE)
 
@@ -358,7 +393,7 @@ delay_auth_decision = true
         return f"running: {self.endpoint} (pid {self.pid}, auth {self.auth})"
 
     def _state(self, pid: int) -> dict[str, object]:
-        return {"port": self.port, "auth": self.auth, "pid": pid}
+        return {"port": self.port, "auth": self.auth, "pid": pid, "stores": list(self.stores)}
 
 
 @contextlib.contextmanager
@@ -373,8 +408,10 @@ def running_glance(data_dir: Path, port: int | None = None,
 
 def _server_from_dir(data_dir: Path) -> GlanceServer:
     state = gunicorn_server.read_state(Path(data_dir) / _STATE_FILE)
+    stores = state.get("stores") or ["fs"]
     return GlanceServer(Path(data_dir), int(state.get("port", 0)),
-                        auth=str(state.get("auth", "noauth")))
+                        auth=str(state.get("auth", "noauth")),
+                        stores=tuple(str(s) for s in stores))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
                          help="cache downloaded images (cache middleware)")
     p_start.add_argument("--locations", action="store_true",
                          help="show image locations and accept http ones")
+    p_start.add_argument("--stores", default="fs",
+                         help="comma-separated file stores, the first the default")
+    p_start.add_argument("--import-methods", default=None,
+                         help="comma-separated enabled_import_methods")
+    p_start.add_argument("--convert-to", default=None,
+                         help="turn the image_conversion import plugin on (e.g. raw)")
     args = parser.parse_args(argv)
 
     if args.command != "start":
@@ -398,7 +441,11 @@ def main(argv: list[str] | None = None) -> int:
                           image_size_cap=args.image_size_cap,
                           user_storage_quota=args.user_storage_quota,
                           metadefs=args.metadefs, image_cache=args.image_cache,
-                          locations=args.locations)
+                          locations=args.locations,
+                          stores=tuple(args.stores.split(",")),
+                          import_methods=(tuple(args.import_methods.split(","))
+                                          if args.import_methods else None),
+                          convert_to=args.convert_to)
     if not gunicorn_server.cli_start(server, "glance-server"):
         return 1
     print(f"glance-api running: {server.endpoint} (pid {server.pid}, auth {args.auth}, "

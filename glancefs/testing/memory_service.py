@@ -404,7 +404,7 @@ class MemoryImageService:
             return self._record(image)
 
     def upload(self, image_id: str, data: DataSource | Iterable[bytes], size: int | None = None,
-               filename: str | None = None) -> ImageRecord:
+               filename: str | None = None, store: str | None = None) -> ImageRecord:
         source = data if isinstance(data, DataSource) else DataSource(data, size)
         self._enter("upload", image_id)
         with self._lock:
@@ -450,6 +450,18 @@ class MemoryImageService:
         # be the MD5 of what was sent.
         source.check(image_id, record.checksum)
         return record
+
+    def import_methods(self) -> tuple[str, ...]:
+        """No import workflow here: the mount's upload=auto uploads directly."""
+        return ()
+
+    def stores(self) -> tuple[str, ...]:
+        return ()
+
+    def set_stores(self, image_id: str, wanted: Iterable[str], timeout: float,
+                   poll: float = 0.25) -> ImageRecord:
+        """One store only, as the real service answers a server without several."""
+        raise exc.HTTPForbidden("this server has no multiple stores (stores-info)", code=403)
 
     def read(self, image: ImageRecord, offset: int = 0, length: int | None = None,
              verify: bool = True, chunk_size: int | None = None) -> Iterator[bytes]:

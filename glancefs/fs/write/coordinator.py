@@ -434,6 +434,9 @@ class WritePath:
         file.upload = None
         file.image = record
         file.size = record.size or 0
+        if upload.converted:
+            # The spool holds what was written, not what the server made of it.
+            upload.close_spool()
         file.spool = upload.spool       # kept for a reopen (qemu-img), see expire()
         return record
 

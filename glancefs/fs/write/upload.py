@@ -50,7 +50,7 @@ from typing import Any
 from glancefs.api import exceptions as exc
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
 from glancefs.api.service import DataSource, ImageRecord, ImageService
-from glancefs.fs.errors import FsError
+from glancefs.fs.errors import FsError, describe
 from glancefs.fs.stats import MountStats
 from glancefs.fs.write.janitor import Janitor
 from glancefs.fs.write.spool import CHUNK, ZEROS, Spool, SpoolBudget, SpoolFull
@@ -72,6 +72,46 @@ class WriteConfig:
     write_buffer: int = 8 * MiB          # queue between writes and the upload, per file
     active_timeout: float = 600.0        # wait this long for "active" after the data
     poll_interval: float = 0.25
+    upload: str = "direct"               # direct, import or auto (see method())
+    stores: tuple[str, ...] = ()         # where an import puts the image
+    all_stores: bool = False
+    allow_failure: bool = True           # with stores: one store that took it is enough
+    _method: str | None = field(default=None, repr=False)
+
+    def method(self, service: ImageService) -> str:
+        """How this mount's uploads go: ``direct`` (PUT .../file) or ``import``
+        (PUT .../stage, then the glance-direct import). ``auto`` is decided once,
+        at the first upload (README.rst, Writing, says the rule): import when the
+        server offers glance-direct and the mount names stores (only an import
+        puts an image in several stores), else direct."""
+        if self._method is not None:
+            return self._method
+        several = self.all_stores or len(self.stores) > 1
+        if self.upload == "direct":
+            if several:
+                raise FsError(errno.EINVAL, "a direct upload goes to one store: "
+                              "stores=A:B and all_stores need upload=import")
+            method = "direct"
+        elif self.upload == "auto" and not (self.stores or self.all_stores):
+            # Nothing asks for an import: no request to find out whether one is offered
+            # (a direct upload the server refuses switches over, see Upload._import_instead).
+            method = "direct"
+        else:
+            offered = "glance-direct" in service.import_methods()
+            if self.upload == "import" and not offered:
+                raise FsError(errno.EOPNOTSUPP, "upload=import: the server offers no "
+                              "glance-direct import (see glancefs import-info)")
+            if self.upload == "auto" and several and not offered:
+                raise FsError(errno.EOPNOTSUPP, "stores=A:B and all_stores need the "
+                              "glance-direct import, which the server does not offer")
+            method = "import" if self.upload == "import" or (
+                offered and (self.stores or self.all_stores)) else "direct"
+            LOG.info("uploads go %s (upload=%s; the server %s glance-direct)",
+                     "through the import workflow" if method == "import"
+                     else "directly (PUT .../file)", self.upload,
+                     "offers" if offered else "does not offer")
+        self._method = method
+        return method
 
 
 @dataclass
@@ -212,6 +252,10 @@ class Upload:
         self._result: tuple[ImageRecord, DataSource] | None = None
         self._error: BaseException | None = None
         self._created_props: dict[str, str] = {}
+        self._created_disk: str | None = None
+        self._direct_refused: exc.HTTPForbidden | None = None   # see _import_instead
+        self.imported = False          # the data went through the import workflow
+        self.converted = False         # ... and the server converted it
         if self.spool is not None and not resume:
             self.spool.truncate(0)
 
@@ -253,7 +297,7 @@ class Upload:
                 self._stop_stream("truncated to 0")
                 self._queue = ChunkQueue(self.config.write_buffer)
                 self._thread = None
-                self._result = self._error = None
+                self._result = self._error = self._direct_refused = None
                 self.streaming = True
                 self.stream_pos = 0
                 self.why_restart = None
@@ -289,8 +333,11 @@ class Upload:
                     self._thread.join()
                     if self._error is not None:
                         raise self._error
-                    assert self._result is not None
-                    record, source = self._result
+                    if self._direct_refused is not None:
+                        record, source = self._stage_refused()
+                    else:
+                        assert self._result is not None
+                        record, source = self._result
                 else:
                     record, source = self._upload_from_spool()
                 record = self._settle(record, source)
@@ -376,9 +423,13 @@ class Upload:
             self._thread.start()
 
     def _stream_main(self, chunks: ChunkQueue) -> None:
+        ended = False   # the end of the data was taken from the queue
+
         def produce() -> Iterator[bytes]:
+            nonlocal ended
             while (chunk := chunks.get()) is not None:
                 yield chunk
+            ended = True
 
         image_id = None
         try:
@@ -394,8 +445,17 @@ class Upload:
                 # an empty file: Images v1 takes a size of 0 for "no data yet" and
                 # leaves the image queued.
                 source.size = self.stream_pos
-            record = self.service.upload(record.id, source, size=source.size,
-                                         filename=self.name)
+            try:
+                record = self._send(record.id, source, source.size)
+            except exc.HTTPForbidden as refused:
+                if not self._import_instead(refused):
+                    raise
+                # The data is in the spool, and goes up from there at close: take what
+                # the writer still sends, so it writes on at full speed.
+                self._direct_refused = refused
+                while not ended and chunks.get() is not None:
+                    pass
+                return
             self._result = (record, source)
         except _Abandoned:
             if image_id is not None:
@@ -457,6 +517,7 @@ class Upload:
         # The id is chosen here and journaled before the image exists, so a crash at any
         # moment after the create leaves nothing the next mount does not know of (an id
         # that was never created is simply not found then).
+        self._created_disk = disk
         chosen = str(uuid.uuid4())
         self.janitor.track(chosen, self.name)
         try:
@@ -485,13 +546,65 @@ class Upload:
         assert self.spool is not None
         record = self._create(self.spool.read(0, SNIFF_BYTES, self.size))
         source = DataSource(self.spool.chunks(self.size), size=self.size)
-        record = self.service.upload(record.id, source, size=self.size, filename=self.name)
-        return record, source
+        try:
+            return self._send(record.id, source, self.size), source
+        except exc.HTTPForbidden as refused:
+            if not self._import_instead(refused):
+                raise
+        source = DataSource(self.spool.chunks(self.size), size=self.size)
+        return self._send(record.id, source, self.size), source
+
+    def _import_instead(self, refused: exc.HTTPForbidden) -> bool:
+        """upload=auto, and the server refused a direct upload (its policy): every
+        upload of the mount goes through the import from now on, when the server
+        offers glance-direct and this file's data is all in the spool."""
+        config = self.config
+        if config.upload != "auto" or self.spool is None or self.imported:
+            return False
+        if "glance-direct" not in self.service.import_methods():
+            return False
+        config._method = "import"
+        LOG.warning("the server refused a direct upload (%s): uploads go through the "
+                    "import workflow from now on (upload=auto)", describe(refused))
+        return True
+
+    def _stage_refused(self) -> tuple[ImageRecord, DataSource]:
+        """The file whose direct upload was refused: staged into the same (still
+        queued) image from the spool, then imported."""
+        assert self._direct_refused is not None and self.image_id is not None
+        if self.spool is None:
+            raise self._direct_refused   # the spool was dropped: nothing to send again
+        source = DataSource(self.spool.chunks(self.size), size=self.size)
+        return self._send(self.image_id, source, self.size), source
+
+    def _send(self, image_id: str, source: DataSource, size: int | None) -> ImageRecord:
+        """The data into the image: a direct upload, or staged then imported (where
+        the server may convert it and put it in several stores)."""
+        config = self.config
+        if config.method(self.service) == "direct":
+            store = config.stores[0] if config.stores else None
+            kwargs: dict[str, Any] = {"store": store} if store else {}
+            return self.service.upload(image_id, source, size=size, filename=self.name,
+                                       **kwargs)
+        self.service.stage(image_id, source, size=size)
+        self.imported = True
+        self.service.start_import(image_id, "glance-direct", stores=config.stores,
+                                  all_stores=config.all_stores,
+                                  allow_failure=config.allow_failure)
+        LOG.info("image %s: %d bytes staged, import started%s", image_id, source.sent,
+                 f" to {', '.join(config.stores)}" if config.stores else
+                 " to every store" if config.all_stores else "")
+        return self.service.get(image_id)
 
     def _settle(self, record: ImageRecord, source: DataSource) -> ImageRecord:
         """Wait for active, then check that the server holds what was written."""
         deadline = time.monotonic() + self.config.active_timeout
-        while record.status != "active":
+        # An import to several stores makes the image active with the first; cp returns
+        # once every store asked for has it (or failed it).
+        while record.status != "active" or (self.imported and record.importing_to_stores):
+            if self.imported and (record.status == "queued" or record.status in DEAD_STATUSES):
+                # A failed import puts the image back to queued: its task says why.
+                raise self.service.import_failure(record.id)
             if record.status in DEAD_STATUSES:
                 raise FsError(errno.EIO, f"image {record.id} is {record.status!r} after upload")
             if time.monotonic() > deadline:
@@ -501,6 +614,18 @@ class Upload:
             record = self.service.get(record.id)
         if source.sent != self.size:
             raise FsError(errno.EIO, f"sent {source.sent} bytes of a {self.size}-byte file")
+        if self.imported and record.failed_import:
+            LOG.warning("image %s: the import failed in store(s) %s (allow_failure: the "
+                        "image is active in %s)", record.id, record.failed_import,
+                        record.stores)
+        if self.imported and record.disk_format != self._created_disk:
+            # The server converted the data (image_conversion): other bytes, other
+            # hashes; what was sent was checked by the conversion reading it.
+            self.converted = True
+            LOG.info("image %s: converted by the server from %s to %s: %d bytes became %d",
+                     record.id, self._created_disk, record.disk_format, self.size,
+                     record.size or 0)
+            return record
         if record.size is not None and record.size != self.size:
             raise exc.HashMismatch(f"image {record.id}: the server stored {record.size} bytes, "
                                    f"{self.size} were written")
