@@ -66,8 +66,9 @@ class MountOptions:
              "writes and hashes the image then)")
     clouds: list[str] = opt(factory=list, group="connection",
                             metavar="CLOUDS|all", shown="one cloud",
-                            meaning="several clouds in one mount (comma- or colon-separated): a folder per cloud of "
-                                 "clouds.yaml (and per region); all: every cloud")
+                            meaning="several clouds in one mount (comma- or colon-separated): "
+                                 "a folder per cloud of clouds.yaml (and per region); all: "
+                                 "every cloud")
     os_cloud: str | None = opt(None, group="connection", metavar="CLOUD", shown="OS_CLOUD",
                                meaning="cloud name in clouds.yaml")
     os_image_url: str | None = opt(None, group="connection", metavar="URL",
@@ -143,7 +144,8 @@ class MountOptions:
                            "(README: how it decides)")
     stores: list[str] = opt(factory=list, group="writing", metavar="STORES",
                             shown="the default store",
-                            meaning="stores an upload puts the image in (an import), comma- or colon-separated")
+                            meaning="stores an upload puts the image in (an import), "
+                                 "comma- or colon-separated")
     all_stores: bool = opt(False, group="writing",
                            meaning="an import puts the image in every store")
     allow_failure: bool = opt(True, group="writing",
