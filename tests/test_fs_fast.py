@@ -544,6 +544,44 @@ def test_a_core_field_given_as_a_property_is_eperm(service: MemoryImageService,
     run_mount(service, tmp_path, body)
 
 
+def test_a_property_glance_reserves_is_eperm(service: MemoryImageService,
+                                            tmp_path: Path) -> None:
+    service.add("disk", b"d", properties={"os_glance_import_task": "t-1"})
+
+    async def body(m: Mount) -> None:
+        inode = await m.inode(b"disk")
+        assert await m.fs.getxattr(inode, b"user.os_glance_import_task") == b"t-1"
+        assert await refusal("setxattr", m.fs.setxattr(
+            inode, b"user.os_glance_import_task", b"t-2")) == errno.EPERM
+        assert service.count("set_property") == 0
+    run_mount(service, tmp_path, body)
+
+
+def test_cp_a_onto_a_new_file_skips_what_glance_sets_and_keeps_the_rest(
+        service: MemoryImageService, tmp_path: Path) -> None:
+    """cp -a sets every attribute of its source on the file it writes: the fields
+    and properties Glance sets are skipped without an error; the others are kept."""
+    data = payload(100 * KiB)
+    copied = {b"user.glance.id": b"0000", b"user.glance.status": b"active",
+              b"user.glance.size": b"5", b"user.glance.owner": b"someone",
+              b"user.glance.name": b"the-source", b"user.glance.disk_format": b"raw",
+              b"user.glance.min_ram": b"512", b"user.os_distro": b"debian",
+              b"user.os_glance_import_task": b"t-1"}
+
+    async def body(m: Mount) -> None:
+        fh, attr = await m.fs.create(ROOT_INODE, b"copy.raw", CP_FLAGS)
+        await m.fs.write(fh, 0, data)
+        for name, value in copied.items():
+            await m.fs.setxattr(attr.inode, name, value)
+        await m.fs.flush(fh)
+        await m.fs.release(fh)
+        record = next(r for r in service.list_images() if r.name == "copy.raw")
+        assert (record.size, record.min_ram) == (len(data), 512)
+        assert record.properties.get("os_distro") == "debian"
+        assert "os_glance_import_task" not in record.properties
+    run_mount(service, tmp_path, body)
+
+
 def test_removing_a_missing_property_is_enodata(service: MemoryImageService,
                                                 tmp_path: Path) -> None:
     service.add("disk", b"d")

@@ -74,3 +74,13 @@ SETTABLE: Mapping[str, type] = MappingProxyType(
 SHOWN: tuple[str, ...] = tuple(f.name for f in _FIELDS if f.shown)
 # Shown but not settable through the mount (setfattr gives EPERM).
 READ_ONLY_SHOWN: frozenset[str] = frozenset(f for f in SHOWN if f not in SETTABLE)
+
+# Glance reserves every property whose name starts with this (os_glance_import_task,
+# os_glance_failed_import, ...): only Glance sets them; a PATCH of one is refused (403).
+RESERVED_PREFIX = "os_glance"
+
+
+def reserved(key: str) -> bool:
+    """Is ``key`` a name only Glance may set (a server field, or an ``os_glance*``
+    property)?"""
+    return key in SERVER_OWNED or key.startswith(RESERVED_PREFIX)

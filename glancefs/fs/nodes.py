@@ -215,6 +215,9 @@ class FileNode(Node):
             raise FsError(errno.EPERM, f"user.glance.{key} is managed by the server")
         if kind == "property" and key in fields.CORE:
             raise FsError(errno.EPERM, f"{key!r} is not a property: use user.glance.{key}")
+        if kind == "property" and fields.reserved(key):
+            raise FsError(errno.EPERM, f"user.{key} is managed by the server "
+                          f"(Glance reserves {fields.RESERVED_PREFIX}*)")
 
     async def _change_image(self, record: ImageRecord, kind: str, key: str,
                             value: bytes | None) -> ImageRecord:

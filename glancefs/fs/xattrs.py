@@ -59,16 +59,18 @@ def attributes(record: ImageRecord) -> dict[bytes, bytes]:
 
 # What ``cp -a`` (``--preserve=xattr``, ``rsync -X``) copies onto a new file
 # while it is being written and the mount skips without an error: the fields
-# Glance sets, the name (the new file's name is the target's) and the source's
-# member status. The source's hashes among them are checked against the
-# target's once it is active (glancefs.fs.write, PendingMeta.source_hashes).
+# and the properties Glance sets (``os_glance*``), the name (the new file's
+# name is the target's) and the source's member status. The source's hashes
+# among them are checked against the target's once it is active
+# (glancefs.fs.write, PendingMeta.source_hashes).
 SOURCE_HASHES = frozenset({"checksum", "os_hash_algo", "os_hash_value"})
 
 
 def skipped_when_copied(kind: str, key: str) -> bool:
     """Is ``(kind, key)`` (from :func:`parse_name`) one of the attributes a
     copy skips (see SOURCE_HASHES above)?"""
-    return kind == "member" or (kind == "core" and (key == "name" or key in READ_ONLY_FIELDS))
+    return (kind == "member" or (kind == "core" and (key == "name" or key in READ_ONLY_FIELDS))
+            or (kind == "property" and fields.reserved(key)))
 
 
 def parse_name(name: bytes) -> tuple[str, str] | None:

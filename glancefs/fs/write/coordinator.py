@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from glancefs.api import fields as schema
 from glancefs.api.service import WRITABLE_FIELDS, ImageRecord, ImageService
 from glancefs.api.values import parse_bool
 from glancefs.fs.errors import FsError, describe
@@ -145,7 +146,10 @@ def carried_meta(record: ImageRecord) -> PendingMeta:
         fields["visibility"] = record.visibility
     if record.tags:
         fields["tags"] = list(record.tags)
-    return PendingMeta(properties=dict(record.properties), fields=fields)
+    # Not the properties Glance reserves (an import's os_glance_import_task): sent
+    # back, they would fail the replacement's PATCH.
+    properties = {k: v for k, v in record.properties.items() if not schema.reserved(k)}
+    return PendingMeta(properties=properties, fields=fields)
 
 
 class WritePath:
