@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from glancefs.api.http import HTTPClient
 from glancefs.api.resource import Resource
+from glancefs.api.values import check_one_of
 
 DEFAULT_PAGE_SIZE = 20
 SORT_DIR_VALUES = ("asc", "desc")
@@ -80,12 +81,8 @@ class NamespaceManager(_Manager):
              **_ignored: Any) -> Iterator[Resource]:
         """Every namespace matching ``filters`` (``resource_types``, ``visibility``),
         following the server's next links; ``limit`` caps the total."""
-        if sort_key is not None and sort_key not in SORT_KEY_VALUES:
-            raise ValueError(f"sort_key must be one of the following: "
-                             f"{', '.join(SORT_KEY_VALUES)}.")
-        if sort_dir is not None and sort_dir not in SORT_DIR_VALUES:
-            raise ValueError(f"sort_dir must be one of the following: "
-                             f"{', '.join(SORT_DIR_VALUES)}.")
+        check_one_of("sort_key", sort_key, SORT_KEY_VALUES)
+        check_one_of("sort_dir", sort_dir, SORT_DIR_VALUES)
         params: builtins.list[tuple[str, str]] = []
         for key, value in (filters or {}).items():
             if value is None:

@@ -15,6 +15,7 @@ from glancefs.api import exceptions as exc
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
 from glancefs.api.http import CHUNK_SIZE, HTTPClient, SizedIterable
 from glancefs.api.resource import Image, Resource
+from glancefs.api.values import check_one_of
 
 LOG = logging.getLogger(__name__)
 
@@ -493,12 +494,8 @@ class Tasks:
              marker: str | None = None, sort_key: str | None = None,
              sort_dir: str | None = None) -> Iterator[Resource]:
         """Every task matching ``filters`` (``type``, ``status``), following ``next`` links."""
-        if sort_key is not None and sort_key not in TASK_SORT_KEYS:
-            raise ValueError(f"sort_key must be one of the following: "
-                             f"{', '.join(TASK_SORT_KEYS)}.")
-        if sort_dir is not None and sort_dir not in TASK_SORT_DIRS:
-            raise ValueError(f"sort_dir must be one of the following: "
-                             f"{', '.join(TASK_SORT_DIRS)}.")
+        check_one_of("sort_key", sort_key, TASK_SORT_KEYS)
+        check_one_of("sort_dir", sort_dir, TASK_SORT_DIRS)
         params: builtins.list[tuple[str, str]] = [
             (k, str(v)) for k, v in (filters or {}).items() if v is not None]
         params.append(("limit", str(page_size or TASK_PAGE_SIZE)))

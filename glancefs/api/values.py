@@ -17,6 +17,8 @@ turns a ``ValueError`` into its own kind of refusal (EINVAL, a usage error).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -66,3 +68,9 @@ def major_version(raw: object) -> str:
     if major not in API_VERSIONS:
         raise ValueError(f"Images API version {raw!r} does not exist; use 1 or 2")
     return major
+
+
+def check_one_of(name: str, value: str | None, allowed: Sequence[str]) -> None:
+    """None, or one of ``allowed``; else python-glanceclient's ValueError text."""
+    if value is not None and value not in allowed:
+        raise ValueError(f"{name} must be one of the following: {', '.join(allowed)}.")
