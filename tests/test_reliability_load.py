@@ -109,8 +109,11 @@ def test_16_readers_every_byte_verified_memory_and_connections_flat(
     half = len(samples) // 2
     # Flat: the second half of the run grows no more than a little over the first.
     assert max(rss[half:]) < max(rss[:half]) * 1.3 + 32 * 1024, samples
-    assert max(conns) <= 40, samples   # the client's pool is 32 connections
-    assert max(conns[half:]) <= max(conns[:half]) + 8, samples
+    # Bounded by the client's pool (32 connections): a leak (one per reopen, and the
+    # readers reopen all the time) goes past it within the run. Not "the second half
+    # like the first": sequential readers add ranged streams when they wait, which on
+    # a loaded machine happens later in the run as well (found in a fresh-clone run).
+    assert max(conns) <= 40, samples
     assert "Traceback" not in log
 
 
