@@ -153,7 +153,6 @@ def refuse(operation: str, error: BaseException, image: Any = None,
     ``image`` is an ImageRecord, an id, a file name or None.
     """
     number = errno_for(error, operation)
-    what = _image_text(image)
     if level is None:
         if (operation, number) in PROBES:
             level = logging.DEBUG
@@ -161,6 +160,11 @@ def refuse(operation: str, error: BaseException, image: Any = None,
             level = logging.INFO   # expected refusals (missing names, busy images)
         else:
             level = logging.WARNING
+    if not LOG.isEnabledFor(level):
+        # The kernel's probes (security.capability before every write) come by the
+        # thousand: no line is built for a level nobody logs.
+        return number
+    what = _image_text(image)
     line = f"{operation}{what}: {describe(error)} -> {errno.errorcode.get(number, str(number))}"
     if getattr(error, _REPORTED, False) or _said_lately(line):
         # The same failure given again to a later call (the flush after the write

@@ -23,13 +23,18 @@ LOG = logging.getLogger("glancefs.fs.operations")
 
 @contextlib.contextmanager
 def fuse_errors(operation: str, subject: Any = None) -> Iterator[None]:
-    """Turn any error inside into FUSEError(errno) plus a log line."""
+    """Turn any error inside into FUSEError(errno) plus a log line.
+
+    ``subject`` names what the line is about; a callable is asked only when
+    something failed (reads, writes and xattr probes come by the thousand, and a
+    file being written has no record to name it until one is built)."""
     try:
         yield
     except pyfuse3.FUSEError:
         raise
     except Exception as error:  # noqa: BLE001 - every error becomes an errno here
-        raise pyfuse3.FUSEError(refuse(operation, error, subject)) from None
+        about = subject() if callable(subject) else subject
+        raise pyfuse3.FUSEError(refuse(operation, error, about)) from None
 
 
 def entry(attr: Attr) -> pyfuse3.EntryAttributes:
@@ -98,7 +103,7 @@ class Operations(pyfuse3.Operations):
             return entry(await self.fs.lookup(parent_inode, name))
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        with fuse_errors("getattr", self.fs.subject(inode)):
+        with fuse_errors("getattr", lambda: self.fs.subject(inode)):
             return entry(await self.fs.getattr(inode))
 
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
@@ -146,7 +151,7 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        with fuse_errors("read", self.fs.record_of_handle(fh)):
+        with fuse_errors("read", lambda: self.fs.record_of_handle(fh)):
             # pyfuse3 sends any buffer (a memoryview saves a copy of each block)
             return await self.fs.read(fh, off, size)  # type: ignore[return-value]
 
@@ -157,11 +162,11 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes --------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        with fuse_errors("getxattr", self.fs.subject(inode)):
+        with fuse_errors("getxattr", lambda: self.fs.subject(inode)):
             return await self.fs.getxattr(inode, name)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        with fuse_errors("listxattr", self.fs.subject(inode)):
+        with fuse_errors("listxattr", lambda: self.fs.subject(inode)):
             return await self.fs.listxattr(inode)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
@@ -181,7 +186,7 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, keep_cache=False), entry(attr)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        with fuse_errors("write", self.fs.record_of_handle(fh)):
+        with fuse_errors("write", lambda: self.fs.record_of_handle(fh)):
             return await self.fs.write(fh, off, buf)
 
     async def flush(self, fh: int) -> None:
