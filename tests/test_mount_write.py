@@ -625,15 +625,41 @@ def test_mount_killed_before_the_create_was_answered_its_image_goes_at_the_next_
         assert made.id in log, log
 
 
-def test_a_create_whose_answer_is_lost_leaves_no_image(
+@pytest.mark.parametrize("fault", [
+    Fault(match="POST /v2/images", cut_after=0),      # Glance made it; the answer is lost
+    Fault(match="POST /v2/images", respond=b""),      # closed before Glance saw it
+], ids=["answer-lost", "closed-unsent"])
+def test_a_create_without_an_answer_is_sent_again_and_cp_succeeds(
+        fault: Fault, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """A pooled connection a load balancer closed, or an answer lost on the way: the
+    mount chose the image's id, so it sends the create again (a repeat of one that
+    arrived is a 409, and the image it made is used). One image, whole."""
+    with fresh_glance(tmp_path_factory, "glance-create-again") as server, \
+            FaultProxy("127.0.0.1", server.port) as proxy:
+        gc = glanceclient_for("2", server.endpoint)
+        data = os.urandom(MiB)
+        source = write_file(tmp_path / "source.raw", data)
+        proxy.add(fault)
+        with mounted(proxy.endpoint, tmp_path / "mnt",
+                     options=f"ttl=1,spool_dir={tmp_path}") as mount:
+            done = run("cp", source, mount.path / "w-again.raw", check=False)
+            assert done.returncode == 0, done.stderr + mount.log_text()
+            assert "sending it again" in mount.log_text()
+        images = named(gc, "w-again.raw")
+        assert [(i["status"], i["checksum"]) for i in images] == \
+            [("active", hashlib.md5(data).hexdigest())], images
+
+
+def test_a_create_that_never_gets_an_answer_leaves_no_image(
         tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    """Glance made the image but the connection broke before its answer arrived: ``cp``
-    fails, and the mount deletes the image it had chosen the id of (it may exist)."""
+    """Glance made the image but neither the create nor its one repeat got an answer:
+    ``cp`` fails, and the mount deletes the image it had chosen the id of (it may
+    exist)."""
     with fresh_glance(tmp_path_factory, "glance-create-lost") as server, \
             FaultProxy("127.0.0.1", server.port) as proxy:
         gc = glanceclient_for("2", server.endpoint)
         source = write_file(tmp_path / "source.raw", os.urandom(MiB))
-        proxy.add(Fault(match="POST /v2/images", cut_after=0))
+        proxy.add(Fault(match="POST /v2/images", cut_after=0, times=2))
         with mounted(proxy.endpoint, tmp_path / "mnt",
                      options=f"ttl=1,spool_dir={tmp_path}") as mount:
             done = run("cp", source, mount.path / "w-lost-answer.raw", check=False)

@@ -229,15 +229,43 @@ class ImageService:
                container_format: str | None = None,
                properties: Mapping[str, str] | None = None,
                image_id: str | None = None) -> ImageRecord:
-        """A new queued image; ``image_id`` chooses its id (both API versions allow it)."""
+        """A new queued image; ``image_id`` chooses its id (both API versions allow it).
+
+        With ``image_id``, a create that got no answer (a pooled connection that the
+        server or a load balancer had closed, a reset, a read timeout) is sent once
+        more: the id makes that safe. A repeat of a create that did arrive is refused
+        (409), and the image it made is then the one returned (when its name is ours).
+        A create past its overall deadline is not repeated."""
         fields: dict[str, Any] = {"name": name, "disk_format": disk_format,
                                   "container_format": container_format, "id": image_id}
         fields = {k: v for k, v in fields.items() if v is not None}
-        if isinstance(self.client, v2.Client):
-            # v2 takes properties as top-level keys, beside the fields.
-            return self._record(self.client.images.create(**{**dict(properties or {}),
-                                                            **fields}))
-        return self._record(self.client.images.create(properties=dict(properties or {}), **fields))
+
+        def send() -> ImageRecord:
+            if isinstance(self.client, v2.Client):
+                # v2 takes properties as top-level keys, beside the fields.
+                return self._record(self.client.images.create(**{**dict(properties or {}),
+                                                                **fields}))
+            return self._record(self.client.images.create(properties=dict(properties or {}),
+                                                          **fields))
+        if image_id is None:
+            return send()
+        try:
+            return send()
+        except exc.DeadlineExceeded:
+            raise
+        except exc.CommunicationError as error:
+            LOG.info("the create of image %s got no answer (%s); sending it again (the id is "
+                     "ours, so a repeat cannot make a second image)", image_id,
+                     exc.describe(error))
+        try:
+            return send()
+        except exc.HTTPConflict:
+            made = self.get(image_id)
+            if made.name != name:
+                raise
+            LOG.info("image %s: the first create had arrived; using the image it made",
+                     image_id)
+            return made
 
     def upload(self, image_id: str, data: DataSource | Iterable[bytes], size: int | None = None,
                filename: str | None = None, store: str | None = None) -> ImageRecord:
