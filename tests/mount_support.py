@@ -106,6 +106,33 @@ def mounted(endpoint: str, where: Path, options: str = "", api_version: str = "2
         mount.stop()
 
 
+@contextlib.contextmanager
+def held_fifo(path: Path, mib: int) -> Iterator[threading.Event]:
+    """A FIFO at ``path`` that gives ``mib`` MiB of random data and then stays open, so a
+    reader (``cp``) waits for more: a copy surely still running. Closed when the event
+    it yields is set, or when the block ends."""
+    os.mkfifo(path)
+    stop = threading.Event()
+
+    def feed() -> None:
+        try:
+            with open(path, "wb") as fifo:
+                for _ in range(mib):
+                    fifo.write(os.urandom(1 << 20))
+                fifo.flush()
+                stop.wait(120)
+        except BrokenPipeError:
+            pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        feeder.join(timeout=10)
+
+
 # -- images ----------------------------------------------------------------------------
 
 

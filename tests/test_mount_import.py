@@ -12,7 +12,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.mount_support import mounted
+from tests.mount_support import held_fifo, mounted
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -215,22 +214,7 @@ def test_mount_killed_while_staging_its_image_goes_at_the_next_mount(
     gc = glanceclient_for(glance_convert.endpoint)
     opts = f"upload=import,spool_dir={tmp_path},journal_dir={tmp_path / 'journal'}"
     source = tmp_path / "source"
-    os.mkfifo(source)
-    stop = threading.Event()
-
-    def feed() -> None:
-        try:
-            with open(source, "wb") as fifo:
-                for _ in range(8):
-                    fifo.write(os.urandom(MiB))
-                fifo.flush()
-                stop.wait(120)
-        except BrokenPipeError:
-            pass
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    try:
+    with held_fifo(source, 8) as stop:
         with mounted(glance_convert.endpoint, tmp_path / "mnt", options=opts) as mount:
             copy = subprocess.Popen(["cp", str(source), str(mount.path / "imp-crash.raw")],
                                     stderr=subprocess.PIPE, text=True)
@@ -255,9 +239,6 @@ def test_mount_killed_while_staging_its_image_goes_at_the_next_mount(
             while leftover in {i["id"] for i in gc.images.list()}:
                 assert time.monotonic() < deadline, again.log_text()
                 time.sleep(0.2)
-    finally:
-        stop.set()
-        feeder.join(timeout=10)
 
 
 def test_auto_imports_a_refused_upload_redone_from_the_spool(

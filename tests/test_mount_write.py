@@ -14,7 +14,6 @@ import random
 import shutil
 import signal
 import subprocess
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ import pytest
 from glancefs.testing.faultproxy import Fault, FaultProxy
 from glancefs.testing.glance_server import GlanceServer, free_port
 from tests.conftest import fresh_glance
-from tests.mount_support import mounted, status_kib
+from tests.mount_support import held_fifo, mounted, status_kib
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -542,23 +541,8 @@ def test_mount_killed_mid_cp_its_leftover_goes_at_the_next_mount(
                                    container_format="bare")
         opts = f"ttl=1,spool_dir={tmp_path},journal_dir={tmp_path / 'journal'}"
         source = tmp_path / "source"
-        os.mkfifo(source)
-        stop = threading.Event()
-
-        def feed() -> None:
-            # 32 MiB, then hold the FIFO open: cp waits for more until told to stop.
-            try:
-                with open(source, "wb") as fifo:
-                    for _ in range(32):
-                        fifo.write(os.urandom(MiB))
-                    fifo.flush()
-                    stop.wait(120)
-            except BrokenPipeError:
-                pass
-
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
-        try:
+        # 32 MiB, then the FIFO held open: cp waits for more until told to stop.
+        with held_fifo(source, 32) as stop:
             with mounted(server.endpoint, tmp_path / "mnt", options=opts) as mount:
                 cp = subprocess.Popen(["cp", str(source), str(mount.path / "w-crash.raw")],
                                       stderr=subprocess.PIPE, text=True)
@@ -591,9 +575,6 @@ def test_mount_killed_mid_cp_its_leftover_goes_at_the_next_mount(
             assert kept.status == "active"
             assert kept.checksum == hashlib.md5(before_data).hexdigest()
             assert gc.images.get(by_hand.id).status == "queued"
-        finally:
-            stop.set()
-            feeder.join(timeout=10)
 
 
 def test_mount_killed_before_the_create_was_answered_its_image_goes_at_the_next_mount(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-import stat
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,10 +36,11 @@ import trio
 
 from glancefs.api.exceptions import describe
 from glancefs.api.service import ImageRecord
-from glancefs.fs import modtime, xattrs
+from glancefs.fs import xattrs
 from glancefs.fs.catalog import ROOT_INODE
 from glancefs.fs.errors import FsError
 from glancefs.fs.filesystem import RENAME_EXCHANGE, Attr, GlanceFS
+from glancefs.fs.nodes import directory_attr
 from glancefs.fs.options import MountOptions
 
 LOG = logging.getLogger("glancefs.fs")
@@ -77,7 +77,7 @@ class Folder:
     children: dict[bytes, int] = field(default_factory=dict)   # name -> inode
 
 
-def connect_all(clouds: Sequence[Cloud], log: logging.Logger = LOG) -> None:
+def connect_all(clouds: Sequence[Cloud]) -> None:
     """Connect every cloud at once (before the mount is ready): a cloud that
     fails keeps its reason, and the others are not held up by it."""
     def one(cloud: Cloud) -> None:
@@ -87,7 +87,7 @@ def connect_all(clouds: Sequence[Cloud], log: logging.Logger = LOG) -> None:
             cloud.error = None
         except Exception as error:  # noqa: BLE001 - any failure is this cloud's reason
             cloud.error = describe(error)
-            log.warning("cloud %s: %s (its folder stays empty; tried again when listed, "
+            LOG.warning("cloud %s: %s (its folder stays empty; tried again when listed, "
                         "after %.0f s)", cloud.label, cloud.error, RETRY_AFTER)
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(clouds)))) as pool:
         list(pool.map(one, clouds))
@@ -140,13 +140,6 @@ class CloudsFS:
     @staticmethod
     def _out(index: int, attr: Attr) -> Attr:
         return dataclasses.replace(attr, inode=(index << SHIFT) | attr.inode)
-
-    def _dir_attr(self, inode: int) -> Attr:
-        options = self.options
-        mode = 0o555 if options.ro else 0o755
-        when = int(self.started_wall * modtime.NS)
-        return Attr(inode, stat.S_IFDIR | (mode & ~options.umask), 0, when, when, 2,
-                    options.uid, options.gid, options.ttl)
 
     def _failed(self, inode: int) -> Cloud | None:
         cloud = self.cloud_at.get(inode)
@@ -213,7 +206,7 @@ class CloudsFS:
 
     async def getattr(self, inode: int) -> Attr:
         if inode in self.folders or self._failed(inode) is not None:
-            return self._dir_attr(inode)
+            return directory_attr(inode, self.options, self.started_wall)
         index, fs = self._live(inode)
         return self._out(index, await fs.getattr(inode & LOCAL))
 

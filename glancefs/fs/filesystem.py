@@ -231,17 +231,20 @@ class GlanceFS:
         node = await self.node(inode, fresh=False)
         fh = self.new_fh()
         opened, keep = await node.open_read(fh)
-        opened.pid = pid
-        self.open_files[fh] = opened
+        self._add_open(fh, opened, pid)
         return fh, keep
 
     async def open_write(self, inode: int, flags: int, pid: int = 0) -> int:
         self.check_writable("open for writing")
         node = await self.node(inode, fresh=False)
         fh = self.new_fh()
-        opened = self.open_files[fh] = await node.open_write(fh, flags)
-        opened.pid = pid
+        self._add_open(fh, await node.open_write(fh, flags), pid)
         return fh
+
+    def _add_open(self, fh: int, opened: OpenFile, pid: int) -> None:
+        """Into the table of open files, with the process that opened it (reads_failed)."""
+        opened.pid = pid
+        self.open_files[fh] = opened
 
     def _open_file(self, fh: int) -> OpenFile:
         opened = self.open_files.get(fh)
@@ -421,8 +424,7 @@ class GlanceFS:
         fh = self.new_fh()
         file = self.writes.create(self.catalog.new_inode(), name, fh, flags)
         file.shown = shown
-        opened = self.open_files[fh] = WriteHandle(self, file, fh)
-        opened.pid = pid
+        self._add_open(fh, WriteHandle(self, file, fh), pid)
         LOG.info("create %r (image name %r)", shown.decode("utf-8", "replace"), name)
         return fh, WrittenNode(self, file).attr()
 

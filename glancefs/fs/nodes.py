@@ -41,6 +41,7 @@ from glancefs.fs.write import WrittenFile, parse_field
 
 if TYPE_CHECKING:
     from glancefs.fs.filesystem import GlanceFS
+    from glancefs.fs.options import MountOptions
 
 LOG = logging.getLogger("glancefs.fs")
 
@@ -122,13 +123,17 @@ class Node:
 # -- directories --------------------------------------------------------------------------
 
 
+def directory_attr(inode: int, options: MountOptions, started_wall: float) -> Attr:
+    """Every directory of the mount: owned as the options say, dated when mounted."""
+    mode = 0o555 if options.ro else 0o755
+    when = int(started_wall * modtime.NS)
+    return Attr(inode, stat.S_IFDIR | (mode & ~options.umask), 0, when, when, 2,
+                options.uid, options.gid, options.ttl)
+
+
 class Directory(Node):
     def attr(self) -> Attr:
-        options = self.fs.options
-        mode = 0o555 if options.ro else 0o755
-        when = int(self.fs.started_wall * modtime.NS)
-        return Attr(self.inode, stat.S_IFDIR | (mode & ~options.umask), 0, when, when, 2,
-                    options.uid, options.gid, options.ttl)
+        return directory_attr(self.inode, self.fs.options, self.fs.started_wall)
 
 
 class RootDir(Directory):
