@@ -19,6 +19,8 @@ import hashlib
 import logging
 import queue
 import re
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +38,7 @@ LOG = logging.getLogger(__name__)
 MiB = 1024 * 1024
 PART_MIN = 4 * MiB        # a smaller part costs a request latency per few MiB
 PART_WINDOW = 64 * MiB    # what a parallel download holds (the mount's default prefetch_max)
+LOW_WATER = 256 * 1024    # bytes a body's socket gathers before a receive returns
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _STREAM_ERRORS = (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
@@ -147,7 +150,7 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
         _verify(check[0], check[1], hashing, path)
 
 
-def parallel_stream(http: HTTPClient, path: str, *, expected: Expected, streams: int = 4,
+def parallel_stream(http: HTTPClient, path: str, *, expected: Expected, streams: int = 8,
                     verify: bool = True, chunk_size: int = CHUNK_SIZE,
                     window: int = PART_WINDOW) -> Iterator[bytes]:
     """The whole image at ``path`` as chunks in order, fetched as ranged parts by up
@@ -318,6 +321,48 @@ class BackgroundHash:
         self._abandoned.set()
 
 
+class _LowWater:
+    """Fewer, larger receives for a body arriving slowly (a far or capped link).
+
+    Where data comes in small bursts (a gateway, a rate-limited back end), every
+    receive returns a few KiB and costs a poll, a recv and a hand-over of the GIL:
+    on a far link with 4 streams the mount spent 5.0 CPU s/GiB reading against
+    3.6 on loopback. SO_RCVLOWAT tells the kernel to wake the reader only once
+    ``LOW_WATER`` bytes are there. It must never ask for more than the body still
+    has to send (the connection stays open after it, so the wait would last until
+    the timeout): it is set only while more than ``LOW_WATER`` bytes remain beyond
+    the chunk being read, and reset before the connection goes back to the pool.
+    Plain TCP only: a TLS socket's records make the count of bytes unrelated to
+    what a read returns.
+    """
+
+    def __init__(self, resp: requests.Response) -> None:
+        connection = getattr(resp.raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        self._sock = sock if isinstance(sock, socket.socket) and \
+            not isinstance(sock, ssl.SSLSocket) else None
+        self._now = 1
+
+    def before(self, want: int, remaining: int | None) -> None:
+        """About to read ``want`` bytes of a body with ``remaining`` left."""
+        if self._sock is None:
+            return
+        mark = LOW_WATER if remaining is not None and remaining - want >= LOW_WATER else 1
+        self._set(mark)
+
+    def reset(self) -> None:
+        self._set(1)
+
+    def _set(self, mark: int) -> None:
+        if mark == self._now or self._sock is None:
+            return
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
+            self._now = mark
+        except OSError:
+            self._sock = None    # closed under us: the read says why
+
+
 def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
                   plain: bool, chunk_size: int) -> Iterator[bytes]:
     """Chunks of one GET starting at ``pos``; adapts to servers ignoring Range."""
@@ -327,6 +372,7 @@ def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
         # GET of an image without data, and a plain GET is what curl does.
         headers["Range"] = f"bytes={pos}-" if end is None else f"bytes={pos}-{end - 1}"
     resp = http.request("GET", path, headers=headers, stream=True)
+    low_water = _LowWater(resp)
     try:
         if resp.status_code == 204:
             return
@@ -351,6 +397,7 @@ def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
             want = chunk_size if remaining is None else min(chunk_size, remaining + skip)
             if skip:
                 want = min(chunk_size, skip)
+            low_water.before(want, None if remaining is None else remaining + skip)
             chunk = raw.read(want, decode_content=False)
             if not chunk:
                 break
@@ -364,6 +411,7 @@ def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
             raise requests.exceptions.ChunkedEncodingError(
                 f"connection closed with {remaining} bytes missing")
     finally:
+        low_water.reset()
         resp.close()
 
 

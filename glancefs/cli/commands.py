@@ -379,8 +379,8 @@ DOWNLOAD_ARGS = [
              "must not be a terminal)."),
     arg("--progress", action="store_true", default=False,
         help="Show a progress bar on stderr (when stderr is a terminal)."),
-    arg("--streams", metavar="<N>", type=positive, default=4,
-        help="Ranged GETs in flight at once (default 4): where one connection is "
+    arg("--streams", metavar="<N>", type=positive, default=8,
+        help="Ranged GETs in flight at once (default 8): where one connection is "
              "capped (a far Glance) the parts arrive in parallel, and are written and "
              "verified in order. Images v1 servers ignore Range: always 1 there."),
 ]

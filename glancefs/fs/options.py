@@ -110,7 +110,7 @@ class MountOptions:
                               meaning="first read-ahead window of a sequential reader")
     prefetch_max: int = opt(64 * MiB, group="reading",
                             meaning="largest read-ahead window per open file")
-    streams: int = opt(4, group="reading",
+    streams: int = opt(8, group="reading",
                        meaning="ranged GETs in flight per sequential reader, at most; added "
                             "only while the reader waits for them (1: one at a time)")
     readahead: int = opt(2 * MiB, group="reading",

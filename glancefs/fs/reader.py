@@ -17,15 +17,19 @@ Why it is shaped this way:
   order, each its own GET paced by the window, up to ``streams`` at once.
   The rule for adding streams (``Reader._adapt``): a reader starts with one
   GET to the end of the image, as with ``streams=1``. What its streams
-  deliver is measured every half part; when the reader had to wait for most
-  of the blocks it read (two measurements in a row, or nearly all in one),
-  a stream is added (the newest GET is trimmed a part past where it is, so
-  parts follow it). Once that stream delivered its first block, the next
-  half part is measured: unless it came at least half the possible gain
-  faster (k -> k+1 streams: 1 + 0.5/k times), the stream is dropped again
-  for good. On loopback the mount's CPU, not a connection, is the limit: the
-  reader rarely waits, so streams are rarely tried and never kept. Blocks
-  arriving out of order wait in the cache; the Verifier takes them in order
+  deliver is measured over spans of ``MEASURED_BLOCKS`` blocks per stream
+  (at least half a part: shorter spans measured the bursts of a link, not its
+  rate); when the reader had to wait for most of the blocks it read (two
+  measurements in a row, or nearly all in one, for the first), streams are
+  added: half as many as there are (at least one), so a far reader reaches 8
+  in four steps (the newest GET is trimmed a part past where it is, so parts
+  follow it). Once the new streams delivered their first block, the next
+  span is measured: unless it came at least half the possible gain faster
+  (k -> k+n streams: 1 + 0.5 n/k times), they are dropped again, and tried
+  again only after ``RETRY_SPANS`` spans (twice as many after each drop). On
+  loopback the mount's CPU, not a connection, is the limit: the reader
+  rarely waits, so streams are rarely tried and never kept. Blocks arriving
+  out of order wait in the cache; the Verifier takes them in order
   (``_deliver``/``_advance``).
 * Blocking HTTP runs in worker threads (``trio.to_thread``); blocks come back
   to trio one at a time, so a slow request never holds up other FUSE requests.
@@ -69,6 +73,8 @@ DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
 STARVED_SHARE = 0.5   # blocks read that were waited for, for one more stream
 ALL_WAITED = 0.9      # ... at once for the first one, without a second measurement
+MEASURED_BLOCKS = 4   # blocks per stream allowed that one measurement of their rate spans
+RETRY_SPANS = 8       # spans after streams were dropped before they are tried again
 REFAIL_WINDOW = 2.0   # seconds a long failed fetch fails new fetches of its image at once
 
 
@@ -80,7 +86,7 @@ class ReadConfig:
     memory: int = 256 * MiB
     verify: bool = True
     fetch_threads: int = 32          # HTTP requests in flight, all files
-    streams: int = 4                 # ranged GETs in flight per sequential reader, at most
+    streams: int = 8                 # ranged GETs in flight per sequential reader, at most
     range_supported: bool = True     # False for servers that ignore Range (v1)
     deadline: float = 30.0           # seconds a read waits for a block while its
                                      # fetch makes no progress, then EIO
@@ -265,9 +271,11 @@ class Handle:
         self.reads = 0                   # blocks read since the mark (each once), and
         self.waits = 0                   # those a read waited for a stream to bring
         self.mark: tuple[float, int] | None = None   # (trio time, bytes arrived) then
-        self.probe: float | None = None  # the rate before the stream being tried
+        self.probe: float | None = None  # the rate before the streams being tried
+        self.before = 1                  # how many streams there were before them
         self.probing = False             # that stream's measurement has begun
-        self.settled = False             # a stream was dropped: none is added again
+        self.retry_at = 0                # bytes arrived before streams are tried again
+        self.backoff = RETRY_SPANS       # ... spans after the next drop (doubles each time)
         self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
 
@@ -446,7 +454,7 @@ class Reader:
                     job.cancel()
                 handle.streams = []
             # Streams are added again only for a reader that proves sequential
-            # anew (what it learned, settled, stays).
+            # anew (what it learned, its back-off, stays).
             handle.allowed, handle.mark, handle.probe = 1, None, None
             handle.starved_runs, handle.seen = 0, first - 1
         handle.last_block = max(handle.last_block, first) if sequential else first
@@ -521,17 +529,19 @@ class Reader:
 
         What its streams deliver (blocks arrived, in any order: the reader's own
         progress lags behind a new stream by up to a part) is measured over
-        each half part, while no more streams are in flight than allowed. After
-        a measurement in which at least STARVED_SHARE of the blocks it read
-        had to be waited for (for the first stream added: two in a row, or one in which
-        ALL_WAITED did), a stream is added; once that stream has delivered its
-        first block, the next half part is measured and compared with the one
-        before: less than half the gain one more stream could give (k -> k+1
-        streams: 1 + 0.5/k times as fast) and the stream is dropped again, for
-        good. Where the mount's CPU, or a cap on all connections together, is
-        the limit, no added stream stays.
+        spans of MEASURED_BLOCKS blocks per stream allowed (half a part at
+        least), while no more streams are in flight than allowed. After a
+        measurement in which at least STARVED_SHARE of the blocks it read had
+        to be waited for (for the first stream added: two in a row, or one in
+        which ALL_WAITED did), half as many streams as allowed (at least one)
+        are added; once the newest has delivered its first block, the next span
+        is measured and compared with the one before: less than half the gain
+        the added streams could give (k -> k+n streams: 1 + 0.5 n/k times as
+        fast) and they are dropped again, to be tried after RETRY_SPANS spans
+        (twice as many after each drop). Where the mount's CPU, or a cap on all
+        connections together, is the limit, no added stream stays.
         """
-        if handle.settled or (handle.allowed >= self.config.streams and handle.probe is None):
+        if handle.allowed >= self.config.streams and handle.probe is None:
             return
         image = handle.image
         bs = self.config.block_size
@@ -555,7 +565,8 @@ class Reader:
             handle.reads = handle.waits = 0
             return
         since, offset = handle.mark
-        if arrived - offset < part // 2 or now <= since:
+        span = max(part // 2, MEASURED_BLOCKS * bs * handle.allowed)
+        if arrived - offset < span or now <= since:
             return
         measured = (arrived - offset) / (now - since)
         waited = handle.waits / max(1, handle.reads)
@@ -564,14 +575,17 @@ class Reader:
         handle.mark = (now, arrived)
         handle.reads = handle.waits = 0
         if handle.probe is not None:
-            before = handle.allowed - 1
-            if measured < (1 + 0.5 / before) * handle.probe:
+            before = handle.before
+            if measured < (1 + 0.5 * (handle.allowed - before) / before) * handle.probe:
                 LOG.debug("image %s: %d streams no faster than %d (%.0f MiB/s): back to %d",
-                          image.id, before + 1, before, handle.probe / MiB, before)
+                          image.id, handle.allowed, before, handle.probe / MiB, before)
+                self.stats.add(image.id, streams_dropped=handle.allowed - before)
                 handle.allowed = before
-                handle.settled = True
+                # Tried again later, not never: one measurement of a bursty link
+                # can be wrong, and the rate it allows changes.
+                handle.retry_at = arrived + handle.backoff * span
+                handle.backoff *= 2
                 handle.probe = None
-                self.stats.add(image.id, streams_dropped=1)
                 return
             handle.probe = None
         handle.starved_runs = handle.starved_runs + 1 if waited >= STARVED_SHARE else 0
@@ -581,12 +595,14 @@ class Reader:
         # all the time.
         if handle.allowed == 1 and waited < ALL_WAITED and handle.starved_runs < 2:
             return
-        if handle.settled or handle.allowed >= self.config.streams or not handle.starved_runs:
+        if handle.allowed >= self.config.streams or not handle.starved_runs or \
+                arrived < handle.retry_at:
             return
         handle.probe = measured
         handle.probing = False
-        handle.allowed += 1
-        self.stats.add(image.id, streams_added=1)
+        handle.before = handle.allowed
+        handle.allowed = min(self.config.streams, handle.allowed + max(1, handle.allowed // 2))
+        self.stats.add(image.id, streams_added=handle.allowed - handle.before)
         LOG.debug("image %s: the reader waits for its streams at %.0f MiB/s: %d in flight",
                   image.id, measured / MiB, handle.allowed)
         if newest is not None:
