@@ -99,6 +99,26 @@ def test_a_far_sequential_read_uses_parallel_streams(link: LinkProxy, big: Image
     assert link.stats.bytes_down >= len(big.data)
 
 
+def test_a_slow_body_leaves_its_connection_ready_for_the_next_request(
+        link: LinkProxy, big: Image) -> None:
+    """A body that arrives in a link's small bursts is received in larger pieces (the
+    socket's low-water mark); the connection goes back to the pool ready for any
+    answer, however short: a mark left set would hold the next answer until the
+    timeout. Ranged reads ending inside the last 256 KiB and one of a single byte
+    come back whole too."""
+    client = Client("2", endpoint=link.endpoint, timeout=5, retries=0)
+    data = b"".join(client.images.data(big.id))
+    assert hashlib.sha256(data).hexdigest() == big.sha256
+    for _ in range(3):
+        assert client.images.get(big.id)["id"] == big.id
+    size = len(big.data)
+    for start, end in ((size - 300 * 1024, size - 1), (size - 5, size - 1), (7, 7)):
+        got = b"".join(client.images.data(big.id, byte_range=(start, end)))
+        assert got == big.data[start:end + 1]
+        assert client.images.get(big.id)["id"] == big.id
+    assert link.stats.connections <= 2   # the pool's connection was used again
+
+
 def test_streams_1_keeps_one_stream(link: LinkProxy, big: Image, tmp_path: Path) -> None:
     with mounted(link.endpoint, tmp_path / "mnt", options="ttl=1,prefetch_max=16M,streams=1"
                  ) as m:
