@@ -26,7 +26,7 @@ Why it is shaped this way:
   follow it). Once the new streams delivered their first block, the next
   span is measured: unless it came at least half the possible gain faster
   (k -> k+n streams: 1 + 0.5 n/k times), they are dropped again, and tried
-  again only after ``RETRY_SPANS`` spans (twice as many after each drop). On
+  again only after ``RETRY_AFTER`` seconds (twice as long after each drop). On
   loopback the mount's CPU, not a connection, is the limit: the reader
   rarely waits, so streams are rarely tried and never kept. Blocks arriving
   out of order wait in the cache; the Verifier takes them in order
@@ -74,7 +74,7 @@ VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache ins
 STARVED_SHARE = 0.5   # blocks read that were waited for, for one more stream
 ALL_WAITED = 0.9      # ... at once for the first one, without a second measurement
 MEASURED_BLOCKS = 4   # blocks per stream allowed that one measurement of their rate spans
-RETRY_SPANS = 8       # spans after streams were dropped before they are tried again
+RETRY_AFTER = 1.0     # seconds after streams were dropped before they are tried again
 REFAIL_WINDOW = 2.0   # seconds a long failed fetch fails new fetches of its image at once
 
 
@@ -274,8 +274,8 @@ class Handle:
         self.probe: float | None = None  # the rate before the streams being tried
         self.before = 1                  # how many streams there were before them
         self.probing = False             # that stream's measurement has begun
-        self.retry_at = 0                # bytes arrived before streams are tried again
-        self.backoff = RETRY_SPANS       # ... spans after the next drop (doubles each time)
+        self.retry_at = 0.0              # trio time before which no stream is tried again
+        self.backoff = RETRY_AFTER       # ... seconds after the next drop (doubles each time)
         self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
 
@@ -537,8 +537,8 @@ class Reader:
         are added; once the newest has delivered its first block, the next span
         is measured and compared with the one before: less than half the gain
         the added streams could give (k -> k+n streams: 1 + 0.5 n/k times as
-        fast) and they are dropped again, to be tried after RETRY_SPANS spans
-        (twice as many after each drop). Where the mount's CPU, or a cap on all
+        fast) and they are dropped again, to be tried after RETRY_AFTER seconds
+        (twice as long after each drop). Where the mount's CPU, or a cap on all
         connections together, is the limit, no added stream stays.
         """
         if handle.allowed >= self.config.streams and handle.probe is None:
@@ -583,7 +583,7 @@ class Reader:
                 handle.allowed = before
                 # Tried again later, not never: one measurement of a bursty link
                 # can be wrong, and the rate it allows changes.
-                handle.retry_at = arrived + handle.backoff * span
+                handle.retry_at = now + handle.backoff
                 handle.backoff *= 2
                 handle.probe = None
                 return
@@ -596,7 +596,7 @@ class Reader:
         if handle.allowed == 1 and waited < ALL_WAITED and handle.starved_runs < 2:
             return
         if handle.allowed >= self.config.streams or not handle.starved_runs or \
-                arrived < handle.retry_at:
+                now < handle.retry_at:
             return
         handle.probe = measured
         handle.probing = False
