@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -85,8 +86,7 @@ import requests  # noqa: E402
 from glancefs import Client  # noqa: E402
 from glancefs.fs.options import MountOptions  # noqa: E402
 from glancefs.testing.faultproxy import FaultProxy, Stats  # noqa: E402
-from glancefs.testing.glance_server import (  # noqa: E402
-    GlanceServer, ensure_glance_venv, free_port, glance_bin)
+from glancefs.testing.glance_server import GlanceServer, ensure_glance_venv, free_port, glance_bin  # noqa: E402
 from glancefs.testing.linkproxy import LinkProxy, parse_rate  # noqa: E402
 
 MiB = 1024 * 1024
@@ -836,7 +836,7 @@ class Bench:
                 with self.cold_mount(f"verify={verify},streams={streams}") as m:
                     log(f"cold read, verify={verify} ({i + 1}/{self.repeat})")
                     path = self.image_path(m)
-                    seconds, cpu = self.cpu_of(lambda: self.cat(path), m.pid)
+                    seconds, cpu = self.cpu_of(functools.partial(self.cat, path), m.pid)
                     if seconds < cold:
                         cold, cold_cpu = seconds, cpu
                         counted = mount_stats(m.path)
@@ -950,7 +950,7 @@ class Bench:
         before = now()
         seconds = step()
         after = now()
-        return seconds, {name: b - a for name, a, b in zip(names, before, after)}
+        return seconds, {name: b - a for name, a, b in zip(names, before, after, strict=True)}
 
     def add_cpu(self, key: str, label: str, cpu: dict[str, float],
                 size: int | None = None) -> None:
@@ -1358,7 +1358,8 @@ class Bench:
                                  image_id=image_id) as m:
                 log(f"far link: mount cold read, verify on ({i + 1}/{self.repeat})")
                 path = m.path / ".by-id" / image_id
-                seconds, cpu = self.cpu_of(lambda: self.cat(path), m.pid, link=True)
+                seconds, cpu = self.cpu_of(functools.partial(self.cat, path), m.pid,
+                                           link=True)
                 if seconds < cold:
                     cold, cold_cpu, counted = seconds, cpu, mount_stats(m.path)
         r.add("far_mount_cold", f"far: mount cold read, verify on (streams={streams})",
@@ -1428,7 +1429,8 @@ class Bench:
             seconds, done = step()
             after = now()
             return seconds, done, {name: b - a for name, a, b in zip(
-                ("file system", "Glance a", "Glance b", "commands"), before, after)}
+                ("file system", "Glance a", "Glance b", "commands"), before, after,
+                strict=True)}
 
         best_pipe, pipe_cpu = float("inf"), {}
         for i in range(self.repeat):
@@ -1438,7 +1440,8 @@ class Bench:
                     f"image-download {image_id} | {glance} --os-image-url {other.endpoint} "
                     f"--os-auth-token bench image-create --name {name} --disk-format raw "
                     "--container-format bare >/dev/null")
-            seconds, done, cpu = spent(lambda: timed(["bash", "-o", "pipefail", "-c", pipe]))
+            seconds, done, cpu = spent(
+                functools.partial(timed, ["bash", "-o", "pipefail", "-c", pipe]))
             if done.returncode:
                 raise RuntimeError(f"glance pipe: {done.stderr.decode()[-500:]}")
             check(name, "glance pipe")
@@ -1456,7 +1459,7 @@ class Bench:
                 reset_peak_rss(m.pid)
                 base = status_kib(m.pid, "VmRSS") or 0
                 log(f"clouds: cp between the clouds' folders ({i + 1}/{self.repeat})")
-                seconds, done, cpu = spent(lambda: timed([
+                seconds, done, cpu = spent(functools.partial(timed, [
                     "cp", str(m.path / "a" / ".by-id" / image_id), str(m.path / "b" / name)]),
                     m.pid)
                 peak = m.peak_rss() or 0
@@ -1626,7 +1629,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "size_mib": args.size_mib, "images": args.images, "sections": args.sections,
-            "repeat": args.repeat, "streams": args.streams, "cpus": os.cpu_count(), "seconds": round(elapsed, 1),
+            "repeat": args.repeat, "streams": args.streams, "cpus": os.cpu_count(),
+            "seconds": round(elapsed, 1),
             "far": {"size_mib": args.far_size_mib, "delay_ms": args.far_delay_ms,
                     "rate": args.far_rate, "total_rate": args.far_total_rate},
             "loadavg_at_start": load[0],
