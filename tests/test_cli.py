@@ -30,8 +30,6 @@ from glancefs.cli.main import run
 from glancefs.cli.output import render_table
 from tests.cli_support import cli_env, glancefs_cmd
 
-
-
 # -- servers (the lead's conftest fixtures when present, else our own) -----------------------
 
 
@@ -797,29 +795,28 @@ def _run_in_pty(argv: list[str], env: dict[str, str], stdout_tty: bool = True,
                 timeout: float = 60) -> tuple[int, bytes, bytes]:
     """Run with stderr (and optionally stdout) on a pseudo-terminal."""
     master, slave = pty.openpty()
-    sink = tempfile.TemporaryFile()
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                            stdout=slave if stdout_tty else sink, stderr=slave)
-    os.close(slave)
-    tty_bytes = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
+    with tempfile.TemporaryFile() as sink:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                stdout=slave if stdout_tty else sink, stderr=slave)
+        os.close(slave)
+        tty_bytes = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                tty_bytes += chunk
+            elif proc.poll() is not None:
                 break
-            if not chunk:
-                break
-            tty_bytes += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=10)
-    os.close(master)
-    sink.seek(0)
-    out = sink.read()
-    sink.close()
+        proc.wait(timeout=10)
+        os.close(master)
+        sink.seek(0)
+        out = sink.read()
     return proc.returncode, out, tty_bytes
 
 

@@ -27,8 +27,8 @@ from glancefs.api import fields
 from glancefs.api.service import parse_time
 from glancefs.fs import modtime, names, stats
 from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, FRESH_WAIT, ROOT_INODE
-from glancefs.fs.write import REOPEN_WINDOW
 from glancefs.fs.filesystem import NO_QUOTA_FREE, RENAME_NOREPLACE
+from glancefs.fs.write import REOPEN_WINDOW
 from glancefs.testing.memory_service import MemoryImageService
 from tests.fast_support import (
     BLOCK,

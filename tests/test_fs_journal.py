@@ -14,8 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from glancefs.fs.write.journal import (Journal, JournalError, Owner, boot_id, current_owner, endpoint_key,
-                                 owner_gone, process_start)
+from glancefs.fs.write.journal import (
+    Journal,
+    JournalError,
+    Owner,
+    boot_id,
+    current_owner,
+    endpoint_key,
+    owner_gone,
+    process_start,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENDPOINT = "http://127.0.0.1:9292"

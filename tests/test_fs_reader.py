@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import trio
 
-from glancefs.api import Client, exceptions as exc
+from glancefs.api import Client
+from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs import errors
 from glancefs.fs.errors import FsError

@@ -25,7 +25,7 @@ from glancefs.fs.errors import FsError
 from glancefs.fs.write import WritePath
 from glancefs.fs.write.janitor import Janitor
 from glancefs.fs.write.journal import Journal, Owner
-from glancefs.fs.write.spool import Spool, SpoolBudget, spool_from_image
+from glancefs.fs.write.spool import Spool, SpoolBudget, SpoolFull, spool_from_image
 from glancefs.fs.write.upload import ChunkQueue, PendingMeta, Upload, WriteConfig, _Abandoned
 from glancefs.testing.glance_server import GlanceServer, free_port
 
@@ -121,7 +121,7 @@ def test_spool_reads_zeros_past_its_extent_and_respects_the_budget(tmp_path: Pat
     assert budget.used == 13
     assert spool.read(8, 10, file_size=20) == b"\0\0abc" + b"\0" * 5
     assert spool.read(15, 10, file_size=20) == b"\0" * 5
-    with pytest.raises(Exception):
+    with pytest.raises(SpoolFull):
         spool.write(90, b"x" * 20)
     assert budget.used == 13
     assert b"".join(spool.chunks(20, chunk=7)) == b"\0" * 10 + b"abc" + b"\0" * 7

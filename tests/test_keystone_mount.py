@@ -163,7 +163,7 @@ def test_keystone_down_while_the_token_is_valid(cloud, token_cache: str, tmp_pat
             assert sha256_of(m.path / f"ks-{k}.raw") == want[k], k
     for what, (elapsed, done) in outcomes.items():
         print(f"\n{what}: {elapsed:.1f}s rc={done.returncode} {done.stderr.strip()}")
-    for what, (elapsed, done) in outcomes.items():
+    for what, (elapsed, _done) in outcomes.items():
         assert elapsed < DOWN_BOUND, what
     # ls answers with every file (from the server, or the last listing) and a
     # file read before is served from the page cache, either way.

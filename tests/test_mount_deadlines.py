@@ -208,8 +208,7 @@ def test_a_shell_never_hangs_and_the_mount_recovers(kind: str, glance: GlanceSer
         assert sha256_file(root / cached.name) == cached.sha256      # now in the page cache
         assert subprocess.run(["getfattr", "-d", str(root / cached.name)],
                               capture_output=True).returncode == 0
-        open_file = open(root / held.name, "rb")
-        try:
+        with open(root / held.name, "rb") as open_file:
             assert open_file.read(MiB) == held.data[:MiB]
             writer = Writer(root / f"{tag}-written.raw", tmp_path / "stop-writer")
             writer_started = time.monotonic()
@@ -223,7 +222,7 @@ def test_a_shell_never_hangs_and_the_mount_recovers(kind: str, glance: GlanceSer
             try:
                 with LsLoop(root, may_vanish=f"{tag}-written.raw") as loop:
                     time.sleep(1.2)   # past the ttl: the listing is stale from now on
-                    for n in range(3):
+                    for _ in range(3):
                         took, ls = timed(["ls", "-l", str(root)])
                         figures["ls -l"] = max(figures.get("ls -l", 0.0), took)
                         assert ls.returncode == 0 and cached.name in ls.stdout, ls.stderr
@@ -273,8 +272,6 @@ def test_a_shell_never_hangs_and_the_mount_recovers(kind: str, glance: GlanceSer
             wait_until(lambda: fresh.name in listed(root), 60, "a new image is listed")
             open_file.seek(0)
             assert hashlib.sha256(open_file.read()).hexdigest() == held.sha256
-        finally:
-            open_file.close()
         assert sha256_file(root / uncached.name) == uncached.sha256
         # The writer either finished (its image whole) or failed, leaving nothing.
         written = [i for i in gc.images.list() if i["name"] == f"{tag}-written.raw"]

@@ -20,8 +20,15 @@ from glancefs.api.service import ImageService
 from glancefs.fs import names, xattrs
 from glancefs.testing.faultproxy import FaultProxy
 from glancefs.testing.glance_server import GlanceServer
-from tests.mount_support import (Image, is_mounted, make_image, mount_env,
-                                 mounted, require_fuse, sha256_file)
+from tests.mount_support import (
+    Image,
+    is_mounted,
+    make_image,
+    mount_env,
+    mounted,
+    require_fuse,
+    sha256_file,
+)
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 

@@ -141,7 +141,7 @@ def test_ls_l_of_many_images(own_glance: GlanceServer, tmp_path: Path) -> None:
     try:
         cols = [row[1] for row in con.execute("PRAGMA table_info(images)")]
         template = dict(zip(cols, con.execute("SELECT * FROM images WHERE id = ?",
-                                              (ids[0],)).fetchone()))
+                                              (ids[0],)).fetchone(), strict=True))
         rows = []
         for n in range(through_api, target):
             row = dict(template, id=str(uuid.uuid4()), name=f"{prefix}{n:05d}")

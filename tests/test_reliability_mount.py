@@ -221,7 +221,8 @@ def test_invalid_json_on_list_keeps_ls_bounded_and_recovers(mount, proxy, client
     mark = len(mount.log_text())
     time.sleep(1.5)   # past the ttl: the next ls asks the server
     start = time.monotonic()
-    done = subprocess.run(["ls", str(mount.path)], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(["ls", str(mount.path)], capture_output=True, text=True, timeout=60,
+                          check=False)
     assert time.monotonic() - start < 30
     # Either the last good listing or an I/O error; never garbage.
     assert done.returncode == 0 or "Input/output error" in done.stderr

@@ -252,8 +252,8 @@ def test_more_properties_than_the_server_allows(setup: Setup) -> None:
     # Glance's 413 for too many properties ("The limit has been exceeded on the
     # number of allowed image properties") has no "quota" in its text, so
     # glancefs.fs.errors.errno_for takes it for image_size_cap: EFBIG ("File
-    # too large") for a setfattr. 413 (a quota) is ENOSPC per README.rst ("the server's refusals come back
-    # as EINVAL (400), EACCES (403) or ENOSPC (413)").
+    # too large") for a setfattr. 413 (a quota) is ENOSPC per README.rst ("the server's
+    # refusals come back as EINVAL (400), EACCES (403) or ENOSPC (413)").
     errno_seen = errno.errorcode.get(refused[0], refused[0])
     setup.delete_all("x-many.raw")
     assert errno_seen == "ENOSPC", errno_seen

@@ -22,7 +22,8 @@ import time
 import urllib.parse
 import uuid
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -35,9 +36,9 @@ MODULE = REPO / "glancefs" / "testing" / "v1server.py"
 try:  # python-glanceclient may have dropped v1 in some release
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from glanceclient.v1 import client as gc_v1
         from glanceclient import exc as gc_exc
-except Exception:  # pragma: no cover - depends on the installed client
+        from glanceclient.v1 import client as gc_v1
+except Exception:  # noqa: BLE001 - any failure to import means no v1 client  # pragma: no cover
     gc_v1 = None
     gc_exc = None
 
