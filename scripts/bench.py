@@ -877,6 +877,8 @@ class Bench:
                 "mount_cold_verify_on", "mount_hash_rate")
         r.ratio("mount_read_glanceclient", "mount read (verify on) / glanceclient",
                 "mount_cold_verify_on", "dl_glanceclient", ">= 2")
+        r.ratio("mount_read_cpu_bound", "mount read (verify on) / its CPU bound",
+                "mount_cold_verify_on", "mount_cold_verify_on_cpu_bound", ">= 0.9")
         r.ratio("mount_read_noverify_curl", "mount read (verify off) / curl",
                 "mount_cold_verify_off", "dl_curl", ">= 0.8")
         r.ratio("mount_read_noverify_fuse", "mount read (verify off) / FUSE from memory",
