@@ -1239,11 +1239,11 @@ class Bench:
             times = []
             for _ in range(1 + self.repeat):
                 start = time.perf_counter()
-                done = run(["ls", "-l", str(m.path)])
+                listing = run(["ls", "-l", str(m.path)])
                 times.append(time.perf_counter() - start)
-                if done.returncode:
-                    raise RuntimeError(f"ls -l: {done.stderr[-300:]}")
-                shown = sum(1 for line in done.stdout.splitlines()
+                if listing.returncode:
+                    raise RuntimeError(f"ls -l: {listing.stderr[-300:]}")
+                shown = sum(1 for line in listing.stdout.splitlines()
                             if line and not line.startswith("total"))
                 if shown < total:
                     raise RuntimeError(f"ls -l shows {shown} entries, the server has {total}")
@@ -1254,10 +1254,10 @@ class Bench:
         with self.mount(f"ttl={ttl:g}") as m:
             time.sleep(ttl + 0.5)
             start = time.perf_counter()
-            done = run(["ls", "-l", str(m.path)])
+            listing = run(["ls", "-l", str(m.path)])
             expired = time.perf_counter() - start
-            if done.returncode:
-                raise RuntimeError(f"ls -l: {done.stderr[-300:]}")
+            if listing.returncode:
+                raise RuntimeError(f"ls -l: {listing.stderr[-300:]}")
         r.add("list_ls_cold", "ls -l, first after mount", times[0], "s")
         r.add("list_ls_expired", "ls -l after the listing TTL ran out", expired, "s")
         r.add("list_ls_warm", "ls -l, warm", min(times[1:]), "s", "< 0.5")

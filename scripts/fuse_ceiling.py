@@ -72,7 +72,9 @@ class MemoryFile(pyfuse3.Operations):
         info.keep_cache = True
         return info
 
-    async def read(self, fh: int, off: int, size: int) -> memoryview | bytes:
+    # pyfuse3 sends any buffer; its stubs say bytes, and a memoryview saves a copy.
+    async def read(self, fh: int, off: int, size: int  # type: ignore[override]
+                   ) -> memoryview | bytes:
         if off >= self.size:
             return b""
         size = min(size, self.size - off)
