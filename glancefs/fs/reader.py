@@ -22,8 +22,8 @@ Why it is shaped this way:
   rate); when the reader had to wait for most of the blocks it read (two
   measurements in a row, or nearly all in one, for the first), streams are
   added: half as many as there are (at least one), so a far reader reaches 8
-  in four steps (the newest GET is trimmed a part past where it is, so parts
-  follow it). Once the new streams delivered their first block, the next
+  in five steps, 1, 2, 3, 4, 6, 8 (the newest GET is trimmed a part past
+  where it is, so parts follow it). Once the new streams delivered their first block, the next
   span is measured: unless it came at least half the possible gain faster
   (k -> k+n streams: 1 + 0.5 n/k times), they are dropped again, and tried
   again only after ``RETRY_AFTER`` seconds (twice as long after each drop). On
