@@ -75,7 +75,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -311,6 +311,18 @@ def children_cpu() -> float:
     """CPU seconds of the children this process has waited for (cat, curl)."""
     use = resource.getrusage(resource.RUSAGE_CHILDREN)
     return use.ru_utime + use.ru_stime
+
+
+Result = TypeVar("Result")
+
+
+def cpu_spent(step: Callable[[], Result], parties: dict[str, Callable[[], float]]
+              ) -> tuple[Result, dict[str, float]]:
+    """Run ``step``; return what it returned and the CPU seconds each party spent meanwhile
+    (each party: a function giving its CPU seconds so far)."""
+    before = {name: cpu() for name, cpu in parties.items()}
+    result = step()
+    return result, {name: cpu() - before[name] for name, cpu in parties.items()}
 
 
 def mount_stats(mountpoint: Path) -> dict[str, Any] | None:
@@ -944,15 +956,13 @@ class Bench:
         a party of its own, so the bound of a far read counts what the emulator took."""
         assert self.server is not None and self.server.pid is not None
         glance = self.server.pid
-        names = ("file system", "Glance", "reader") + (("link emulator",) if link else ())
-
-        def now() -> tuple[float, ...]:
-            return (process_cpu(mount_pid) if mount_pid else 0.0, group_cpu(glance),
-                    children_cpu()) + ((process_cpu(os.getpid()),) if link else ())
-        before = now()
-        seconds = step()
-        after = now()
-        return seconds, {name: b - a for name, a, b in zip(names, before, after, strict=True)}
+        parties: dict[str, Callable[[], float]] = {
+            "file system": lambda: process_cpu(mount_pid) if mount_pid else 0.0,
+            "Glance": lambda: group_cpu(glance),
+            "reader": children_cpu}
+        if link:
+            parties["link emulator"] = lambda: process_cpu(os.getpid())
+        return cpu_spent(step, parties)
 
     def add_cpu(self, key: str, label: str, cpu: dict[str, float],
                 size: int | None = None) -> None:
@@ -1424,15 +1434,12 @@ class Bench:
 
         def spent(step: Callable[[], tuple[float, Any]], mount_pid: int | None = None
                   ) -> tuple[float, Any, dict[str, float]]:
-            def now() -> tuple[float, ...]:
-                return (process_cpu(mount_pid) if mount_pid else 0.0, group_cpu(glance_a),
-                        group_cpu(glance_b), children_cpu())
-            before = now()
-            seconds, done = step()
-            after = now()
-            return seconds, done, {name: b - a for name, a, b in zip(
-                ("file system", "Glance a", "Glance b", "commands"), before, after,
-                strict=True)}
+            (seconds, done), cpu = cpu_spent(step, {
+                "file system": lambda: process_cpu(mount_pid) if mount_pid else 0.0,
+                "Glance a": lambda: group_cpu(glance_a),
+                "Glance b": lambda: group_cpu(glance_b),
+                "commands": children_cpu})
+            return seconds, done, cpu
 
         best_pipe, pipe_cpu = float("inf"), {}
         for i in range(self.repeat):
