@@ -122,97 +122,104 @@ class ResourceTypeManager(_Manager):
         return iter([_resource(r) for r in body.get("resource_type_associations", [])])
 
 
-class PropertyManager(_Manager):
+class _Member(_Manager):
+    """Properties, objects and tags: records kept under ``collection`` inside a namespace,
+    each named by its path. The public methods keep python-glanceclient's argument names
+    (``prop_name``, ``object_name``, ``tag_name``) and call these."""
+
+    collection = ""
+
+    def _path(self, namespace: str, *name: str) -> str:
+        return _namespace_path(namespace, self.collection, *name)
+
+    def get(self, namespace: str, name: str) -> Resource:
+        return _resource(self.http.json_request("GET", self._path(namespace, name)))
+
+    def _listed(self, namespace: str) -> Any:
+        """The collection as the server lists it (a list, or a dict for properties)."""
+        body = self.http.json_request("GET", self._path(namespace)) or {}
+        return body.get(self.collection)
+
+    def _update(self, namespace: str, name: str, changes: dict[str, Any]) -> Resource:
+        """PUT the record with ``changes`` (``name=`` renames it); returns it as stored."""
+        body = _writable(self.get(namespace, name), changes)
+        self.http.request("PUT", self._path(namespace, name), json=body).close()
+        return self.get(namespace, body.get("name") or name)
+
+    def delete_all(self, namespace: str) -> None:
+        self._delete(self._path(namespace))
+
+
+class PropertyManager(_Member):
     """``client.metadefs_property``."""
 
+    collection = "properties"
+
     def create(self, namespace: str, **kwargs: Any) -> Resource:
-        return _resource(self.http.json_request(
-            "POST", _namespace_path(namespace, "properties"), json=kwargs))
+        return _resource(self.http.json_request("POST", self._path(namespace), json=kwargs))
 
     def update(self, namespace: str, prop_name: str, **kwargs: Any) -> Resource:
-        body = _writable(self.get(namespace, prop_name), kwargs)
-        self.http.request("PUT", _namespace_path(namespace, "properties", prop_name),
-                          json=body).close()
-        return self.get(namespace, body.get("name") or prop_name)
+        return self._update(namespace, prop_name, kwargs)
 
     def get(self, namespace: str, prop_name: str) -> Resource:
-        prop = _resource(self.http.json_request(
-            "GET", _namespace_path(namespace, "properties", prop_name)))
+        prop = super().get(namespace, prop_name)
         prop["name"] = prop_name
         return prop
 
     def list(self, namespace: str, **_ignored: Any) -> Iterator[Resource]:
-        body = self.http.json_request("GET", _namespace_path(namespace, "properties")) or {}
         return iter([_resource({**value, "name": key})
-                     for key, value in (body.get("properties") or {}).items()])
+                     for key, value in (self._listed(namespace) or {}).items()])
 
     def delete(self, namespace: str, prop_name: str) -> None:
-        self._delete(_namespace_path(namespace, "properties", prop_name))
-
-    def delete_all(self, namespace: str) -> None:
-        self._delete(_namespace_path(namespace, "properties"))
+        self._delete(self._path(namespace, prop_name))
 
 
-class ObjectManager(_Manager):
+class ObjectManager(_Member):
     """``client.metadefs_object``."""
 
+    collection = "objects"
+
     def create(self, namespace: str, **kwargs: Any) -> Resource:
-        return _resource(self.http.json_request(
-            "POST", _namespace_path(namespace, "objects"), json=kwargs))
+        return _resource(self.http.json_request("POST", self._path(namespace), json=kwargs))
 
     def update(self, namespace: str, object_name: str, **kwargs: Any) -> Resource:
-        body = _writable(self.get(namespace, object_name), kwargs)
-        self.http.request("PUT", _namespace_path(namespace, "objects", object_name),
-                          json=body).close()
-        return self.get(namespace, body.get("name") or object_name)
+        return self._update(namespace, object_name, kwargs)
 
     def get(self, namespace: str, object_name: str) -> Resource:
-        return _resource(self.http.json_request(
-            "GET", _namespace_path(namespace, "objects", object_name)))
+        return super().get(namespace, object_name)
 
     def list(self, namespace: str, **_ignored: Any) -> Iterator[Resource]:
-        body = self.http.json_request("GET", _namespace_path(namespace, "objects")) or {}
-        return iter([_resource(o) for o in body.get("objects", [])])
+        return iter([_resource(o) for o in self._listed(namespace) or []])
 
     def delete(self, namespace: str, object_name: str) -> None:
-        self._delete(_namespace_path(namespace, "objects", object_name))
-
-    def delete_all(self, namespace: str) -> None:
-        self._delete(_namespace_path(namespace, "objects"))
+        self._delete(self._path(namespace, object_name))
 
 
-class TagManager(_Manager):
+class TagManager(_Member):
     """``client.metadefs_tag``."""
 
+    collection = "tags"
+
     def create(self, namespace: str, tag_name: str) -> Resource:
-        return _resource(self.http.json_request(
-            "POST", _namespace_path(namespace, "tags", tag_name)))
+        return _resource(self.http.json_request("POST", self._path(namespace, tag_name)))
 
     def create_multiple(self, namespace: str, tags: builtins.list[str] | None = None,
                         append: bool = False, **_ignored: Any) -> Iterator[Resource]:
         """Set the namespace's tags to ``tags`` (``append``: add them to the ones there)."""
         headers = {"X-Openstack-Append": "True"} if append else {}
         body = self.http.json_request(
-            "POST", _namespace_path(namespace, "tags"),
+            "POST", self._path(namespace),
             json={"tags": [{"name": t} for t in tags or []]}, headers=headers) or {}
         return iter([_resource(t) for t in body.get("tags", [])])
 
     def update(self, namespace: str, tag_name: str, **kwargs: Any) -> Resource:
-        body = _writable(self.get(namespace, tag_name), kwargs)
-        self.http.request("PUT", _namespace_path(namespace, "tags", tag_name),
-                          json=body).close()
-        return self.get(namespace, body.get("name") or tag_name)
+        return self._update(namespace, tag_name, kwargs)
 
     def get(self, namespace: str, tag_name: str) -> Resource:
-        return _resource(self.http.json_request(
-            "GET", _namespace_path(namespace, "tags", tag_name)))
+        return super().get(namespace, tag_name)
 
     def list(self, namespace: str, **_ignored: Any) -> Iterator[Resource]:
-        body = self.http.json_request("GET", _namespace_path(namespace, "tags")) or {}
-        return iter([_resource(t) for t in body.get("tags", [])])
+        return iter([_resource(t) for t in self._listed(namespace) or []])
 
     def delete(self, namespace: str, tag_name: str) -> None:
-        self._delete(_namespace_path(namespace, "tags", tag_name))
-
-    def delete_all(self, namespace: str) -> None:
-        self._delete(_namespace_path(namespace, "tags"))
+        self._delete(self._path(namespace, tag_name))
