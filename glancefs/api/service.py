@@ -22,6 +22,7 @@ from glancefs.api import fields as schema
 from glancefs.api import v1, v2
 from glancefs.api.download import Expected
 from glancefs.api.v2 import DataSource
+from glancefs.api.values import comma_list
 
 LOG = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ class ImageService:
         if not wanted:
             raise exc.HTTPBadRequest("an image is in one store at least", code=400)
         record = self.get(image_id)
-        have = [s for s in (record.stores or "").split(",") if s]
+        have = comma_list(record.stores)
         known = self.stores()
         if not known:
             raise exc.HTTPForbidden("this server has no multiple stores (stores-info)",
@@ -365,8 +366,8 @@ class ImageService:
             deadline = time.monotonic() + timeout
             while True:
                 record = self.get(image_id)
-                now = [s for s in (record.stores or "").split(",") if s]
-                failed = [s for s in (record.failed_import or "").split(",") if s]
+                now = comma_list(record.stores)
+                failed = comma_list(record.failed_import)
                 if any(s in failed for s in missing):
                     raise self.import_failure(image_id)
                 if all(s in now for s in missing) and not record.importing_to_stores:

@@ -1,5 +1,5 @@
-"""The one parser of each kind of value people type: booleans, sizes and
-Images API versions.
+"""The one parser of each kind of value people type: booleans, sizes,
+Images API versions and comma-separated lists.
 
 The mount's ``-o`` options, the command line's flags, xattr values, the
 environment and the v1 headers all read these the same way; each caller only
@@ -14,6 +14,8 @@ turns a ``ValueError`` into its own kind of refusal (EINVAL, a usage error).
   ``256M``, ``2G``, ``1GiB``, ``1.5T``.
 * API versions: ``2``, ``v2``, ``2.1``, ``v2.16`` all mean major version
   ``"2"``; only 1 and 2 exist.
+* Comma-separated lists (stores, tags, ``--prefer``, Glance's own ``stores``
+  field): items stripped, empty ones dropped; ``None`` is no item.
 """
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ GiB = 1024 * MiB
 TRUE_WORDS = frozenset({"1", "true", "yes", "on", "t", "y"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", "f", "n"})
 API_VERSIONS = ("1", "2")
+
+
+def comma_list(text: str | None) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
 def parse_bool(text: str) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO, cast
 
 from glancefs.api import exceptions as exc
-from glancefs.api.values import parse_bool
+from glancefs.api.values import comma_list, parse_bool
 from glancefs.cli.output import Printer, human_size
 from glancefs.cli.progress import Progress, ProgressReader
 
@@ -629,7 +629,7 @@ def _download(ctx: Context, args: argparse.Namespace, image: Any) -> None:
                         enabled=args.progress)
     # v1 servers send the whole image for any Range: one stream (the mount does the same).
     streams = args.streams if ctx.client.version == "2" else 1
-    prefer = [p.strip() for p in (getattr(args, "prefer", None) or "").split(",") if p.strip()]
+    prefer = comma_list(getattr(args, "prefer", None))
     kwargs: dict[str, Any] = {"prefer": prefer} if prefer else {}
     chunks = ctx.client.images.data(image, do_checksum=True, streams=streams, **kwargs)
     try:
@@ -745,7 +745,7 @@ def _import_kwargs(ctx: Context, args: argparse.Namespace, method: str | None) -
     """The image_import keywords, after the checks glance makes on them."""
     if sum(bool(x) for x in (args.store, args.stores, args.all_stores)) > 1:
         raise UsageError("only one of --store, --stores and --all-stores can be given")
-    stores = [s.strip() for s in args.stores.split(",") if s.strip()] if args.stores else None
+    stores = comma_list(args.stores) if args.stores else None
     if method == "glance-download":
         if not (args.remote_region and args.remote_image_id):
             raise UsageError("the glance-download method needs --remote-region and "

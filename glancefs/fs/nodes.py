@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from glancefs.api import exceptions as exc
 from glancefs.api import fields
 from glancefs.api.service import ImageRecord
+from glancefs.api.values import comma_list
 from glancefs.fs import modtime, names, stats, xattrs
 from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, ROOT_INODE
 from glancefs.fs.errors import STATUS_ERRNO, FsError
@@ -253,7 +254,7 @@ class FileNode(Node):
         if value is None:
             raise FsError(errno.EPERM, "user.glance.stores cannot be removed: set it to "
                           "the stores to keep")
-        wanted = [s.strip() for s in value.decode("utf-8", "replace").split(",") if s.strip()]
+        wanted = comma_list(value.decode("utf-8", "replace"))
         if not wanted:
             raise FsError(errno.EINVAL, "user.glance.stores: name one store at least")
         record = await fs.thread(fs.service.set_stores, record.id, wanted,

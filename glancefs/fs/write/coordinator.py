@@ -41,7 +41,7 @@ from typing import Any
 
 from glancefs.api import fields as schema
 from glancefs.api.service import WRITABLE_FIELDS, ImageRecord, ImageService
-from glancefs.api.values import parse_bool
+from glancefs.api.values import comma_list, parse_bool
 from glancefs.fs.errors import FsError, describe
 from glancefs.fs.stats import MountStats
 from glancefs.fs.write.janitor import Janitor
@@ -133,7 +133,7 @@ def parse_field(name: str, raw: bytes) -> Any:
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise FsError(errno.EINVAL, "user.glance.tags: a JSON list of strings")
             return tags
-        return [t.strip() for t in text.split(",") if t.strip()]
+        return comma_list(text)
     return text
 
 
