@@ -78,6 +78,9 @@ READ_ONLY_SHOWN: frozenset[str] = frozenset(f for f in SHOWN if f not in SETTABL
 # Glance reserves every property whose name starts with this (os_glance_import_task,
 # os_glance_failed_import, ...): only Glance sets them; a PATCH of one is refused (403).
 RESERVED_PREFIX = "os_glance"
+# The lock an import holds on its image while its task runs: Glance refuses another
+# import of the image (409) while it is there, also for a moment after the image is active.
+IMPORT_LOCK = "os_glance_import_task"
 
 
 def reserved(key: str) -> bool:

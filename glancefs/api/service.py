@@ -362,8 +362,8 @@ class ImageService:
                                      f"(stores: {', '.join(known) or 'none'})", code=400)
         missing = [s for s in wanted if s not in have]
         if missing:
-            self.start_import(image_id, "copy-image", stores=missing, allow_failure=False)
             deadline = time.monotonic() + timeout
+            self._start_copy(image_id, missing, deadline, poll)
             while True:
                 record = self.get(image_id)
                 now = comma_list(record.stores)
@@ -380,6 +380,24 @@ class ImageService:
         for store in [s for s in have if s not in wanted]:
             self.delete_from_store(image_id, store)
         return self.get(image_id)
+
+    def _start_copy(self, image_id: str, stores: list[str], deadline: float,
+                    poll: float) -> None:
+        """Start the copy-image import. The import that made the image active holds
+        its lock (``fields.IMPORT_LOCK``) a moment longer, and Glance refuses another
+        import (409) meanwhile: a ``setfattr`` right after ``cp`` met it. While the
+        image still carries that lock, the start is tried again until ``deadline``."""
+        while True:
+            try:
+                self.start_import(image_id, "copy-image", stores=stores, allow_failure=False)
+                return
+            except exc.HTTPConflict:
+                if time.monotonic() > deadline or \
+                        not self.get(image_id).properties.get(schema.IMPORT_LOCK):
+                    raise
+                LOG.debug("image %s: its last import still holds the lock; the copy "
+                          "waits for it", image_id)
+            time.sleep(poll)
 
     def delete_from_store(self, image_id: str, store: str) -> None:
         """Remove the image's data from one store; it stays in its others."""
