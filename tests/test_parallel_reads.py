@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from glancefs.api import Client
+from glancefs.api.buffers import BufferPool
 from glancefs.api.download import PART_MIN, part_size
 from glancefs.fs.options import MountOptions, apply_option_string
 from glancefs.testing.faultproxy import Fault, FaultProxy
@@ -125,6 +126,27 @@ def test_a_slow_body_leaves_its_connection_ready_for_the_next_request(
         assert got == big.data[start:end + 1]
         assert client.images.get(big.id)["id"] == big.id
     assert link.stats.connections <= 2   # the pool's connection was used again
+
+
+def test_a_read_into_pooled_buffers_comes_back_whole_and_frees_its_connection(
+        link: LinkProxy, big: Image) -> None:
+    """What the mount does with every block: receive it into a buffer of its pool,
+    used again once nobody holds it. The bytes are the image's, including a
+    ranged read whose last piece is shorter than a buffer; the buffers are used
+    again; each GET's connection goes back to the pool at the end of its body."""
+    client = Client("2", endpoint=link.endpoint, timeout=5, retries=0)
+    pool = BufferPool(MiB, capacity=4)
+    size = len(big.data)
+    for start, end in ((0, size - 1), (3 * MiB, 9 * MiB - 1), (size - MiB - 7, size - 1)):
+        got = bytearray()
+        for chunk in client.images.data(big.id, byte_range=(start, end), buffers=pool):
+            got += chunk
+        assert hashlib.sha256(got).hexdigest() == \
+            hashlib.sha256(big.data[start:end + 1]).hexdigest()
+        assert client.images.get(big.id)["id"] == big.id
+    assert pool.reused >= 20             # not a new buffer per chunk
+    assert pool.made <= 3
+    assert link.stats.connections <= 2   # every GET's connection was used again
 
 
 def test_streams_1_keeps_one_stream(link: LinkProxy, big: Image, tmp_path: Path) -> None:

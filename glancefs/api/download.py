@@ -25,12 +25,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.client import HTTPResponse as WireResponse
 from typing import Any
 
 import requests
 import urllib3
 
 from glancefs.api import exceptions as exc
+from glancefs.api.buffers import BufferPool, Chunk
 from glancefs.api.http import CHUNK_SIZE, HTTPClient
 
 LOG = logging.getLogger(__name__)
@@ -95,9 +97,13 @@ def part_size(window: int, streams: int, align: int) -> int:
 def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None = None,
            expected: Expected = Expected(), verify: bool = True,
            chunk_size: int = CHUNK_SIZE, resume_attempts: int | None = None,
-           ) -> Iterator[bytes]:
+           buffers: BufferPool | None = None) -> Iterator[Chunk]:
     """Yield the bytes of ``path`` from ``offset``, ``length`` bytes long
     (to the end when None).
+
+    ``buffers``: receive whole chunks into buffers taken from that pool (of
+    ``chunk_size`` bytes) rather than new objects; the caller gives each back
+    when done with it (:mod:`glancefs.api.buffers`).
 
     Raises HashMismatch when a whole-image read does not match, InvalidResponse
     when the server sends more, less or other than asked, CommunicationError
@@ -120,7 +126,8 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
     pos = offset
     while True:
         try:
-            for chunk in _one_response(http, path, pos, end, whole and pos == 0, chunk_size):
+            for chunk in _one_response(http, path, pos, end, whole and pos == 0, chunk_size,
+                                       buffers):
                 pos += len(chunk)
                 if hashing:
                     hashing.update(chunk)
@@ -152,7 +159,7 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
 
 def parallel_stream(http: HTTPClient, path: str, *, expected: Expected, streams: int = 8,
                     verify: bool = True, chunk_size: int = CHUNK_SIZE,
-                    window: int = PART_WINDOW) -> Iterator[bytes]:
+                    window: int = PART_WINDOW) -> Iterator[Chunk]:
     """The whole image at ``path`` as chunks in order, fetched as ranged parts by up
     to ``streams`` threads at once.
 
@@ -270,7 +277,7 @@ class BackgroundHash:
     def __init__(self, hasher: hashlib._Hash, depth: int | None = 8,
                  on_progress: Callable[[], None] | None = None, name: str = "hash") -> None:
         self._hasher = hasher
-        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=depth or 0)
+        self._queue: queue.Queue[Chunk] = queue.Queue(maxsize=depth or 0)
         self._on_progress = on_progress
         self._abandoned = threading.Event()
         self.hashed = 0                  # chunks hashed so far
@@ -298,7 +305,7 @@ class BackgroundHash:
             if self._on_progress is not None:
                 self._on_progress()
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: Chunk) -> None:
         if chunk:
             self._queue.put(chunk)
 
@@ -364,7 +371,8 @@ class _LowWater:
 
 
 def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
-                  plain: bool, chunk_size: int) -> Iterator[bytes]:
+                  plain: bool, chunk_size: int,
+                  buffers: BufferPool | None = None) -> Iterator[Chunk]:
     """Chunks of one GET starting at ``pos``; adapts to servers ignoring Range."""
     headers = {}
     if not plain:
@@ -393,6 +401,12 @@ def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
                 http.range_ignored = True
         remaining = None if end is None else end - pos
         raw = resp.raw
+        body = getattr(raw, "_fp", None)   # http.client's response under urllib3's
+        if buffers is not None and buffers.size == chunk_size and not skip and \
+                remaining is not None and isinstance(body, WireResponse) and \
+                not resp.headers.get("Content-Encoding"):
+            yield from _into_buffers(raw, body, buffers, remaining, low_water)
+            return
         while remaining is None or remaining > 0:
             want = chunk_size if remaining is None else min(chunk_size, remaining + skip)
             if skip:
@@ -413,6 +427,41 @@ def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
     finally:
         low_water.reset()
         resp.close()
+
+
+def _into_buffers(raw: urllib3.HTTPResponse, body: WireResponse,
+                  buffers: BufferPool, remaining: int,
+                  low_water: _LowWater) -> Iterator[Chunk]:
+    """``remaining`` bytes of a body, each whole chunk received into a pooled buffer
+    (``readinto`` on http.client's response, which urllib3 reads through too).
+    A last chunk shorter than a buffer is yielded as bytes of its own."""
+    while remaining > 0:
+        want = min(buffers.size, remaining)
+        buffer = buffers.take()
+        got = 0
+        with memoryview(buffer) as view:
+            while got < want:
+                low_water.before(want - got, remaining - got)
+                received = body.readinto(view[got:want])
+                if not received:
+                    break
+                got += received
+            tail = bytes(view[:got]) if got < buffers.size else None
+        remaining -= got
+        if body.isclosed():
+            # The body is read to its end: the connection goes back to the pool,
+            # as urllib3's own read would have done.
+            raw.release_conn()
+        if tail is not None:
+            del buffer         # free for the next take()
+            if tail:
+                yield tail
+            if got < want:
+                raise requests.exceptions.ChunkedEncodingError(
+                    f"connection closed with {remaining} bytes missing")
+            continue
+        yield buffer
+        del buffer             # the consumer holds it now, or it is free again
 
 
 def _short(error: BaseException) -> str:

@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from glancefs.api.buffers import Chunk
+
 
 class ImageManager(Protocol):
     def update(self, image: Any, **kwargs: Any) -> Image: ...
     def delete(self, image: Any) -> None: ...
-    def data(self, image: Any, **kwargs: Any) -> Iterator[bytes]: ...
+    def data(self, image: Any, **kwargs: Any) -> Iterator[Chunk]: ...
     def get(self, image: Any) -> Image: ...
 
 
@@ -71,7 +73,7 @@ class Image(Resource):
     def reload(self) -> Image:
         return self._replace(self._manager.get(self["id"]))
 
-    def data(self, **kwargs: Any) -> Iterator[bytes]:
+    def data(self, **kwargs: Any) -> Iterator[Chunk]:
         return self._manager.data(self, **kwargs)
 
     def delete(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from glancefs.api import exceptions as exc
 from glancefs.api import fields as schema
 from glancefs.api import v1, v2
+from glancefs.api.buffers import BufferPool, Chunk
 from glancefs.api.download import Expected
 from glancefs.api.v2 import DataSource
 from glancefs.api.values import comma_list
@@ -404,11 +405,14 @@ class ImageService:
         self._v2("stores").images.delete_from_store(store, image_id)
 
     def read(self, image: ImageRecord, offset: int = 0, length: int | None = None,
-             verify: bool = True, chunk_size: int | None = None) -> Iterator[bytes]:
+             verify: bool = True, chunk_size: int | None = None,
+             buffers: BufferPool | None = None) -> Iterator[Chunk]:
         raw = {"id": image.id, "status": image.status, "size": image.size,
                "checksum": image.checksum, "os_hash_algo": image.os_hash_algo,
                "os_hash_value": image.os_hash_value}
         kwargs: dict[str, Any] = {"chunk_size": chunk_size} if chunk_size else {}
+        if buffers is not None:
+            kwargs["buffers"] = buffers
         return self.client.images.data(raw, do_checksum=verify, offset=offset,
                                        length=length, **kwargs)
 

@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote
 
 from glancefs.api import download
 from glancefs.api import exceptions as exc
+from glancefs.api.buffers import BufferPool, Chunk
 from glancefs.api.formats import guess_formats
 from glancefs.api.http import CHUNK_SIZE, HTTPClient
 from glancefs.api.resource import Image, Resource
@@ -193,14 +194,15 @@ class Images:
 
     def data(self, image: Any, do_checksum: bool = True, offset: int = 0,
              length: int | None = None, byte_range: tuple[int, int] | None = None,
-             chunk_size: int = CHUNK_SIZE, **_ignored: Any) -> Iterator[bytes]:
+             chunk_size: int = CHUNK_SIZE, buffers: BufferPool | None = None,
+             **_ignored: Any) -> Iterator[Chunk]:
         meta = image if isinstance(image, dict) and "status" in image else self.get(image)
         if byte_range is not None:
             offset, length = byte_range[0], byte_range[1] - byte_range[0] + 1
         expected = download.Expected(size=meta.get("size"), checksum=meta.get("checksum"))
         return download.stream(self.http, f"/v1/images/{quote(meta['id'])}", offset=offset,
                                length=length, expected=expected, verify=do_checksum,
-                               chunk_size=chunk_size)
+                               chunk_size=chunk_size, buffers=buffers)
 
 
 class ImageMembers:

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 from glancefs.api import download, fields, metadefs
 from glancefs.api import exceptions as exc
+from glancefs.api.buffers import BufferPool, Chunk
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
 from glancefs.api.http import CHUNK_SIZE, HTTPClient, SizedIterable
 from glancefs.api.resource import Image, Resource
@@ -291,13 +292,16 @@ class Images:
              length: int | None = None, byte_range: tuple[int, int] | None = None,
              chunk_size: int = CHUNK_SIZE, streams: int = 1,
              prefer: builtins.list[str] | None = None,
-             **_ignored: Any) -> Iterator[bytes]:
+             buffers: BufferPool | None = None,
+             **_ignored: Any) -> Iterator[Chunk]:
         """The image's data as a stream of chunks, resumed after a dropped
         connection; a whole read is verified against os_hash_value/checksum.
         ``byte_range=(start, end_inclusive)`` or ``offset``/``length`` read a part.
         ``streams`` > 1 reads a whole image as ranged parts over that many
         connections at once (download.parallel_stream), still in order.
-        ``prefer``: stores to read from first, in order (multi-store clouds)."""
+        ``prefer``: stores to read from first, in order (multi-store clouds).
+        ``buffers`` (glancefs): receive a ranged or single-stream read into
+        buffers of that pool (download.stream)."""
         meta = image if isinstance(image, dict) and "status" in image else self.get(image)
         if byte_range is not None:
             offset, length = byte_range[0], byte_range[1] - byte_range[0] + 1
@@ -312,7 +316,7 @@ class Images:
                                             verify=do_checksum, chunk_size=chunk_size)
         return download.stream(self.http, path, offset=offset,
                                length=length, expected=expected, verify=do_checksum,
-                               chunk_size=chunk_size)
+                               chunk_size=chunk_size, buffers=buffers)
 
     # -- locations (the server must show them: show_multiple_locations) ------
     def _with_locations(self, image_id: str) -> Image:

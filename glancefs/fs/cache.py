@@ -18,6 +18,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from glancefs.api.buffers import Chunk
+
 LOG = logging.getLogger("glancefs.fs.cache")
 
 BlockKey = tuple[str, int]   # (image id, block index)
@@ -29,22 +31,22 @@ class BlockCache:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.used = 0
-        self._blocks: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._blocks: OrderedDict[BlockKey, Chunk] = OrderedDict()
 
-    def get(self, key: BlockKey) -> bytes | None:
+    def get(self, key: BlockKey) -> Chunk | None:
         data = self._blocks.get(key)
         if data is not None:
             self._blocks.move_to_end(key)
         return data
 
-    def peek(self, key: BlockKey) -> bytes | None:
+    def peek(self, key: BlockKey) -> Chunk | None:
         """Like get, without counting as a use (for the hash verifier)."""
         return self._blocks.get(key)
 
     def __contains__(self, key: BlockKey) -> bool:
         return key in self._blocks
 
-    def put(self, key: BlockKey, data: bytes) -> None:
+    def put(self, key: BlockKey, data: Chunk) -> None:
         old = self._blocks.pop(key, None)
         if old is not None:
             self.used -= len(old)
@@ -116,7 +118,7 @@ class DiskCache:
                 self.used -= self._files.pop(path, 0)
             return None
 
-    def put(self, image_id: str, tag: str, index: int, data: bytes) -> None:
+    def put(self, image_id: str, tag: str, index: int, data: Chunk) -> None:
         path = self._path(image_id, tag, index)
         with self._lock:
             if path in self._files:

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 import trio
 
 from glancefs.api import exceptions as exc
+from glancefs.api.buffers import BufferPool, Chunk
 from glancefs.api.download import BackgroundHash, part_size
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs.cache import BlockCache, DiskCache
@@ -102,6 +103,7 @@ class ReadConfig:
         return self.hash_lag // self.block_size
 
 
+
 class _Stop(Exception):
     """A fetch thread was told to stop (nobody needs its blocks any more)."""
 
@@ -113,7 +115,7 @@ class Pending:
 
     def __init__(self, job: Job) -> None:
         self.event = trio.Event()
-        self.data: bytes | None = None
+        self.data: Chunk | None = None
         self.error: BaseException | None = None
         self.job = job
 
@@ -215,7 +217,7 @@ class Verifier:
             return
         await event.wait()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: Chunk) -> None:
         self._hash.update(data)
         self.next += 1
         if self.next == self.nblocks:
@@ -287,6 +289,10 @@ class Reader:
                  disk: DiskCache | None = None, stats: MountStats | None = None) -> None:
         self.service = service
         self.config = config
+        # Blocks are received into buffers used again once nobody holds them
+        # (api.buffers): fresh memory per block cost page faults. As many as the
+        # memory budget has blocks, made as they are needed.
+        self.buffers = BufferPool(config.block_size, max(8, config.memory // config.block_size))
         # The hashing queue may hold up to hash_lag beyond what the cache holds.
         self.cache = BlockCache(max(4 * config.block_size,
                                     config.memory - (config.hash_lag if config.verify else 0)))
@@ -297,7 +303,7 @@ class Reader:
         self.on_corrupt: Callable[[str], None] | None = None
         self._serial = 0
         # Blocks handed over by fetch threads, delivered in trio (deque: thread-safe).
-        self._arrivals: collections.deque[tuple[ImageData, int, bytes, bool]] = \
+        self._arrivals: collections.deque[tuple[ImageData, int, Chunk, bool]] = \
             collections.deque()
         self._wake_pending = False
         self._sequential = 0          # handles with an open prefetch window
@@ -620,11 +626,11 @@ class Reader:
                       job.last - 1, cut - 1)
             job.last = cut
 
-    async def _blocks(self, handle: Handle, first: int, last: int) -> list[bytes]:
+    async def _blocks(self, handle: Handle, first: int, last: int) -> list[Chunk]:
         image = handle.image
         if self._arrivals:
             self._drain_arrivals()   # blocks already handed over count as here
-        out: list[bytes | None] = [self.cache.get((image.id, i)) for i in range(first, last + 1)]
+        out: list[Chunk | None] = [self.cache.get((image.id, i)) for i in range(first, last + 1)]
         missing = [first + n for n, data in enumerate(out) if data is None]
         hits = len(out) - len(missing)
         if missing and self.disk is not None and image.disk_tag:
@@ -684,7 +690,7 @@ class Reader:
         if run:
             self._start_job(image, Job(run[0], run[-1] + 1))
 
-    async def _wait_block(self, handle: Handle, index: int) -> bytes:
+    async def _wait_block(self, handle: Handle, index: int) -> Chunk:
         image = handle.image
         for _attempt in range(3):
             data = self.cache.get((image.id, index))
@@ -826,16 +832,20 @@ class Reader:
             index = 0
         offset = index * bs
         length = min(stop * bs, image.size) - offset
-        chunks: Iterator[bytes] = self.service.read(image.record, offset, length,
-                                                    verify=False, chunk_size=bs)
+        chunks: Iterator[Chunk] = self.service.read(image.record, offset, length,
+                                                    verify=False, chunk_size=bs,
+                                                    buffers=self.buffers)
         self.stats.add(image.id, image.record.name, gets=1)
-        buffer = b""
+        buffer: Chunk = b""
         try:
             for chunk in chunks:
                 self.stats.add(image.id, bytes=len(chunk))
-                buffer = buffer + chunk if buffer else chunk
+                buffer = bytes(buffer) + chunk if buffer else chunk
                 while len(buffer) >= bs or (buffer and index * bs + len(buffer) >= image.size):
-                    data, buffer = buffer[:bs], buffer[bs:]
+                    # A whole block as received (a pool's buffer) is kept as it is.
+                    data: Chunk
+                    data, buffer = (buffer, b"") if len(buffer) <= bs else \
+                        (buffer[:bs], buffer[bs:])
                     if job.stream:
                         self._gate(job, index)
                     self._hand_over(token, image, job, index, data, False)
@@ -869,7 +879,7 @@ class Reader:
             raise _Stop()
 
     def _hand_over(self, token: trio.lowlevel.TrioToken, image: ImageData, job: Job,
-                   index: int, data: bytes, from_disk: bool) -> None:
+                   index: int, data: Chunk, from_disk: bool) -> None:
         if job.cancelled:
             raise _Stop()
         job.position = index + 1
@@ -900,7 +910,7 @@ class Reader:
                 found[index] = data
         return found
 
-    def _deliver(self, image: ImageData, index: int, data: bytes, from_disk: bool) -> None:
+    def _deliver(self, image: ImageData, index: int, data: Chunk, from_disk: bool) -> None:
         """In trio: a block arrived; wake its waiters, feed the verifier."""
         self.cache.put((image.id, index), data)
         image.failure = None
@@ -915,7 +925,7 @@ class Reader:
             verifier.feed(data)
             self._advance(image, verifier)
 
-    async def _disk_put(self, image_id: str, tag: str, index: int, data: bytes) -> None:
+    async def _disk_put(self, image_id: str, tag: str, index: int, data: Chunk) -> None:
         assert self.disk is not None
         await trio.to_thread.run_sync(self.disk.put, image_id, tag, index, data)
 

@@ -70,6 +70,7 @@ from typing import Any
 
 from glancefs.api import exceptions as exc
 from glancefs.api import fields as schema
+from glancefs.api.buffers import BufferPool, Chunk
 from glancefs.api.formats import SNIFF_BYTES, guess_formats
 from glancefs.api.service import MEMBER_STATUSES, WRITABLE_FIELDS, ImageRecord
 from glancefs.api.v2 import DataSource
@@ -464,7 +465,8 @@ class MemoryImageService:
         raise exc.HTTPForbidden("this server has no multiple stores (stores-info)", code=403)
 
     def read(self, image: ImageRecord, offset: int = 0, length: int | None = None,
-             verify: bool = True, chunk_size: int | None = None) -> Iterator[bytes]:
+             verify: bool = True, chunk_size: int | None = None,
+             buffers: BufferPool | None = None) -> Iterator[Chunk]:
         self._enter("read", image.id)
         with self._lock:
             stored = self._find(image.id)
@@ -486,14 +488,24 @@ class MemoryImageService:
         whole = offset == 0 and end == len(data)
         expected = _expected_hash(image)
         return self._chunks(image.id, data, offset, end, chunk_size or DEFAULT_CHUNK,
-                            expected if verify and whole else None)
+                            expected if verify and whole else None, buffers)
 
     @staticmethod
     def _chunks(image_id: str, data: bytes, offset: int, end: int, chunk_size: int,
-                expected: tuple[str, str] | None) -> Iterator[bytes]:
+                expected: tuple[str, str] | None,
+                buffers: BufferPool | None = None) -> Iterator[Chunk]:
         view = memoryview(data)
         for start in range(offset, end, chunk_size):
-            yield bytes(view[start:min(end, start + chunk_size)])
+            piece = view[start:min(end, start + chunk_size)]
+            if buffers is not None and len(piece) == buffers.size:
+                # Received into a pooled buffer, as the real client does: a buffer
+                # written again while still in use would show in what is read.
+                buffer = buffers.take()
+                buffer[:] = piece
+                yield buffer
+                del buffer
+            else:
+                yield bytes(piece)
         if expected is not None:
             algo, digest = expected
             got = hashlib.new(algo, data).hexdigest()

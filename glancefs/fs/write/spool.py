@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from glancefs.api import exceptions as exc
+from glancefs.api.buffers import Chunk
 from glancefs.api.service import ImageRecord, ImageService
 
 CHUNK = 1024 * 1024    # unit of the spool's reads, and of the zeros of gaps
@@ -65,7 +66,7 @@ class Spool:
         self.extent = 0
         self.closed = False
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: Chunk) -> None:
         """Raises SpoolFull past the budget, OSError when the disk says no."""
         end = offset + len(data)
         grow = end - self.extent
@@ -108,7 +109,7 @@ class Spool:
                 self.budget.release(self.extent - size)
             self.extent = size
 
-    def fill(self, chunks: Iterator[bytes]) -> int:
+    def fill(self, chunks: Iterator[Chunk]) -> int:
         """Append ``chunks`` from offset 0 (a download of the image being
         replaced); returns the bytes written."""
         offset = 0
