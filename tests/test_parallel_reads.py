@@ -108,6 +108,23 @@ def test_a_far_sequential_read_uses_parallel_streams(link: LinkProxy, long: Imag
     assert link.stats.bytes_down >= len(long.data)
 
 
+def test_a_read_through_parallel_parts_keeps_no_blocks_behind_it(link: LinkProxy,
+                                                                  long: Image,
+                                                                  tmp_path: Path) -> None:
+    """The mount's memory after a whole far read: the blocks behind the reader are
+    dropped (the kernel's page cache has them), also those whose part arrived after
+    the parts ahead of them; only the last few stay. Before, a block the hashing
+    thread had not been handed when the reader passed it stayed until evicted: the
+    budget filled with blocks no one would read again."""
+    with mounted(link.endpoint, tmp_path / "mnt", options=FAR_OPTIONS) as m:
+        path = m.path / ".by-id" / long.id
+        assert sha256_of(path) == long.sha256
+        stats = json.loads(os.getxattr(m.path, STATS))
+    assert stats["images"][long.id]["streams_added"] >= 1   # parts arrived out of order
+    assert stats["memory"]["blocks_bytes"] <= 4 * MiB
+    assert stats["memory"]["budget_bytes"] == MountOptions().memory
+
+
 def test_a_slow_body_leaves_its_connection_ready_for_the_next_request(
         link: LinkProxy, big: Image) -> None:
     """A body that arrives in a link's small bursts is received in larger pieces (the

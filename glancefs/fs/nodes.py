@@ -139,7 +139,8 @@ class Directory(Node):
 
 class RootDir(Directory):
     async def xattrs(self) -> dict[bytes, bytes]:
-        return {stats.XATTR_NAME: self.fs.stats.to_json(retries=self.fs.service.retries)}
+        return {stats.XATTR_NAME: self.fs.stats.to_json(retries=self.fs.service.retries,
+                                                        memory=self.fs.reader.memory())}
 
     async def lookup(self, name: bytes) -> Node:
         if name == BY_ID_NAME:

@@ -280,6 +280,7 @@ class Handle:
         self.backoff = RETRY_AFTER       # ... seconds after the next drop (doubles each time)
         self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
+        self.discard_from = 0            # the first block its sequential reads did not drop
 
 
 class Reader:
@@ -312,6 +313,12 @@ class Reader:
         # synchronously) until a new read from offset 0 verifies again.
         self.mismatched: set[str] = set()
         self.stats = stats if stats is not None else MountStats()
+
+    def memory(self) -> dict[str, int]:
+        """What it holds now, for the mount's counters (fs.stats)."""
+        return {"blocks_bytes": self.cache.used,
+                "buffers_bytes": len(self.buffers) * self.buffers.size,
+                "budget_bytes": self.config.memory}
 
     def _check_ranges(self) -> bool:
         """Whether ranged GETs get ranges. The API notices a server that sends
@@ -407,10 +414,16 @@ class Reader:
                 # page cache has them now (keep_cache), so ours need not. Not the
                 # last few: the kernel's concurrent reads arrive slightly out of
                 # order, and one behind must not have to fetch its block again.
+                # Nor one the hashing thread has not been handed yet: that happens
+                # when a block behind arrives last (parallel parts), so every block
+                # since the last discarded one is looked at, not just this read's.
                 done = first - 1 - DISCARD_LAG
                 verifier = image.verifier
-                if verifier is None or not verifier.active or verifier.next > done:
-                    self.cache.discard((image.id, done))
+                if verifier is not None and verifier.active:
+                    done = min(done, verifier.next - 1)
+                for index in range(handle.discard_from, done + 1):
+                    self.cache.discard((image.id, index))
+                handle.discard_from = max(handle.discard_from, done + 1)
         verifier = image.verifier
         if verifier is not None and verifier.active:
             if end == image.size:
@@ -463,6 +476,7 @@ class Reader:
             # anew (what it learned, its back-off, stays).
             handle.allowed, handle.mark, handle.probe = 1, None, None
             handle.starved_runs, handle.seen = 0, first - 1
+            handle.discard_from = first
         handle.last_block = max(handle.last_block, first) if sequential else first
 
     def _window_cap(self) -> int:

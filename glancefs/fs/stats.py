@@ -15,7 +15,10 @@ The JSON::
      "retries": n,                  # HTTP requests sent again, and downloads resumed
      "totals": {<counters>},        # every image, and uploads whose image never existed
      "images": {"<image id>": {"name": ..., <counters>}, ...},
-     "images_omitted": n}           # least recently active images left out (size limit)
+     "images_omitted": n,           # least recently active images left out (size limit)
+     "memory": {"blocks_bytes": n,  # image data held in memory now (the block cache)
+                "buffers_bytes": n, # receive buffers made so far, held or free (api.buffers)
+                "budget_bytes": n}} # the memory= option
 
 with the counters of :class:`Counters`. ``hash_cpu_seconds`` is the hashing threads'
 CPU time at full precision.
@@ -96,18 +99,22 @@ class MountStats:
             entry = self._images.get(image_id)
             return dataclasses.replace(entry.counters) if entry else Counters()
 
-    def snapshot(self, retries: int = 0) -> dict[str, Any]:
+    def snapshot(self, retries: int = 0,
+                 memory: dict[str, int] | None = None) -> dict[str, Any]:
         with self._lock:
             images = {image_id: {"name": entry.name, **dataclasses.asdict(entry.counters)}
                       for image_id, entry in self._images.items()}
             totals = dataclasses.asdict(self.totals)
         return {"version": 1, "since": self.since,
                 "uptime_seconds": time.monotonic() - self._started, "retries": retries,
-                "totals": totals, "images": images, "images_omitted": 0}
+                "totals": totals, "images": images, "images_omitted": 0,
+                "memory": dict(memory or {})}
 
-    def to_json(self, retries: int = 0, limit: int = XATTR_SIZE_MAX) -> bytes:
-        """The snapshot as UTF-8 JSON of at most ``limit`` bytes."""
-        data = self.snapshot(retries)
+    def to_json(self, retries: int = 0, limit: int = XATTR_SIZE_MAX,
+                memory: dict[str, int] | None = None) -> bytes:
+        """The snapshot as UTF-8 JSON of at most ``limit`` bytes. ``memory``: what
+        the reader holds now (fs.reader.Reader.memory)."""
+        data = self.snapshot(retries, memory)
         text = json.dumps(data, ensure_ascii=False).encode()
         if len(text) <= limit:
             return text
