@@ -17,7 +17,9 @@ Why it is shaped this way:
   cache, queued for hashing, being written to the disk cache or answering a
   read all hold a reference (``sys.getrefcount``; every holder in CPython
   owns one, a memoryview of the buffer too). So nobody gives a buffer back,
-  none is lost on an error path, and a buffer in use is never written.
+  none is lost on an error path, and a buffer in use is never written. The
+  check and the hand-out happen under one lock while the GIL is held, and no
+  other thread can reach a free buffer: nothing else refers to it.
 * Buffers are made as they are needed, up to ``capacity``, and free ones are
   taken oldest first, so a small read keeps few of them. When all are held,
   ``take`` hands out a buffer the pool does not keep.

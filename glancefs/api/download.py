@@ -102,8 +102,8 @@ def stream(http: HTTPClient, path: str, *, offset: int = 0, length: int | None =
     (to the end when None).
 
     ``buffers``: receive whole chunks into buffers taken from that pool (of
-    ``chunk_size`` bytes) rather than new objects; the caller gives each back
-    when done with it (:mod:`glancefs.api.buffers`).
+    ``chunk_size`` bytes) rather than new objects; a buffer is used again once
+    nothing refers to it (:mod:`glancefs.api.buffers`).
 
     Raises HashMismatch when a whole-image read does not match, InvalidResponse
     when the server sends more, less or other than asked, CommunicationError

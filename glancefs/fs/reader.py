@@ -103,7 +103,6 @@ class ReadConfig:
         return self.hash_lag // self.block_size
 
 
-
 class _Stop(Exception):
     """A fetch thread was told to stop (nobody needs its blocks any more)."""
 
@@ -854,7 +853,7 @@ class Reader:
         try:
             for chunk in chunks:
                 self.stats.add(image.id, bytes=len(chunk))
-                buffer = bytes(buffer) + chunk if buffer else chunk
+                buffer = buffer + chunk if buffer else chunk
                 while len(buffer) >= bs or (buffer and index * bs + len(buffer) >= image.size):
                     # A whole block as received (a pool's buffer) is kept as it is.
                     data: Chunk
