@@ -1404,6 +1404,11 @@ class Bench:
               min(caps) if caps else None, "MiB/s")
         r.ratio("far_mount_bound", "far: mount read / that bound", "far_mount_cold",
                 "far_bound", ">= 0.8")
+        # What the same streams carry without FUSE and from the first byte (the client
+        # starts them all at once): where this is below the mount's target, so is what
+        # the link gives that many streams, whatever the mount does.
+        r.ratio("far_client_bound", "far: glancefs client (same streams, no FUSE) / that bound",
+                "far_glancefs", "far_bound")
 
 
     # -- clouds section ---------------------------------------------------------------------
