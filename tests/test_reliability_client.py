@@ -23,6 +23,7 @@ import pytest
 
 from glancefs import Client
 from glancefs.api import exceptions as exc
+from glancefs.api.buffers import BufferPool
 from glancefs.testing.faultproxy import Fault, FaultProxy, http_response
 from glancefs.testing.glance_server import GlanceServer
 
@@ -154,6 +155,24 @@ def free_closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("fault", ["stall", "reset"])
+def test_a_body_received_into_pooled_buffers_is_resumed_after_a_break(
+        proxy, image, fault: str) -> None:
+    """The mount's way of receiving (whole chunks into reused buffers) meets a body
+    that stops for longer than the read timeout, or is reset, part-way into a
+    chunk: the rest is asked for again and the bytes come back whole."""
+    image_id, data = image
+    proxy.add(Fault(match="/file ", stall=30, stall_after=1_500_000) if fault == "stall"
+              else Fault(match="/file ", cut_after=1_500_000))
+    glance = Client("2", endpoint=proxy.endpoint, timeout=1.0, retries=2)
+    pool = BufferPool(MiB, capacity=4)
+    got = b"".join(bytes(chunk) for chunk in glance.images.data(image_id, buffers=pool))
+    proxy.clear()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert len(file_gets(proxy)) == 2
+    assert pool.made + pool.reused >= 3      # received into the pool's buffers
 
 
 def test_stall_shorter_than_read_timeout_is_waited_for(proxy, image) -> None:

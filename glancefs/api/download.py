@@ -404,7 +404,7 @@ def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
         body = getattr(raw, "_fp", None)   # http.client's response under urllib3's
         if buffers is not None and buffers.size == chunk_size and not skip and \
                 remaining is not None and isinstance(body, WireResponse) and \
-                not resp.headers.get("Content-Encoding"):
+                hasattr(raw, "_error_catcher") and not resp.headers.get("Content-Encoding"):
             yield from _into_buffers(raw, body, buffers, remaining, low_water)
             return
         while remaining is None or remaining > 0:
@@ -433,25 +433,28 @@ def _into_buffers(raw: urllib3.HTTPResponse, body: WireResponse,
                   buffers: BufferPool, remaining: int,
                   low_water: _LowWater) -> Iterator[Chunk]:
     """``remaining`` bytes of a body, each whole chunk received into a pooled buffer
-    (``readinto`` on http.client's response, which urllib3 reads through too).
+    (``readinto`` on http.client's response, which urllib3 reads through too; its
+    ``_fp`` and ``_error_catcher`` are urllib3 internals, in 1.26 and 2.x alike:
+    where either is missing, chunks are read as new objects).
     A last chunk shorter than a buffer is yielded as bytes of its own."""
     while remaining > 0:
         want = min(buffers.size, remaining)
         buffer = buffers.take()
         got = 0
         with memoryview(buffer) as view:
-            while got < want:
-                low_water.before(want - got, remaining - got)
-                received = body.readinto(view[got:want])
-                if not received:
-                    break
-                got += received
+            # urllib3's own handling, as its read has it: socket and http.client
+            # errors become its exceptions (a stalled body is a ReadTimeoutError and
+            # is resumed as before), and once the body is read to its end the
+            # connection goes back to the pool.
+            with raw._error_catcher():
+                while got < want:
+                    low_water.before(want - got, remaining - got)
+                    received = body.readinto(view[got:want])
+                    if not received:
+                        break
+                    got += received
             tail = bytes(view[:got]) if got < buffers.size else None
         remaining -= got
-        if body.isclosed():
-            # The body is read to its end: the connection goes back to the pool,
-            # as urllib3's own read would have done.
-            raw.release_conn()
         if tail is not None:
             del buffer         # free for the next take()
             if tail:
