@@ -801,15 +801,19 @@ class Bench:
 
     def cold_mount(self, options: str = "", endpoint: str | None = None,
                    image_id: str | None = None) -> contextlib.AbstractContextManager[Mount]:
-        """A fresh mount with the page cache dropped, and the server's stored file (of
-        ``image_id``, the main image by default) read back into it (so the server is in
-        the same state as for the curl reference)."""
+        """A fresh mount after :meth:`cold_caches`."""
+        self.cold_caches(image_id)
+        return self.mount(options, endpoint)
+
+    def cold_caches(self, image_id: str | None = None) -> None:
+        """The page cache dropped, and the server's stored file (of ``image_id``, the
+        main image by default) read back into it (so the server is in the same state
+        as for the curl reference)."""
         if not drop_caches() and "drop_caches" not in self._cache:
             self._cache["drop_caches"] = False
             self.report.note("cannot write /proc/sys/vm/drop_caches (not root?): "
                              "'cold' means a fresh mount only")
         read_through(self.store_file(image_id or self.main_image()))
-        return self.mount(options, endpoint)
 
     def cat(self, path: Path) -> float:
         seconds, done = timed(["cat", str(path)])
@@ -858,8 +862,7 @@ class Bench:
                         # The read path in a mount that has read before (its receive
                         # buffers made): a fresh mount touches each for the first
                         # time, a quarter of a 256 MiB image at the 64 MiB window.
-                        drop_caches()
-                        read_through(self.store_file(self.main_image()))
+                        self.cold_caches()
                         log(f"second cold read, same mount, verify=off ({i + 1}/{self.repeat})")
                         seconds, cpu = self.cpu_of(functools.partial(self.cat, path), m.pid)
                         if seconds < again:

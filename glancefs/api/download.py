@@ -23,7 +23,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from http.client import HTTPResponse as WireResponse
 from typing import Any
@@ -405,22 +405,22 @@ def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
         if buffers is not None and buffers.size == chunk_size and not skip and \
                 remaining is not None and isinstance(body, WireResponse) and \
                 hasattr(raw, "_error_catcher") and not resp.headers.get("Content-Encoding"):
-            yield from _into_buffers(raw, body, buffers, remaining, low_water)
-            return
-        while remaining is None or remaining > 0:
-            want = chunk_size if remaining is None else min(chunk_size, remaining + skip)
-            if skip:
-                want = min(chunk_size, skip)
-            low_water.before(want, None if remaining is None else remaining + skip)
-            chunk = raw.read(want, decode_content=False)
-            if not chunk:
-                break
-            if skip:
-                skip -= len(chunk)
-                continue
-            if remaining is not None:
-                remaining -= len(chunk)
-            yield chunk
+            remaining = yield from _into_buffers(raw, body, buffers, remaining, low_water)
+        else:
+            while remaining is None or remaining > 0:
+                want = chunk_size if remaining is None else min(chunk_size, remaining + skip)
+                if skip:
+                    want = min(chunk_size, skip)
+                low_water.before(want, None if remaining is None else remaining + skip)
+                chunk = raw.read(want, decode_content=False)
+                if not chunk:
+                    break
+                if skip:
+                    skip -= len(chunk)
+                    continue
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
         if remaining:
             raise requests.exceptions.ChunkedEncodingError(
                 f"connection closed with {remaining} bytes missing")
@@ -431,12 +431,13 @@ def _one_response(http: HTTPClient, path: str, pos: int, end: int | None,
 
 def _into_buffers(raw: urllib3.HTTPResponse, body: WireResponse,
                   buffers: BufferPool, remaining: int,
-                  low_water: _LowWater) -> Iterator[Chunk]:
+                  low_water: _LowWater) -> Generator[Chunk, None, int]:
     """``remaining`` bytes of a body, each whole chunk received into a pooled buffer
     (``readinto`` on http.client's response, which urllib3 reads through too; its
     ``_fp`` and ``_error_catcher`` are urllib3 internals, in 1.26 and 2.x alike:
-    where either is missing, chunks are read as new objects).
-    A last chunk shorter than a buffer is yielded as bytes of its own."""
+    where either is missing, chunks are read as new objects). A chunk shorter
+    than a buffer (the last one, or what came before the body ended) is yielded
+    as bytes of its own. Returns the bytes the body still owed when it ended."""
     while remaining > 0:
         want = min(buffers.size, remaining)
         buffer = buffers.take()
@@ -453,18 +454,16 @@ def _into_buffers(raw: urllib3.HTTPResponse, body: WireResponse,
                     if not received:
                         break
                     got += received
-            tail = bytes(view[:got]) if got < buffers.size else None
+            short = bytes(view[:got]) if got < buffers.size else None
         remaining -= got
-        if tail is not None:
-            del buffer         # free for the next take()
-            if tail:
-                yield tail
-            if got < want:
-                raise requests.exceptions.ChunkedEncodingError(
-                    f"connection closed with {remaining} bytes missing")
-            continue
-        yield buffer
+        if short is None:
+            yield buffer
+        elif short:
+            yield short
         del buffer             # the consumer holds it now, or it is free again
+        if got < want:
+            break              # the body ended early
+    return remaining
 
 
 def _short(error: BaseException) -> str:

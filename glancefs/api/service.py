@@ -411,10 +411,8 @@ class ImageService:
                "checksum": image.checksum, "os_hash_algo": image.os_hash_algo,
                "os_hash_value": image.os_hash_value}
         kwargs: dict[str, Any] = {"chunk_size": chunk_size} if chunk_size else {}
-        if buffers is not None:
-            kwargs["buffers"] = buffers
         return self.client.images.data(raw, do_checksum=verify, offset=offset,
-                                       length=length, **kwargs)
+                                       length=length, buffers=buffers, **kwargs)
 
     def set_property(self, image: ImageRecord, key: str, value: str) -> ImageRecord:
         return self._change(image, {key: value}, ())
