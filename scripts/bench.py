@@ -27,8 +27,10 @@ Sections (``--only``; all by default):
 * ``list``: ``ls -l`` of N images through the mount, cold and warm, vs ``glance image-list``.
 * ``far``: the same Glance made far (glancefs.testing.linkproxy: by default 20 ms each way,
   40 MiB/s per connection, 400 MiB/s in all): python-glanceclient's download, the glancefs
-  client's download and the mount's cold verified read of one image through the link, their
-  ratios, the bound the link and the machine's CPU set (``--far-*`` options), and the HTTP
+  client's download and the mount's cold verified read of one image through the link, as
+  many ``curl`` processes as streams, each one ranged GET of an equal share (what the link
+  carries that many connections), their ratios, the bound the link and the machine's CPU
+  set (``--far-*`` options), and the HTTP
   requests ``qemu-img info`` of a qcow2 image through the mount costs over the link.
 * ``clouds``: a second local Glance beside the first and a mount of both (``-o clouds=a,b``
   from a clouds.yaml with ``auth_type: none``): ``cp`` of the image from one cloud's folder
@@ -665,6 +667,23 @@ class Bench:
             raise RuntimeError(f"curl download: exit {done.returncode} "
                                f"{done.stderr.decode()[-300:]}")
         return seconds
+
+    def parallel_curl(self, url: str, size: int, streams: int) -> float:
+        """Seconds for ``streams`` curl processes to fetch ``url`` at once, each one
+        ranged GET of an equal share (no hash, nothing kept): what that many
+        connections carry when each sends one request and nothing else costs time."""
+        share = -(-size // streams)
+        start = time.perf_counter()
+        runs = [subprocess.Popen(["curl", "-s", "--fail", "-o", "/dev/null", "-H",
+                                  f"Range: bytes={first}-{min(size, first + share) - 1}", url],
+                                 stderr=subprocess.PIPE)
+                for first in range(0, size, share)]
+        for run in runs:
+            _, err = run.communicate()
+            if run.returncode:
+                raise RuntimeError(f"curl ranged download: exit {run.returncode} "
+                                   f"{err.decode()[-300:]}")
+        return time.perf_counter() - start
 
     def measure_up_curl(self) -> float:
         image = self.client.images.create(name=self.unique("bench-curl"),
@@ -1352,8 +1371,12 @@ class Bench:
               "ms", note=f"the link alone: {2 * a.far_delay_ms:g} ms")
         streams = a.streams
         best_gc, best_gfs, best_one = float("inf"), float("inf"), float("inf")
+        best_curl = float("inf")
         for i in range(self.repeat):
-            log(f"far link: glanceclient and glancefs client downloads ({i + 1}/{self.repeat})")
+            log(f"far link: glanceclient, glancefs client and {streams} curls "
+                f"({i + 1}/{self.repeat})")
+            best_curl = min(best_curl, self.parallel_curl(
+                f"{link.endpoint}/v2/images/{image_id}/file", size, streams))
             out = self._glanceclient("download", image_id, endpoint=link.endpoint)
             if out["size"] != size:
                 raise RuntimeError(f"glanceclient far download: {out['size']} bytes, "
@@ -1375,6 +1398,11 @@ class Bench:
                   rate(size, best_one), "MiB/s")
             r.ratio("far_glancefs_streams", f"far: glancefs client, --streams {streams} / 1",
                     "far_glancefs", "far_glancefs_streams1")
+        r.add("far_curl", f"far: {streams} curls at once, one ranged GET each",
+              rate(size, best_curl), "MiB/s",
+              note="what that many connections carry here, one request each")
+        r.ratio("far_glancefs_curl", f"far: glancefs client / {streams} curls",
+                "far_glancefs", "far_curl")
         r.add("far_cap_connection", "far link: cap per connection",
               a.far_rate / MiB if a.far_rate else None, "MiB/s")
         r.add("far_cap_total", "far link: cap of all connections",
@@ -1426,10 +1454,14 @@ class Bench:
         r.ratio("far_mount_bound", "far: mount read / that bound", "far_mount_cold",
                 "far_bound", ">= 0.8")
         # What the same streams carry without FUSE and from the first byte (the client
-        # starts them all at once): where this is below the mount's target, so is what
-        # the link gives that many streams, whatever the mount does.
+        # starts them all at once), and what as many curls carry with one GET each: the
+        # gap between the two is what glancefs's parts (a request and its round trip
+        # per part, to keep memory bounded) cost on this link.
         r.ratio("far_client_bound", "far: glancefs client (same streams, no FUSE) / that bound",
                 "far_glancefs", "far_bound")
+        r.ratio("far_curl_bound", f"far: {streams} curls / that bound", "far_curl", "far_bound")
+        r.ratio("far_mount_curl", f"far: mount read / {streams} curls", "far_mount_cold",
+                "far_curl")
 
 
     # -- clouds section ---------------------------------------------------------------------
