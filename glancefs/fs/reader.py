@@ -21,14 +21,18 @@ Why it is shaped this way:
   (at least half a part: shorter spans measured the bursts of a link, not its
   rate); when the reader had to wait for most of the blocks it read (two
   measurements in a row, or nearly all in one, for the first), streams are
-  added: half as many as there are (at least one), so a far reader reaches 8
-  in five steps, 1, 2, 3, 4, 6, 8 (the newest GET is trimmed a part past
-  where it is, so parts follow it). Once the new streams delivered their first block, the next
-  span is measured: unless it came at least half the possible gain faster
-  (k -> k+n streams: 1 + 0.5 n/k times), they are dropped again, and tried
-  again only after ``RETRY_AFTER`` seconds (twice as long after each drop). On
-  loopback the mount's CPU, not a connection, is the limit: the reader
-  rarely waits, so streams are rarely tried and never kept. Blocks arriving
+  added: half as many as there are (at least one), 1, 2, 3, 4, 6, 8 (the
+  newest GET is trimmed a part past where it is, so parts follow it). Once
+  the new streams delivered their first block, the next span is measured:
+  unless it came at least half the possible gain faster (k -> k+n streams:
+  1 + 0.5 n/k times), they are dropped again, and tried again only after
+  ``RETRY_AFTER`` seconds (twice as long after each drop). Where they
+  brought nearly all of it (``LINEAR_SHARE``: a link that caps each
+  connection), the next step doubles them and needs the reader to have
+  waited for only a quarter of its blocks, so a far reader reaches 8 in
+  three steps, 1, 2, 4, 8 (``more_streams``). On loopback the mount's CPU,
+  not a connection, is the limit: the reader rarely waits, so streams are
+  rarely tried and never kept. Blocks arriving
   out of order wait in the cache; the Verifier takes them in order
   (``_deliver``/``_advance``).
 * Blocking HTTP runs in worker threads (``trio.to_thread``); blocks come back
@@ -73,6 +77,8 @@ STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
 STARVED_SHARE = 0.5   # blocks read that were waited for, for one more stream
+LINEAR_SHARE = 0.75   # share of the possible gain for which the next step doubles
+MEASURED_SECONDS = 0.05   # a measurement spans at least this long
 ALL_WAITED = 0.9      # ... at once for the first one, without a second measurement
 MEASURED_BLOCKS = 4   # blocks per stream allowed that one measurement of their rate spans
 RETRY_AFTER = 1.0     # seconds after streams were dropped before they are tried again
@@ -101,6 +107,23 @@ class ReadConfig:
     @property
     def hash_lag_blocks(self) -> int:
         return self.hash_lag // self.block_size
+
+
+def share_of_gain(before: int, after: int, rate_before: float, rate_after: float) -> float:
+    """What part of the possible gain going from ``before`` to ``after`` streams
+    brought: 1.0 when the rate grew as the streams did (each stream capped on its
+    own), 0.0 when it did not grow, negative when it fell."""
+    return (rate_after / rate_before - 1) * before / (after - before)
+
+
+def more_streams(allowed: int, limit: int, linear: bool) -> int:
+    """The streams for a reader that still waits for its ``allowed`` ones: twice as
+    many when the last ones added each paid nearly in full (``linear``: a far link
+    capping each connection, where more are likely to pay as well), otherwise half
+    as many again (at least one more); never more than ``limit``. From one stream
+    to 8: 1, 2, 4, 8 on such a link; 1, 2, 3, 4, 6, 8 where each step paid less."""
+    more = allowed if linear else max(1, allowed // 2)
+    return min(limit, allowed + more)
 
 
 class _Stop(Exception):
@@ -557,8 +580,14 @@ class Reader:
         is measured and compared with the one before: less than half the gain
         the added streams could give (k -> k+n streams: 1 + 0.5 n/k times as
         fast) and they are dropped again, to be tried after RETRY_AFTER seconds
-        (twice as long after each drop). Where the mount's CPU, or a cap on all
-        connections together, is the limit, no added stream stays.
+        (twice as long after each drop); LINEAR_SHARE of it or more and the
+        next step doubles them, once a quarter of the blocks read were waited
+        for (a far link where each connection is capped: on the bench's link
+        the half-as-many steps sat at 6 of 8 streams for a second of a 1 GiB
+        read, the reader waiting for a third of its blocks). Spans last at
+        least MEASURED_SECONDS (on loopback a span of a few blocks is a few
+        milliseconds, and measured bursts). Where the mount's CPU, or a cap on
+        all connections together, is the limit, no added stream stays.
         """
         if handle.allowed >= self.config.streams and handle.probe is None:
             return
@@ -585,7 +614,7 @@ class Reader:
             return
         since, offset = handle.mark
         span = max(part // 2, MEASURED_BLOCKS * bs * handle.allowed)
-        if arrived - offset < span or now <= since:
+        if arrived - offset < span or now - since < MEASURED_SECONDS:
             return
         measured = (arrived - offset) / (now - since)
         waited = handle.waits / max(1, handle.reads)
@@ -593,9 +622,11 @@ class Reader:
                   handle.allowed, measured / MiB, handle.waits, handle.reads)
         handle.mark = (now, arrived)
         handle.reads = handle.waits = 0
+        linear = False
         if handle.probe is not None:
             before = handle.before
-            if measured < (1 + 0.5 * (handle.allowed - before) / before) * handle.probe:
+            gain = share_of_gain(before, handle.allowed, handle.probe, measured)
+            if gain < 0.5:
                 LOG.debug("image %s: %d streams no faster than %d (%.0f MiB/s): back to %d",
                           image.id, handle.allowed, before, handle.probe / MiB, before)
                 self.stats.add(image.id, streams_dropped=handle.allowed - before)
@@ -607,7 +638,11 @@ class Reader:
                 handle.probe = None
                 return
             handle.probe = None
-        handle.starved_runs = handle.starved_runs + 1 if waited >= STARVED_SHARE else 0
+            # Nearly all the gain: each stream is capped on its own (a far link),
+            # and more of them are likely to pay as well.
+            linear = gain >= LINEAR_SHARE
+        starved = waited >= (STARVED_SHARE / 2 if linear else STARVED_SHARE)
+        handle.starved_runs = handle.starved_runs + 1 if starved else 0
         # The first stream is added only after two measurements in a row in which
         # most blocks were waited for, or one with nearly all: a reader held back by
         # CPU (loopback) waits now and then, one held back by its connection
@@ -620,7 +655,7 @@ class Reader:
         handle.probe = measured
         handle.probing = False
         handle.before = handle.allowed
-        handle.allowed = min(self.config.streams, handle.allowed + max(1, handle.allowed // 2))
+        handle.allowed = more_streams(handle.allowed, self.config.streams, linear)
         self.stats.add(image.id, streams_added=handle.allowed - handle.before)
         LOG.debug("image %s: the reader waits for its streams at %.0f MiB/s: %d in flight",
                   image.id, measured / MiB, handle.allowed)
