@@ -86,6 +86,7 @@ if str(ROOT) not in sys.path:
 import requests  # noqa: E402
 
 from glancefs import Client  # noqa: E402
+from glancefs.api.download import part_size  # noqa: E402
 from glancefs.fs.options import MountOptions  # noqa: E402
 from glancefs.testing.faultproxy import FaultProxy, Stats  # noqa: E402
 from glancefs.testing.glance_server import GlanceServer, ensure_glance_venv, free_port, glance_bin  # noqa: E402
@@ -1409,6 +1410,9 @@ class Bench:
               a.far_total_rate / MiB if a.far_total_rate else None, "MiB/s")
         r.ratio("far_glanceclient_cap", "far: glanceclient / per-connection cap",
                 "far_glanceclient", "far_cap_connection")
+        self.far_parts_bound(streams, min(trips[1:]))
+        r.ratio("far_glancefs_parts", "far: glancefs client / what its parts carry at most",
+                "far_glancefs", "far_parts_bound")
         r.ratio("far_glancefs_glanceclient", "far: glancefs client / glanceclient",
                 "far_glancefs", "far_glanceclient", ">= 3")
         if not self.mount_available():
@@ -1462,7 +1466,29 @@ class Bench:
         r.ratio("far_curl_bound", f"far: {streams} curls / that bound", "far_curl", "far_bound")
         r.ratio("far_mount_curl", f"far: mount read / {streams} curls", "far_mount_cold",
                 "far_curl")
+        r.ratio("far_mount_parts", "far: mount read / what its parts carry at most",
+                "far_mount_cold", "far_parts_bound")
 
+
+    def far_parts_bound(self, streams: int, round_trip: float) -> None:
+        """What ``streams`` GETs of the mount's parts carry at most over this link: each
+        part (its window split by the streams, bounded memory) pays a round trip before
+        its first byte, then comes at the per-connection cap. curl's one GET per
+        connection pays it once; the gap between the two is the price of the parts."""
+        a, r = self.args, self.report
+        if not a.far_rate:
+            return
+        options = MountOptions()
+        window = min(options.prefetch_max, options.memory // 2)
+        part = part_size(window, streams, options.block_size)
+        per_stream = part / (round_trip + part / a.far_rate)
+        bound = streams * per_stream
+        if a.far_total_rate:
+            bound = min(bound, a.far_total_rate)
+        r.add("far_parts_bound", f"far: {streams} streams of {part / MiB:g} MiB parts, "
+              "a round trip each", bound / MiB, "MiB/s",
+              note=f"{streams} x {part / MiB:g} MiB / ({round_trip * 1000:.0f} ms + "
+                   f"{part / a.far_rate * 1000:.0f} ms at the per-connection cap)")
 
     # -- clouds section ---------------------------------------------------------------------
 

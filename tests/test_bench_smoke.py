@@ -33,7 +33,7 @@ def test_bench_runs_with_small_sizes(tmp_path: Path) -> None:
                 "up_glancefs", "up_curl", "up_glanceclient", "client_rss_download",
                 "list_glance_cli", "far_rtt", "far_glanceclient", "far_glancefs",
                 "far_glancefs_streams1", "far_glancefs_streams", "far_curl",
-                "far_glancefs_curl"):
+                "far_glancefs_curl", "far_parts_bound"):
         assert figures[key]["value"] is not None and figures[key]["value"] > 0, key
     # The mount figures, when the mount works here (a note says why otherwise).
     if not any(note.startswith("mount: not available") for note in report["notes"]):
