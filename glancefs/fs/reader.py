@@ -31,11 +31,10 @@ Why it is shaped this way:
   connection), the next step doubles them, so a far reader reaches 8 in
   three steps, 1, 2, 4, 8 (``more_streams``). Once there are several, a
   quarter of the blocks waited for is enough for the next step (the reader
-  finds most blocks of the later parts already there). On loopback the mount's CPU,
-  not a connection, is the limit: the reader rarely waits, so streams are
-  rarely tried and never kept. Blocks arriving
-  out of order wait in the cache; the Verifier takes them in order
-  (``_deliver``/``_advance``).
+  finds most blocks of the later parts already there). On loopback the
+  mount's CPU, not a connection, is the limit: the reader rarely waits, so
+  streams are rarely tried and never kept. Blocks arriving out of order wait
+  in the cache; the Verifier takes them in order (``_deliver``/``_advance``).
 * Blocking HTTP runs in worker threads (``trio.to_thread``); blocks come back
   to trio one at a time, so a slow request never holds up other FUSE requests.
 * A server that ignores ``Range`` (Images v1) sends the whole image for every
@@ -78,7 +77,8 @@ STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
 STARVED_SHARE = 0.5   # blocks read that were waited for, for one more stream
-LINEAR_SHARE = 0.75   # share of the possible gain for which the next step doubles
+KEEP_SHARE = 0.5      # share of the possible gain added streams must bring to stay
+LINEAR_SHARE = 0.75   # ... for which the next step doubles them
 MEASURED_SECONDS = 0.05   # a measurement spans at least this long
 ALL_WAITED = 0.9      # ... at once for the first one, without a second measurement
 MEASURED_BLOCKS = 4   # blocks per stream allowed that one measurement of their rate spans
@@ -627,7 +627,7 @@ class Reader:
         if handle.probe is not None:
             before = handle.before
             gain = share_of_gain(before, handle.allowed, handle.probe, measured)
-            if gain < 0.5:
+            if gain < KEEP_SHARE:
                 LOG.debug("image %s: %d streams no faster than %d (%.0f MiB/s): back to %d",
                           image.id, handle.allowed, before, handle.probe / MiB, before)
                 self.stats.add(image.id, streams_dropped=handle.allowed - before)
@@ -643,9 +643,9 @@ class Reader:
             # and more of them are likely to pay as well.
             linear = gain >= LINEAR_SHARE
         # With parts in flight the reader finds most blocks of the later ones
-        # already there, so it waits for fewer of them even when the link is the
-        # limit: a quarter, then (at 6 of 8 streams on the bench's far link it
-        # waited for 22-48% of its blocks while they came at 170 of 240 MiB/s).
+        # already there, so it waits for fewer of them even where the link is the
+        # limit: at 6 of 8 streams on the bench's far link it waited for 22-48%
+        # of its blocks while they came at 170 of the 240 MiB/s 6 could carry.
         starved = waited >= (STARVED_SHARE / 2 if handle.allowed > 1 else STARVED_SHARE)
         handle.starved_runs = handle.starved_runs + 1 if starved else 0
         # The first stream is added only after two measurements in a row in which
