@@ -30,8 +30,8 @@ Sections (``--only``; all by default):
   client's download and the mount's cold verified read of one image through the link, as
   many ``curl`` processes as streams, each one ranged GET of an equal share (what the link
   carries that many connections), their ratios, the bound the link and the machine's CPU
-  set (``--far-*`` options), and the HTTP
-  requests ``qemu-img info`` of a qcow2 image through the mount costs over the link.
+  set (``--far-*`` options), and the HTTP requests ``qemu-img info`` of a qcow2 image
+  through the mount costs over the link.
 * ``clouds``: a second local Glance beside the first and a mount of both (``-o clouds=a,b``
   from a clouds.yaml with ``auth_type: none``): ``cp`` of the image from one cloud's folder
   to the other's, against ``glance image-download`` piped into ``glance image-create`` between
@@ -88,6 +88,7 @@ import requests  # noqa: E402
 from glancefs import Client  # noqa: E402
 from glancefs.api.download import part_size  # noqa: E402
 from glancefs.fs.options import MountOptions  # noqa: E402
+from glancefs.fs.reader import window_cap  # noqa: E402
 from glancefs.testing.faultproxy import FaultProxy, Stats  # noqa: E402
 from glancefs.testing.glance_server import GlanceServer, ensure_glance_venv, free_port, glance_bin  # noqa: E402
 from glancefs.testing.linkproxy import LinkProxy, parse_rate  # noqa: E402
@@ -1469,7 +1470,6 @@ class Bench:
         r.ratio("far_mount_parts", "far: mount read / what its parts carry at most",
                 "far_mount_cold", "far_parts_bound")
 
-
     def far_parts_bound(self, streams: int, round_trip: float) -> None:
         """What ``streams`` GETs of the mount's parts carry at most over this link: each
         part (its window split by the streams, bounded memory) pays a round trip before
@@ -1479,7 +1479,7 @@ class Bench:
         if not a.far_rate:
             return
         options = MountOptions()
-        window = min(options.prefetch_max, options.memory // 2)
+        window = window_cap(options.prefetch_max, options.memory, options.block_size, readers=1)
         part = part_size(window, streams, options.block_size)
         per_stream = part / (round_trip + part / a.far_rate)
         bound = streams * per_stream

@@ -110,6 +110,14 @@ class ReadConfig:
         return self.hash_lag // self.block_size
 
 
+def window_cap(prefetch_max: int, memory: int, block_size: int, readers: int) -> int:
+    """How far a sequential reader's prefetch window grows: ``prefetch_max``, and
+    no more than its share of half the ``memory`` budget among the ``readers``
+    sequential readers open; at least one block."""
+    share = memory // (2 * max(1, readers))
+    return max(block_size, min(prefetch_max, share))
+
+
 def share_of_gain(before: int, after: int, rate_before: float, rate_after: float) -> float:
     """What part of the possible gain going from ``before`` to ``after`` streams
     brought: 1.0 when the rate grew as the streams did (each stream capped on its
@@ -503,8 +511,9 @@ class Reader:
         handle.last_block = max(handle.last_block, first) if sequential else first
 
     def _window_cap(self) -> int:
-        share = self.config.memory // (2 * max(1, self._sequential))
-        return max(self.config.block_size, min(self.config.prefetch_max, share))
+        config = self.config
+        return window_cap(config.prefetch_max, config.memory, config.block_size,
+                          self._sequential)
 
     def _prefetch(self, handle: Handle, end: int) -> None:
         """Keep ranged GETs going up to ``window`` bytes past ``end``.
