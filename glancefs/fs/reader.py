@@ -440,14 +440,25 @@ class Reader:
             finished.set()
         if handle.window:
             self._prefetch(handle, end)
-            self._discard_behind(handle, first, last)
+            if first > DISCARD_LAG:
+                # A sequential reader is done with the blocks before: the kernel's
+                # page cache has them now (keep_cache), so ours need not. Not the
+                # last few: the kernel's concurrent reads arrive slightly out of
+                # order, and one behind must not have to fetch its block again.
+                # Nor one the hashing thread has not been handed yet: that happens
+                # when a block behind arrives last (parallel parts), so every block
+                # since the last discarded one is looked at, not just this read's.
+                done = first - 1 - DISCARD_LAG
+                verifier = image.verifier
+                if verifier is not None and verifier.active:
+                    done = min(done, verifier.next - 1)
+                for index in range(handle.discard_from, done + 1):
+                    self.cache.discard((image.id, index))
+                handle.discard_from = max(handle.discard_from, done + 1)
         verifier = image.verifier
         if verifier is not None and verifier.active:
             if end == image.size:
                 await self._finish_verify(image, verifier, serial)
-                if handle.window:
-                    # The blocks it held back for the hashing thread (below).
-                    self._discard_behind(handle, first, last)
             else:
                 # Keep the hashing thread's queue (memory) bounded: wait for it
                 # rather than letting a fast reader pile blocks up behind it.
@@ -460,30 +471,6 @@ class Reader:
         parts.extend(memoryview(b) for b in blocks[1:-1])
         parts.append(memoryview(blocks[-1])[:end - last * bs])
         return b"".join(parts)
-
-    def _discard_behind(self, handle: Handle, first: int, last: int) -> None:
-        """A sequential reader that read blocks ``first``-``last`` is done with the
-        blocks before: the kernel's page cache has them now (keep_cache), so ours
-        need not. Not the last few: the kernel's concurrent reads arrive slightly
-        out of order, and one behind must not have to fetch its block again. Nor
-        one the hashing thread has not been handed yet: that happens when a block
-        behind arrives last (parallel parts), so every block since the last
-        discarded one is looked at, not just this read's, and the read that
-        reaches the end looks again once the hash is done (no later read would).
-        A read of blocks already behind that point (the kernel reads a range
-        again, its pages gone) fetched them anew: they are dropped as served."""
-        image = handle.image
-        done = first - 1 - DISCARD_LAG
-        verifier = image.verifier
-        hashed = verifier.next if verifier is not None and verifier.active else None
-        if hashed is not None:
-            done = min(done, hashed - 1)
-        for index in range(handle.discard_from, done + 1):
-            self.cache.discard((image.id, index))
-        handle.discard_from = max(handle.discard_from, done + 1)
-        behind = handle.discard_from if hashed is None else min(handle.discard_from, hashed)
-        for index in range(first, min(last + 1, behind)):
-            self.cache.discard((image.id, index))
 
     def _track(self, handle: Handle, off: int, end: int, first: int) -> None:
         """Sequential or not; grow or reset the prefetch window."""
