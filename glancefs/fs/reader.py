@@ -312,6 +312,7 @@ class Handle:
         self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
         self.discard_from = 0            # the first block its sequential reads did not drop
+        self.reread_from: int | None = None  # ... and of a range read again behind it
 
 
 class Reader:
@@ -440,21 +441,7 @@ class Reader:
             finished.set()
         if handle.window:
             self._prefetch(handle, end)
-            if first > DISCARD_LAG:
-                # A sequential reader is done with the blocks before: the kernel's
-                # page cache has them now (keep_cache), so ours need not. Not the
-                # last few: the kernel's concurrent reads arrive slightly out of
-                # order, and one behind must not have to fetch its block again.
-                # Nor one the hashing thread has not been handed yet: that happens
-                # when a block behind arrives last (parallel parts), so every block
-                # since the last discarded one is looked at, not just this read's.
-                done = first - 1 - DISCARD_LAG
-                verifier = image.verifier
-                if verifier is not None and verifier.active:
-                    done = min(done, verifier.next - 1)
-                for index in range(handle.discard_from, done + 1):
-                    self.cache.discard((image.id, index))
-                handle.discard_from = max(handle.discard_from, done + 1)
+            self._discard_behind(handle, first)
         verifier = image.verifier
         if verifier is not None and verifier.active:
             if end == image.size:
@@ -471,6 +458,38 @@ class Reader:
         parts.extend(memoryview(b) for b in blocks[1:-1])
         parts.append(memoryview(blocks[-1])[:end - last * bs])
         return b"".join(parts)
+
+    def _discard_behind(self, handle: Handle, first: int) -> None:
+        """A sequential reader at block ``first`` is done with the blocks before:
+        the kernel's page cache has them now (keep_cache), so ours need not. Not
+        the last few: the kernel's concurrent reads arrive slightly out of order
+        and are not aligned to blocks, and one behind must not have to fetch its
+        block again. Nor one the hashing thread has not been handed yet: that
+        happens when a block behind arrives last (parallel parts), so every block
+        since the last discarded one is looked at, not just this read's.
+
+        The kernel sometimes reads a range again that the reader had passed (a new
+        read-ahead ramp from 128 KiB; seen under load): those blocks are fetched
+        anew behind ``discard_from``, and are dropped the same way, the last few
+        kept, as the reader passes them or jumps back ahead (``reread_from``)."""
+        image = handle.image
+        done = first - 1 - DISCARD_LAG
+        verifier = image.verifier
+        if verifier is not None and verifier.active:
+            done = min(done, verifier.next - 1)
+        if first < handle.discard_from and (handle.reread_from is None or
+                                            first < handle.reread_from):
+            handle.reread_from = first
+        for index in range(handle.discard_from, done + 1):
+            self.cache.discard((image.id, index))
+        handle.discard_from = max(handle.discard_from, done + 1)
+        if handle.reread_from is not None:
+            stop = min(handle.discard_from, done + 1)
+            for index in range(handle.reread_from, stop):
+                self.cache.discard((image.id, index))
+            handle.reread_from = max(handle.reread_from, stop)
+            if handle.reread_from >= handle.discard_from:
+                handle.reread_from = None
 
     def _track(self, handle: Handle, off: int, end: int, first: int) -> None:
         """Sequential or not; grow or reset the prefetch window."""
@@ -507,7 +526,7 @@ class Reader:
             # anew (what it learned, its back-off, stays).
             handle.allowed, handle.mark, handle.probe = 1, None, None
             handle.starved_runs, handle.seen = 0, first - 1
-            handle.discard_from = first
+            handle.discard_from, handle.reread_from = first, None
         handle.last_block = max(handle.last_block, first) if sequential else first
 
     def _window_cap(self) -> int:
