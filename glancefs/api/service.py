@@ -387,15 +387,23 @@ class ImageService:
         """Start the copy-image import. The import that made the image active holds
         its lock (``fields.IMPORT_LOCK``) a moment longer, and Glance refuses another
         import (409) meanwhile: a ``setfattr`` right after ``cp`` met it. While the
-        image still carries that lock, the start is tried again until ``deadline``."""
+        image still carries that lock, the start is tried again until ``deadline``.
+        The lock can go between Glance's refusal and the look at the image: a
+        refusal with no lock left is tried once more at once; a second one is the
+        answer."""
+        lock_gone_once = False
         while True:
             try:
                 self.start_import(image_id, "copy-image", stores=stores, allow_failure=False)
                 return
             except exc.HTTPConflict:
-                if time.monotonic() > deadline or \
-                        not self.get(image_id).properties.get(schema.IMPORT_LOCK):
+                if time.monotonic() > deadline:
                     raise
+                if not self.get(image_id).properties.get(schema.IMPORT_LOCK):
+                    if lock_gone_once:
+                        raise
+                    lock_gone_once = True
+                    continue
                 LOG.debug("image %s: its last import still holds the lock; the copy "
                           "waits for it", image_id)
             time.sleep(poll)
