@@ -28,6 +28,7 @@ from glancefs.api.service import parse_time
 from glancefs.fs import modtime, names, stats
 from glancefs.fs.catalog import BY_ID_INODE, BY_ID_NAME, FRESH_WAIT, ROOT_INODE
 from glancefs.fs.filesystem import NO_QUOTA_FREE, RENAME_NOREPLACE
+from glancefs.fs.reader import LATE_READS
 from glancefs.fs.write import REOPEN_WINDOW
 from glancefs.testing.memory_service import MemoryImageService
 from tests.fast_support import (
@@ -1427,6 +1428,53 @@ def test_a_sequential_reader_is_served_by_few_gets_and_no_byte_twice(
         assert counted["gets"] <= 12
         assert counted["bytes"] == len(data)
     run_mount(service, tmp_path, body)
+
+
+async def read_in_order(m: Mount, name: bytes, offsets: list[int], step: int) -> dict[int, bytes]:
+    """Reads of ``step`` bytes at ``offsets``, in that order, through one open file."""
+    fh, _keep = await m.fs.open(await m.inode(name), os.O_RDONLY)
+    try:
+        return {off: bytes(await m.fs.read(fh, off, step)) for off in offsets}
+    finally:
+        await m.fs.release(fh)
+
+
+def test_a_block_the_kernel_reads_late_is_still_in_the_cache(
+        service: MemoryImageService, tmp_path: Path) -> None:
+    """Under load the kernel skips the tail of a read-ahead and reads those pages
+    later, behind its furthest read: their block is dropped once all of it was
+    served, not once the reader passed it, so it is not fetched twice."""
+    data = payload(32 * BLOCK)
+    record = service.add("disk", data)
+    step = 32 * KiB
+    skipped = set(range(3 * BLOCK, 4 * BLOCK, step))
+    ahead = [o for o in range(0, 8 * BLOCK, step) if o not in skipped]
+    offsets = ahead + sorted(skipped) + list(range(8 * BLOCK, len(data), step))
+
+    async def body(m: Mount) -> None:
+        got = await read_in_order(m, b"disk", offsets, step)
+        assert b"".join(got[o] for o in sorted(got)) == data
+        assert (await m.counters(record.id))["bytes"] == len(data)
+    # A window larger than how far behind the late reads come: still in order.
+    run_mount(service, tmp_path, body, prefetch_max=8 * BLOCK)
+
+
+def test_a_block_never_read_is_dropped_once_far_behind_the_reader(
+        service: MemoryImageService, tmp_path: Path) -> None:
+    """A block whose pages the kernel never asks for (its page cache has them) is
+    dropped all the same once it is further behind the reader than the kernel
+    reads late: after a whole read no block stays."""
+    data = payload(LATE_READS + 8 * BLOCK)
+    service.add("disk", data)
+    step = 32 * KiB
+    offsets = [o for o in range(0, len(data), step) if not 3 * BLOCK <= o < 4 * BLOCK]
+
+    async def body(m: Mount) -> None:
+        await read_in_order(m, b"disk", offsets, step)
+        memory = json.loads(await m.fs.getxattr(ROOT_INODE, stats.XATTR_NAME))["memory"]
+        assert memory["blocks_bytes"] == 0    # the last ones too: all are hashed
+    # Room for the whole image: what is dropped is not merely evicted.
+    run_mount(service, tmp_path, body, memory=2 * len(data))
 
 
 # -- Images v1 ----------------------------------------------------------------------------------

@@ -125,6 +125,36 @@ def test_a_read_through_parallel_parts_keeps_no_blocks_behind_it(link: LinkProxy
     assert stats["memory"]["budget_bytes"] == MountOptions().memory
 
 
+def congest(mnt: Path) -> None:
+    """The kernel's FUSE connection of ``mnt`` congested from its first request
+    (fusectl's ``congestion_threshold`` at 1), as a loaded machine's is now and then:
+    the kernel then skips the tail of each read-ahead and reads those pages later,
+    up to a read-ahead behind its furthest read."""
+    connections = Path("/sys/fs/fuse/connections")
+    if not any(connections.iterdir()):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(connections)], check=True)
+    threshold = connections / str(os.minor(os.stat(mnt).st_dev)) / "congestion_threshold"
+    threshold.write_text("1")
+
+
+def test_pages_the_kernel_reads_late_are_fetched_once(link: LinkProxy, long: Image,
+                                                      tmp_path: Path) -> None:
+    """A block is dropped once every byte of it was served, not once the reader has
+    read past it: the pages the kernel skipped and reads late are still in the cache.
+    Blocks of 256 KiB put those late reads several blocks behind; dropping the blocks
+    a reader had passed fetched 0.5 to 2.3 MiB of the 48 MiB twice, in 4 runs of 4."""
+    with mounted(link.endpoint, tmp_path / "mnt",
+                 options=FAR_OPTIONS + ",block_size=256K") as m:
+        congest(m.path)
+        path = m.path / ".by-id" / long.id
+        assert sha256_of(path) == long.sha256
+        stats = json.loads(os.getxattr(m.path, STATS))
+    mine = stats["images"][long.id]
+    assert mine["verified"] == 1
+    assert mine["bytes"] == len(long.data)               # every byte fetched once
+    assert stats["memory"]["blocks_bytes"] <= 4 * MiB   # ... and dropped once served
+
+
 def test_a_slow_body_leaves_its_connection_ready_for_the_next_request(
         link: LinkProxy, big: Image) -> None:
     """A body that arrives in a link's small bursts is received in larger pieces (the

@@ -74,7 +74,9 @@ LOG = logging.getLogger("glancefs.fs.reader")
 
 MiB = 1024 * 1024
 STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
-DISCARD_LAG = 2       # blocks a sequential reader's cache keeps behind it
+# How far behind its furthest read the kernel may read pages of a read-ahead it
+# skipped (its FUSE requests congested): 2 to 6 MiB seen with 2 MiB of read-ahead.
+LATE_READS = 16 * MiB
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
 STARVED_SHARE = 0.5   # blocks read that were waited for, for one more stream
 KEEP_SHARE = 0.5      # share of the possible gain added streams must bring to stay
@@ -311,8 +313,10 @@ class Handle:
         self.backoff = RETRY_AFTER       # ... seconds after the next drop (doubles each time)
         self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
-        self.discard_from = 0            # the first block its sequential reads did not drop
-        self.reread_from: int | None = None  # ... and of a range read again behind it
+        # Bytes served of each block its sequential reads touched and did not drop yet,
+        # and the first block not yet dropped for being far behind them (never served).
+        self.served: dict[int, int] = {}
+        self.passed = 0
 
 
 class Reader:
@@ -441,11 +445,13 @@ class Reader:
             finished.set()
         if handle.window:
             self._prefetch(handle, end)
-            self._discard_behind(handle, first)
+        self._discard_served(handle, off, end)
         verifier = image.verifier
         if verifier is not None and verifier.active:
             if end == image.size:
                 await self._finish_verify(image, verifier, serial)
+                if handle.window:
+                    self._drop_served(handle)   # the last blocks are hashed now
             else:
                 # Keep the hashing thread's queue (memory) bounded: wait for it
                 # rather than letting a fast reader pile blocks up behind it.
@@ -459,37 +465,46 @@ class Reader:
         parts.append(memoryview(blocks[-1])[:end - last * bs])
         return b"".join(parts)
 
-    def _discard_behind(self, handle: Handle, first: int) -> None:
-        """A sequential reader at block ``first`` is done with the blocks before:
-        the kernel's page cache has them now (keep_cache), so ours need not. Not
-        the last few: the kernel's concurrent reads arrive slightly out of order
-        and are not aligned to blocks, and one behind must not have to fetch its
-        block again. Nor one the hashing thread has not been handed yet: that
-        happens when a block behind arrives last (parallel parts), so every block
-        since the last discarded one is looked at, not just this read's.
+    def _discard_served(self, handle: Handle, off: int, end: int) -> None:
+        """Counts the bytes served of each block a read touched; a sequential
+        reader's blocks (its first read's too) are dropped once every byte of
+        them was served (the kernel's page cache has them now, keep_cache) and
+        the hashing thread has them: ours need not keep them. A random reader's
+        stay until evicted.
 
-        The kernel sometimes reads a range again that the reader had passed (a new
-        read-ahead ramp from 128 KiB; seen under load): those blocks are fetched
-        anew behind ``discard_from``, and are dropped the same way, the last few
-        kept, as the reader passes them or jumps back ahead (``reread_from``)."""
+        Served, not passed: under load the kernel skips the tail of a read-ahead
+        (its FUSE requests congested) and reads those pages later, megabytes
+        behind the reader's furthest read (measured with the connection's
+        ``congestion_threshold`` at 1: reads 2 to 6 MiB behind). A block dropped
+        because the reader had passed it was fetched a second time then. The
+        kernel's reads are not aligned to blocks and arrive slightly out of
+        order; counting bytes needs no allowance for either. A block never served
+        (the page cache had its pages) is dropped once it is further behind the
+        furthest read than the kernel reads late (``LATE_READS``, or the largest
+        window)."""
+        bs = self.config.block_size
+        served = handle.served
+        for index in range(off // bs, (end - 1) // bs + 1):
+            start = index * bs
+            served[index] = served.get(index, 0) + min(end, start + bs) - max(off, start)
+        if handle.window:   # a random reader's reads each start anew (_track)
+            self._drop_served(handle)
+
+    def _drop_served(self, handle: Handle) -> None:
         image = handle.image
-        done = first - 1 - DISCARD_LAG
+        bs = self.config.block_size
+        served = handle.served
         verifier = image.verifier
-        if verifier is not None and verifier.active:
-            done = min(done, verifier.next - 1)
-        if first < handle.discard_from and (handle.reread_from is None or
-                                            first < handle.reread_from):
-            handle.reread_from = first
-        for index in range(handle.discard_from, done + 1):
-            self.cache.discard((image.id, index))
-        handle.discard_from = max(handle.discard_from, done + 1)
-        if handle.reread_from is not None:
-            stop = min(handle.discard_from, done + 1)
-            for index in range(handle.reread_from, stop):
+        hashed = verifier.next if verifier is not None and verifier.active else image.nblocks
+        for index, count in list(served.items()):
+            if index < hashed and count >= min(bs, image.size - index * bs):
+                del served[index]
                 self.cache.discard((image.id, index))
-            handle.reread_from = max(handle.reread_from, stop)
-            if handle.reread_from >= handle.discard_from:
-                handle.reread_from = None
+        far = min(hashed, ((handle.next_off or 0) - max(LATE_READS, self._window_cap())) // bs)
+        for index in range(handle.passed, far):
+            served.pop(index, None)
+            self.cache.discard((image.id, index))
+        handle.passed = max(handle.passed, far)
 
     def _track(self, handle: Handle, off: int, end: int, first: int) -> None:
         """Sequential or not; grow or reset the prefetch window."""
@@ -526,7 +541,8 @@ class Reader:
             # anew (what it learned, its back-off, stays).
             handle.allowed, handle.mark, handle.probe = 1, None, None
             handle.starved_runs, handle.seen = 0, first - 1
-            handle.discard_from, handle.reread_from = first, None
+            handle.served.clear()
+            handle.passed = first
         handle.last_block = max(handle.last_block, first) if sequential else first
 
     def _window_cap(self) -> int:
@@ -550,6 +566,10 @@ class Reader:
         """
         image = handle.image
         bs = self.config.block_size
+        # From the furthest point read: a late read behind it (the kernel reading
+        # what it skipped) fetches what it lacks itself (_blocks); blocks behind
+        # that point not in the cache were served and dropped, not to be fetched.
+        end = max(end, handle.next_off or 0)
         target = min(image.nblocks, (end + handle.window + bs - 1) // bs)
         live = [job for job in handle.streams if job.live]
         if len(live) < len(handle.streams):
