@@ -35,6 +35,10 @@ Why it is shaped this way:
   mount's CPU, not a connection, is the limit: the reader rarely waits, so
   streams are rarely tried and never kept. Blocks arriving out of order wait
   in the cache; the Verifier takes them in order (``_deliver``/``_advance``).
+* The kernel's page cache keeps what it was served (keep_cache), so a
+  sequential reader's block is dropped once every byte of it was served and
+  hashed (``_discard_served``): served, not passed, because a congested
+  kernel reads the tail of a read-ahead late, megabytes behind.
 * Blocking HTTP runs in worker threads (``trio.to_thread``); blocks come back
   to trio one at a time, so a slow request never holds up other FUSE requests.
 * A server that ignores ``Range`` (Images v1) sends the whole image for every
