@@ -317,8 +317,8 @@ class Handle:
         self.backoff = RETRY_AFTER       # ... seconds after the next drop (doubles each time)
         self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
-        # Bytes served of each block its sequential reads touched and did not drop yet,
-        # and the first block not yet dropped for being far behind them (never served).
+        # Bytes served of each block its reads touched since its last seek and not
+        # dropped yet, and the first block not yet looked at for being far behind.
         self.served: dict[int, int] = {}
         self.passed = 0
 
