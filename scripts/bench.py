@@ -29,9 +29,10 @@ Sections (``--only``; all by default):
   40 MiB/s per connection, 400 MiB/s in all): python-glanceclient's download, the glancefs
   client's download and the mount's cold verified read of one image through the link, as
   many ``curl`` processes as streams, each one ranged GET of an equal share (what the link
-  carries that many connections), their ratios, the bound the link and the machine's CPU
-  set (``--far-*`` options), and the HTTP requests ``qemu-img info`` of a qcow2 image
-  through the mount costs over the link.
+  carries that many connections), how long a ranged GET waits for its answer while the
+  others send and what parts that wait carry at most, their ratios, the bound the link and
+  the machine's CPU set (``--far-*`` options), and the HTTP requests ``qemu-img info`` of a
+  qcow2 image through the mount costs over the link.
 * ``clouds``: a second local Glance beside the first and a mount of both (``-o clouds=a,b``
   from a clouds.yaml with ``auth_type: none``): ``cp`` of the image from one cloud's folder
   to the other's, against ``glance image-download`` piped into ``glance image-create`` between
