@@ -132,7 +132,10 @@ def congest(mnt: Path) -> None:
     up to a read-ahead behind its furthest read."""
     connections = Path("/sys/fs/fuse/connections")
     if not any(connections.iterdir()):
-        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(connections)], check=True)
+        done = subprocess.run(["mount", "-t", "fusectl", "fusectl", str(connections)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode:
+            pytest.skip(f"fusectl cannot be mounted here: {done.stderr.strip()}")
     threshold = connections / str(os.minor(os.stat(mnt).st_dev)) / "congestion_threshold"
     threshold.write_text("1")
 
