@@ -265,6 +265,16 @@ def evict(*paths: Path) -> None:
             os.close(fd)
 
 
+def ranged_curls(url: str, size: int, count: int, stderr: int) -> list[subprocess.Popen[bytes]]:
+    """``count`` curl processes started at once, each one ranged GET of an equal share
+    of ``url``'s ``size`` bytes, the body thrown away."""
+    share = -(-size // count)
+    return [subprocess.Popen(["curl", "-s", "--fail", "-o", "/dev/null", "-H",
+                              f"Range: bytes={first}-{min(size, first + share) - 1}", url],
+                             stderr=stderr)
+            for first in range(0, size, share)]
+
+
 def read_through(path: Path) -> None:
     """Bring a file into the page cache (the server's store after a cache drop)."""
     with open(path, "rb", buffering=0) as f:
@@ -680,12 +690,8 @@ class Bench:
         """Seconds for ``streams`` curl processes to fetch ``url`` at once, each one
         ranged GET of an equal share (no hash, nothing kept): what that many
         connections carry when each sends one request and nothing else costs time."""
-        share = -(-size // streams)
         start = time.perf_counter()
-        runs = [subprocess.Popen(["curl", "-s", "--fail", "-o", "/dev/null", "-H",
-                                  f"Range: bytes={first}-{min(size, first + share) - 1}", url],
-                                 stderr=subprocess.PIPE)
-                for first in range(0, size, share)]
+        runs = ranged_curls(url, size, streams, subprocess.PIPE)
         for run in runs:
             _, err = run.communicate()
             if run.returncode:
@@ -1482,11 +1488,7 @@ class Bench:
         the median. None when none could be (an image too small to keep them busy)."""
         if streams < 2:
             return None
-        share = -(-size // (streams - 1))
-        others = [subprocess.Popen(["curl", "-s", "--fail", "-o", "/dev/null", "-H",
-                                    f"Range: bytes={first}-{min(size, first + share) - 1}",
-                                    url], stderr=subprocess.DEVNULL)
-                  for first in range(0, size, share)]
+        others = ranged_curls(url, size, streams - 1, subprocess.DEVNULL)
         waits: list[float] = []
         try:
             with requests.Session() as session:
