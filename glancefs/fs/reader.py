@@ -428,7 +428,7 @@ class Reader:
         if handle.window and self.config.range_supported:
             # Start (or extend) the stream before waiting for this read's own
             # blocks, so its request latency overlaps theirs.
-            self._prefetch(handle, end)
+            self._prefetch(handle)
         self._serial += 1
         serial = self._serial
         image.inflight[serial] = (first, last)
@@ -448,7 +448,7 @@ class Reader:
             finished, image.read_done = image.read_done, trio.Event()
             finished.set()
         if handle.window:
-            self._prefetch(handle, end)
+            self._prefetch(handle)
         self._discard_served(handle, off, end)
         verifier = image.verifier
         if verifier is not None and verifier.active:
@@ -554,8 +554,8 @@ class Reader:
         return window_cap(config.prefetch_max, config.memory, config.block_size,
                           self._sequential)
 
-    def _prefetch(self, handle: Handle, end: int) -> None:
-        """Keep ranged GETs going up to ``window`` bytes past ``end``.
+    def _prefetch(self, handle: Handle) -> None:
+        """Keep ranged GETs going up to ``window`` bytes past the furthest point read.
 
         A sequential reader is served by streaming GETs of twice the window
         while the window grows, then (window at its cap) by one GET to the end
@@ -570,10 +570,11 @@ class Reader:
         """
         image = handle.image
         bs = self.config.block_size
-        # From the furthest point read: a late read behind it (the kernel reading
-        # what it skipped) fetches what it lacks itself (_blocks); blocks behind
-        # that point not in the cache were served and dropped, not to be fetched.
-        end = max(end, handle.next_off or 0)
+        # From the furthest point read (_track), not this read's end: a late read
+        # behind it (the kernel reading what it skipped) fetches what it lacks
+        # itself (_blocks); blocks behind that point not in the cache were served
+        # and dropped, not to be fetched.
+        end = handle.next_off or 0
         target = min(image.nblocks, (end + handle.window + bs - 1) // bs)
         live = [job for job in handle.streams if job.live]
         if len(live) < len(handle.streams):
