@@ -118,6 +118,16 @@ class Mount:
             await self.fs.release(fh)
         return bytes(out)
 
+    async def read_in_order(self, name: bytes, offsets: list[int],
+                            step: int) -> dict[int, bytes]:
+        """Reads of ``step`` bytes at ``offsets``, in that order, through one open file
+        (the kernel reading late what it skipped, or never asking for some)."""
+        fh, _keep = await self.fs.open(await self.inode(name), os.O_RDONLY)
+        try:
+            return {off: bytes(await self.fs.read(fh, off, step)) for off in offsets}
+        finally:
+            await self.fs.release(fh)
+
     async def cp(self, name: bytes, data: bytes, step: int = 32 * KiB) -> int:
         """``cp`` into the mount: create, writes in order, flush, release;
         returns the new file's inode. Errors of write and flush propagate

@@ -1430,15 +1430,6 @@ def test_a_sequential_reader_is_served_by_few_gets_and_no_byte_twice(
     run_mount(service, tmp_path, body)
 
 
-async def read_in_order(m: Mount, name: bytes, offsets: list[int], step: int) -> dict[int, bytes]:
-    """Reads of ``step`` bytes at ``offsets``, in that order, through one open file."""
-    fh, _keep = await m.fs.open(await m.inode(name), os.O_RDONLY)
-    try:
-        return {off: bytes(await m.fs.read(fh, off, step)) for off in offsets}
-    finally:
-        await m.fs.release(fh)
-
-
 def test_a_block_the_kernel_reads_late_is_still_in_the_cache(
         service: MemoryImageService, tmp_path: Path) -> None:
     """Under load the kernel skips the tail of a read-ahead and reads those pages
@@ -1452,7 +1443,7 @@ def test_a_block_the_kernel_reads_late_is_still_in_the_cache(
     offsets = ahead + sorted(skipped) + list(range(8 * BLOCK, len(data), step))
 
     async def body(m: Mount) -> None:
-        got = await read_in_order(m, b"disk", offsets, step)
+        got = await m.read_in_order(b"disk", offsets, step)
         assert b"".join(got[o] for o in sorted(got)) == data
         assert (await m.counters(record.id))["bytes"] == len(data)
     # A window larger than how far behind the late reads come: still in order.
@@ -1470,7 +1461,7 @@ def test_a_block_never_read_is_dropped_once_far_behind_the_reader(
     offsets = [o for o in range(0, len(data), step) if not 3 * BLOCK <= o < 4 * BLOCK]
 
     async def body(m: Mount) -> None:
-        await read_in_order(m, b"disk", offsets, step)
+        await m.read_in_order(b"disk", offsets, step)
         memory = json.loads(await m.fs.getxattr(ROOT_INODE, stats.XATTR_NAME))["memory"]
         assert memory["blocks_bytes"] == 0    # the last ones too: all are hashed
     # Room for the whole image: what is dropped is not merely evicted.
