@@ -16,7 +16,7 @@ from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs import errors
 from glancefs.fs.errors import FsError
-from glancefs.fs.reader import MiB, ReadConfig, Reader, more_streams, share_of_gain
+from glancefs.fs.reader import MiB, ReadConfig, Reader, streams_that_paid
 from glancefs.testing.faultproxy import FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from glancefs.testing.v1server import V1Server
@@ -248,25 +248,16 @@ def test_the_same_failure_is_logged_once(caplog: pytest.LogCaptureFixture) -> No
     assert len(lines) == 2 and "write disk.raw" in lines[0] and "another" in lines[1], lines
 
 
-def test_streams_double_while_each_pays_in_full() -> None:
-    """A link that caps each connection: every stream added brings its whole rate, so
-    the reader goes 1, 2, 4, 8 (three measured steps, not five)."""
-    steps, allowed = [1], 1
-    while allowed < 8:
-        after = more_streams(allowed, 8, linear=True)
-        assert share_of_gain(allowed, after, 40.0 * allowed, 40.0 * after) == 1.0
-        steps.append(after)
-        allowed = after
-    assert steps == [1, 2, 4, 8]
-
-
-def test_streams_grow_by_half_where_a_step_paid_less() -> None:
-    steps, allowed = [1], 1
-    while allowed < 8:
-        allowed = more_streams(allowed, 8, linear=False)
-        steps.append(allowed)
-    assert steps == [1, 2, 3, 4, 6, 8]
-    assert more_streams(6, 8, linear=True) == 8           # never above the limit
-    # 4 -> 6 streams at 1.25x the rate: half the possible gain, the least that keeps them.
-    assert share_of_gain(4, 6, 100.0, 125.0) == 0.5
-    assert share_of_gain(4, 8, 100.0, 100.0) == 0.0       # no faster: dropped again
+def test_streams_are_kept_as_far_as_they_paid() -> None:
+    """All streams are tried at once; a reader keeps what their rate is worth at the
+    rate each stream had before."""
+    # A link that caps each connection: every stream brought its whole rate.
+    assert streams_that_paid(1, 8, 40.0, 320.0) == 8
+    assert streams_that_paid(1, 8, 40.0, 290.0) == 7      # nearly: the one that paid least goes
+    # A cap on all connections together, or the CPU: nothing more, or slower.
+    assert streams_that_paid(1, 8, 600.0, 610.0) == 1
+    assert streams_that_paid(1, 8, 600.0, 300.0) == 1
+    assert streams_that_paid(2, 8, 80.0, 60.0) == 2       # never fewer than before
+    # Some, not all: a total cap at three connections' worth.
+    assert streams_that_paid(1, 8, 40.0, 120.0) == 3
+    assert streams_that_paid(3, 8, 120.0, 200.0) == 5

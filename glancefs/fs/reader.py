@@ -20,21 +20,22 @@ Why it is shaped this way:
   deliver is measured over spans of ``MEASURED_BLOCKS`` blocks per stream
   (at least half a part: shorter spans measured the bursts of a link, not its
   rate); when the reader had to wait for most of the blocks it read (two
-  measurements in a row, or nearly all in one, for the first), streams are
-  added: half as many as there are (at least one), 1, 2, 3, 4, 6, 8 (the
-  newest GET is trimmed a part past where it is, so parts follow it). Once
-  the new streams delivered their first block, the next span is measured:
-  unless it came at least half the possible gain faster (k -> k+n streams:
-  1 + 0.5 n/k times), they are dropped again, and tried again only after
-  ``RETRY_AFTER`` seconds (twice as long after each drop). Where they
-  brought nearly all of it (``LINEAR_SHARE``: a link that caps each
-  connection), the next step doubles them, so a far reader reaches 8 in
-  three steps, 1, 2, 4, 8 (``more_streams``). Once there are several, a
-  quarter of the blocks waited for is enough for the next step (the reader
-  finds most blocks of the later parts already there). On loopback the
-  mount's CPU, not a connection, is the limit: the reader rarely waits, so
-  streams are rarely tried and never kept. Blocks arriving out of order wait
-  in the cache; the Verifier takes them in order (``_deliver``/``_advance``).
+  measurements in a row, or nearly all in one, for the first), all
+  ``streams`` are tried at once (the newest GET is trimmed a part past where
+  it is, so parts follow it). Once the newest delivered its first block, the
+  next span is measured, and the reader keeps as many streams as the rate
+  they brought is worth at the rate each had before (``streams_that_paid``):
+  all of them on a link that caps each connection, none where they brought
+  nothing; those dropped are tried again only after ``RETRY_AFTER`` seconds
+  (twice as long after each drop). Trying all at once is what a far reader
+  needs: stepping up one measured step at a time (1, 2, 4, 8) took a 1 GiB
+  read through the bench's link a second longer to reach 8. Once there are
+  several, a quarter of the blocks waited for is enough to try again (the
+  reader finds most blocks of the later parts already there). On loopback
+  the mount's CPU, not a connection, is the limit: the reader rarely waits, so
+  streams are rarely tried, and kept only as far as they measured faster.
+  Blocks arriving out of order wait in the cache; the Verifier takes them in
+  order (``_deliver``/``_advance``).
 * The kernel's page cache keeps what it was served (keep_cache), so a
   sequential reader's block is dropped once every byte of it was served and
   hashed (``_discard_served``): served, not passed, because a congested
@@ -83,8 +84,6 @@ STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 LATE_READS = 16 * MiB
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
 STARVED_SHARE = 0.5   # blocks read that were waited for, for one more stream
-KEEP_SHARE = 0.5      # share of the possible gain added streams must bring to stay
-LINEAR_SHARE = 0.75   # ... for which the next step doubles them
 MEASURED_SECONDS = 0.05   # a measurement spans at least this long
 ALL_WAITED = 0.9      # ... at once for the first one, without a second measurement
 MEASURED_BLOCKS = 4   # blocks per stream allowed that one measurement of their rate spans
@@ -124,21 +123,14 @@ def window_cap(prefetch_max: int, memory: int, block_size: int, readers: int) ->
     return max(block_size, min(prefetch_max, share))
 
 
-def share_of_gain(before: int, after: int, rate_before: float, rate_after: float) -> float:
-    """What part of the possible gain going from ``before`` to ``after`` streams
-    brought: 1.0 when the rate grew as the streams did (each stream capped on its
-    own), 0.0 when it did not grow, negative when it fell."""
-    return (rate_after / rate_before - 1) * before / (after - before)
-
-
-def more_streams(allowed: int, limit: int, linear: bool) -> int:
-    """The streams for a reader that still waits for its ``allowed`` ones: twice as
-    many when the last ones added each paid nearly in full (``linear``: a far link
-    capping each connection, where more are likely to pay as well), otherwise half
-    as many again (at least one more); never more than ``limit``. From one stream
-    to 8: 1, 2, 4, 8 on such a link; 1, 2, 3, 4, 6, 8 where each step paid less."""
-    more = allowed if linear else max(1, allowed // 2)
-    return min(limit, allowed + more)
+def streams_that_paid(before: int, after: int, rate_before: float, rate_after: float) -> int:
+    """How many of ``after`` streams the rate they brought is worth, each at the rate
+    one of the ``before`` streams had (rounded to the nearest, between ``before`` and
+    ``after``): all of them where each connection is capped on its own (a far link),
+    ``before`` where they brought nothing (the CPU or a cap on all connections is the
+    limit), and those that paid where the link gives some but not all."""
+    paid = int(rate_after / (rate_before / before) + 0.5)
+    return max(before, min(after, paid))
 
 
 class _Stop(Exception):
@@ -629,15 +621,13 @@ class Reader:
         least), while no more streams are in flight than allowed. After a
         measurement in which at least STARVED_SHARE of the blocks it read had
         to be waited for (for the first stream added: two in a row, or one in
-        which ALL_WAITED did), half as many streams as allowed (at least one)
-        are added; once the newest has delivered its first block, the next span
-        is measured and compared with the one before: less than half the gain
-        the added streams could give (k -> k+n streams: 1 + 0.5 n/k times as
-        fast) and they are dropped again, to be tried after RETRY_AFTER seconds
-        (twice as long after each drop); LINEAR_SHARE of it or more and the
-        next step doubles them (a far link where each connection is capped).
+        which ALL_WAITED did), the reader is allowed all ``streams``; once the
+        newest has delivered its first block, the next span is measured and
+        the reader keeps the streams that paid (``streams_that_paid``); those
+        that did not are dropped, to be tried after RETRY_AFTER seconds (twice
+        as long after each drop).
         With more than one stream, a quarter of the blocks read waited for is
-        enough for the next step: on the bench's link, asking for half held a
+        enough to try again: on the bench's link, asking for half held a
         1 GiB read at 6 of 8 streams for most of its length. Spans last at
         least MEASURED_SECONDS (on loopback a span of a few blocks is a few
         milliseconds, and measured bursts). Where the mount's CPU, or a cap on
@@ -676,25 +666,19 @@ class Reader:
                   handle.allowed, measured / MiB, handle.waits, handle.reads)
         handle.mark = (now, arrived)
         handle.reads = handle.waits = 0
-        linear = False
         if handle.probe is not None:
-            before = handle.before
-            gain = share_of_gain(before, handle.allowed, handle.probe, measured)
-            if gain < KEEP_SHARE:
-                LOG.debug("image %s: %d streams no faster than %d (%.0f MiB/s): back to %d",
-                          image.id, handle.allowed, before, handle.probe / MiB, before)
-                self.stats.add(image.id, streams_dropped=handle.allowed - before)
-                handle.allowed = before
+            before, tried = handle.before, handle.allowed
+            handle.allowed = streams_that_paid(before, tried, handle.probe, measured)
+            handle.probe = None
+            if handle.allowed < tried:
+                LOG.debug("image %s: %d streams came at %.0f MiB/s, as %d would: keeping %d",
+                          image.id, tried, measured / MiB, handle.allowed, handle.allowed)
+                self.stats.add(image.id, streams_dropped=tried - handle.allowed)
                 # Tried again later, not never: one measurement of a bursty link
                 # can be wrong, and the rate it allows changes.
                 handle.retry_at = now + handle.backoff
                 handle.backoff *= 2
-                handle.probe = None
                 return
-            handle.probe = None
-            # Nearly all the gain: each stream is capped on its own (a far link),
-            # and more of them are likely to pay as well.
-            linear = gain >= LINEAR_SHARE
         # With parts in flight the reader finds most blocks of the later ones
         # already there, so it waits for fewer of them even where the link is the
         # limit: at 6 of 8 streams on the bench's far link it waited for 22-48%
@@ -713,7 +697,7 @@ class Reader:
         handle.probe = measured
         handle.probing = False
         handle.before = handle.allowed
-        handle.allowed = more_streams(handle.allowed, self.config.streams, linear)
+        handle.allowed = self.config.streams
         self.stats.add(image.id, streams_added=handle.allowed - handle.before)
         LOG.debug("image %s: the reader waits for its streams at %.0f MiB/s: %d in flight",
                   image.id, measured / MiB, handle.allowed)
