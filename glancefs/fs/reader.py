@@ -25,9 +25,9 @@ Why it is shaped this way:
   it is, so parts follow it). Once the newest delivered its first block, the
   next span is measured, and the reader keeps as many streams as the rate
   they brought is worth at the rate each had before (``streams_that_paid``):
-  all of them on a link that caps each connection, none where they brought
-  nothing; those dropped are tried again only after ``RETRY_AFTER`` seconds
-  (twice as long after each drop). Trying all at once is what a far reader
+  all of them on a link that caps each connection (nearly all counts), none
+  where they brought nothing; those dropped are tried again only after
+  ``RETRY_AFTER`` seconds (twice as long after each drop). Trying all at once is what a far reader
   needs: stepping up one measured step at a time (1, 2, 4, 8) took a 1 GiB
   read through the bench's link a second longer to reach 8. Once there are
   several, a quarter of the blocks waited for is enough to try again (the
@@ -84,6 +84,7 @@ STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 LATE_READS = 16 * MiB
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
 STARVED_SHARE = 0.5   # blocks read that were waited for, for one more stream
+ALL_PAID = 0.75       # share of one stream's rate each added one must bring for all to stay
 MEASURED_SECONDS = 0.05   # a measurement spans at least this long
 ALL_WAITED = 0.9      # ... at once for the first one, without a second measurement
 MEASURED_BLOCKS = 4   # blocks per stream allowed that one measurement of their rate spans
@@ -124,13 +125,18 @@ def window_cap(prefetch_max: int, memory: int, block_size: int, readers: int) ->
 
 
 def streams_that_paid(before: int, after: int, rate_before: float, rate_after: float) -> int:
-    """How many of ``after`` streams the rate they brought is worth, each at the rate
-    one of the ``before`` streams had (rounded to the nearest, between ``before`` and
-    ``after``): all of them where each connection is capped on its own (a far link),
-    ``before`` where they brought nothing (the CPU or a cap on all connections is the
-    limit), and those that paid where the link gives some but not all."""
-    paid = int(rate_after / (rate_before / before) + 0.5)
-    return max(before, min(after, paid))
+    """How many of ``after`` streams to keep, from the rate they brought and the rate
+    each of the ``before`` streams had: all of them where each added one brought at
+    least ``ALL_PAID`` of that (a far link that caps each connection: one span
+    measures the new streams while they start, and its rate moves by a fifth from
+    one span to the next, so nearly all counts as all), otherwise as many as the
+    rate is worth, rounded to the nearest, between ``before`` and ``after``:
+    ``before`` where they brought nothing (the CPU or a cap on all connections is
+    the limit), those that paid where the link gives some but not all."""
+    worth = rate_after / (rate_before / before)
+    if worth - before >= ALL_PAID * (after - before):
+        return after
+    return max(before, min(after, int(worth + 0.5)))
 
 
 class _Stop(Exception):
