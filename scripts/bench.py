@@ -327,6 +327,13 @@ def group_cpu(pgid: int) -> float:
     return total
 
 
+def host_steal() -> float:
+    """CPU seconds, all cores, in which this (virtual) machine wanted a core and the
+    host ran something else ("steal" in /proc/stat): cores this machine did not have."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")   # cpu user nice system idle ... steal
+
+
 def children_cpu() -> float:
     """CPU seconds of the children this process has waited for (cat, curl)."""
     use = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -1012,13 +1019,16 @@ class Bench:
         """Run a timed step; return its seconds and the CPU seconds it cost each party.
         ``link``: the step goes through a LinkProxy, whose threads run in this process
         and on the same cores (a real far link costs this machine nothing): its CPU is
-        a party of its own, so the bound of a far read counts what the emulator took."""
+        a party of its own, so the bound of a far read counts what the emulator took.
+        What the host of a virtual machine took of its cores meanwhile (steal) is a
+        party too: those core-seconds were not this machine's to run the step on."""
         assert self.server is not None and self.server.pid is not None
         glance = self.server.pid
         parties: dict[str, Callable[[], float]] = {
             "file system": lambda: process_cpu(mount_pid) if mount_pid else 0.0,
             "Glance": lambda: group_cpu(glance),
-            "reader": children_cpu}
+            "reader": children_cpu,
+            "taken by the host (steal)": host_steal}
         if link:
             parties["link emulator"] = lambda: process_cpu(os.getpid())
         return cpu_spent(step, parties)
@@ -1026,14 +1036,16 @@ class Bench:
     def add_cpu(self, key: str, label: str, cpu: dict[str, float],
                 size: int | None = None) -> None:
         """CPU seconds per GiB of each party, and the rate that work allows on this machine:
-        with every core busy all the time, no faster than total CPU / cores. ``size``: the
-        bytes that work moved (the main image's by default)."""
+        with every core busy all the time, no faster than total CPU / cores (the host's
+        steal counted as a party: cores it took were busy). ``size``: the bytes that work
+        moved (the main image's by default)."""
         r = self.report
         per_gib = GiB / (size or self.size)
         for name, seconds in cpu.items():
             if seconds > 0.005:
-                r.add(f"{key}_cpu_{name.replace(' ', '_').lower()}",
-                      f"{label}: CPU s/GiB, {name}", seconds * per_gib, "s")
+                party = name.split(" (")[0].replace(" ", "_").lower()
+                r.add(f"{key}_cpu_{party}", f"{label}: CPU s/GiB, {name}",
+                      seconds * per_gib, "s")
         total = sum(cpu.values()) * per_gib
         cores = os.cpu_count() or 1
         r.add(f"{key}_cpu_bound", f"{label}: its CPU spread over {cores} cores",
@@ -1575,7 +1587,8 @@ class Bench:
                 "file system": lambda: process_cpu(mount_pid) if mount_pid else 0.0,
                 "Glance a": lambda: group_cpu(glance_a),
                 "Glance b": lambda: group_cpu(glance_b),
-                "commands": children_cpu})
+                "commands": children_cpu,
+                "taken by the host (steal)": host_steal})
             return seconds, done, cpu
 
         best_pipe, pipe_cpu = float("inf"), {}
