@@ -108,6 +108,24 @@ def test_a_far_sequential_read_uses_parallel_streams(link: LinkProxy, long: Imag
     assert link.stats.bytes_down >= len(long.data)
 
 
+def test_streams_that_bring_nothing_are_dropped(glance_v2: GlanceServer, long: Image,
+                                               tmp_path: Path) -> None:
+    """A link that caps all connections together at one connection's rate (a gateway
+    with a total limit): the reader waits, so its streams are tried, and since they
+    come no faster than one, the added ones are dropped again rather than kept
+    holding connections for nothing. The bytes are the image's, each fetched once."""
+    with LinkProxy("127.0.0.1", glance_v2.port, delay=DELAY, rate=RATE,
+                   total_rate=RATE) as capped, \
+            mounted(capped.endpoint, tmp_path / "mnt", options=FAR_OPTIONS) as m:
+        path = m.path / ".by-id" / long.id
+        assert sha256_of(path) == long.sha256
+        mine = counters(m.path, long.id)
+    assert mine["verified"] == 1
+    assert mine["bytes"] == len(long.data)
+    assert mine["streams_added"] >= 1                  # the reader waited: they were tried
+    assert mine["streams_dropped"] == mine["streams_added"]   # ... and none paid
+
+
 def test_a_read_through_parallel_parts_keeps_no_blocks_behind_it(link: LinkProxy,
                                                                   long: Image,
                                                                   tmp_path: Path) -> None:
