@@ -27,13 +27,14 @@ Why it is shaped this way:
   they brought is worth at the rate each had before (``streams_that_paid``):
   all of them on a link that caps each connection (nearly all counts), none
   where they brought nothing; those dropped are tried again only after
-  ``RETRY_AFTER`` seconds (twice as long after each drop). Trying all at once is what a far reader
-  needs: stepping up one measured step at a time (1, 2, 4, 8) took a 1 GiB
-  read through the bench's link a second longer to reach 8. Once there are
-  several, a quarter of the blocks waited for is enough to try again (the
-  reader finds most blocks of the later parts already there). On loopback
-  the mount's CPU, not a connection, is the limit: the reader rarely waits, so
-  streams are rarely tried, and kept only as far as they measured faster.
+  ``RETRY_AFTER`` seconds (twice as long after each drop). Trying all at once
+  is what a far reader needs: stepping up one measured step at a time (1, 2,
+  4, 8) took a 1 GiB read through the bench's link a second longer to reach
+  8. Once there are several, a quarter of the blocks waited for is enough to
+  try again (the reader finds most blocks of the later parts already there).
+  On loopback the mount's CPU, not a connection, is the limit: the reader
+  rarely waits, so streams are rarely tried, and kept only as far as they
+  measured faster.
   Blocks arriving out of order wait in the cache; the Verifier takes them in
   order (``_deliver``/``_advance``).
 * The kernel's page cache keeps what it was served (keep_cache), so a
@@ -83,10 +84,10 @@ STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 # skipped (its FUSE requests congested): 2 to 6 MiB seen with 2 MiB of read-ahead.
 LATE_READS = 16 * MiB
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
-STARVED_SHARE = 0.5   # blocks read that were waited for, for one more stream
+STARVED_SHARE = 0.5   # blocks read that were waited for, for more streams to be tried
 ALL_PAID = 0.75       # share of one stream's rate each added one must bring for all to stay
 MEASURED_SECONDS = 0.05   # a measurement spans at least this long
-ALL_WAITED = 0.9      # ... at once for the first one, without a second measurement
+ALL_WAITED = 0.9      # ... from one stream in one measurement, without a second
 MEASURED_BLOCKS = 4   # blocks per stream allowed that one measurement of their rate spans
 RETRY_AFTER = 1.0     # seconds after streams were dropped before they are tried again
 REFAIL_WINDOW = 2.0   # seconds a long failed fetch fails new fetches of its image at once
@@ -677,8 +678,8 @@ class Reader:
             handle.allowed = streams_that_paid(before, tried, handle.probe, measured)
             handle.probe = None
             if handle.allowed < tried:
-                LOG.debug("image %s: %d streams came at %.0f MiB/s, as %d would: keeping %d",
-                          image.id, tried, measured / MiB, handle.allowed, handle.allowed)
+                LOG.debug("image %s: %d streams came at %.0f MiB/s, what %d would bring: "
+                          "keeping those", image.id, tried, measured / MiB, handle.allowed)
                 self.stats.add(image.id, streams_dropped=tried - handle.allowed)
                 # Tried again later, not never: one measurement of a bursty link
                 # can be wrong, and the rate it allows changes.
@@ -691,7 +692,7 @@ class Reader:
         # of its blocks while they came at 170 of the 240 MiB/s 6 could carry.
         starved = waited >= (STARVED_SHARE / 2 if handle.allowed > 1 else STARVED_SHARE)
         handle.starved_runs = handle.starved_runs + 1 if starved else 0
-        # The first stream is added only after two measurements in a row in which
+        # Streams are tried from one only after two measurements in a row in which
         # most blocks were waited for, or one with nearly all: a reader held back by
         # CPU (loopback) waits now and then, one held back by its connection
         # all the time.
