@@ -334,6 +334,13 @@ def host_steal() -> float:
     return int(fields[8]) / os.sysconf("SC_CLK_TCK")   # cpu user nice system idle ... steal
 
 
+def step_parties(mount_pid: int | None) -> dict[str, Callable[[], float]]:
+    """The parties every timed step's CPU counts, besides its servers and readers: the
+    mount's process (none: 0) and what the host took of this machine's cores."""
+    return {"file system": lambda: process_cpu(mount_pid) if mount_pid else 0.0,
+            "taken by the host (steal)": host_steal}
+
+
 def children_cpu() -> float:
     """CPU seconds of the children this process has waited for (cat, curl)."""
     use = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -1024,11 +1031,8 @@ class Bench:
         party too: those core-seconds were not this machine's to run the step on."""
         assert self.server is not None and self.server.pid is not None
         glance = self.server.pid
-        parties: dict[str, Callable[[], float]] = {
-            "file system": lambda: process_cpu(mount_pid) if mount_pid else 0.0,
-            "Glance": lambda: group_cpu(glance),
-            "reader": children_cpu,
-            "taken by the host (steal)": host_steal}
+        parties = step_parties(mount_pid) | {"Glance": lambda: group_cpu(glance),
+                                             "reader": children_cpu}
         if link:
             parties["link emulator"] = lambda: process_cpu(os.getpid())
         return cpu_spent(step, parties)
@@ -1583,12 +1587,10 @@ class Bench:
 
         def spent(step: Callable[[], tuple[float, Any]], mount_pid: int | None = None
                   ) -> tuple[float, Any, dict[str, float]]:
-            (seconds, done), cpu = cpu_spent(step, {
-                "file system": lambda: process_cpu(mount_pid) if mount_pid else 0.0,
+            (seconds, done), cpu = cpu_spent(step, step_parties(mount_pid) | {
                 "Glance a": lambda: group_cpu(glance_a),
                 "Glance b": lambda: group_cpu(glance_b),
-                "commands": children_cpu,
-                "taken by the host (steal)": host_steal})
+                "commands": children_cpu})
             return seconds, done, cpu
 
         best_pipe, pipe_cpu = float("inf"), {}
