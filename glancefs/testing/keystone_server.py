@@ -409,7 +409,10 @@ class KeystoneCloud:
         self.data_dir = Path(data_dir)
         self.keystone = KeystoneServer(self.data_dir / "keystone", free_port(),
                                        token_expiration=token_expiration)
-        self._glance_port = free_port()
+        # Chosen in start(), once Keystone runs: a port chosen here stayed free for
+        # Keystone's whole start-up (seconds), and in one CI run another worker's
+        # server had taken it by the time Glance started ("already in use").
+        self._glance_port = 0
         self.glance: GlanceServer | None = None
         self.info: dict[str, Any] = {}
 
@@ -422,6 +425,7 @@ class KeystoneCloud:
 
         self.keystone.start()
         try:
+            self._glance_port = free_port()
             self.info = register_glance(self.keystone, self.image_url)
             self.glance = GlanceServer(self.data_dir / "glance", self._glance_port,
                                        auth="keystone", keystone=self.info["glance"])
