@@ -19,6 +19,7 @@ from glancefs.fs.errors import FsError
 from glancefs.fs.reader import MiB, ReadConfig, Reader, streams_that_paid
 from glancefs.testing.faultproxy import FaultProxy
 from glancefs.testing.glance_server import GlanceServer
+from glancefs.testing.linkproxy import LinkProxy
 from glancefs.testing.v1server import V1Server
 from tests.mount_support import make_image
 
@@ -246,6 +247,31 @@ def test_the_same_failure_is_logged_once(caplog: pytest.LogCaptureFixture) -> No
                                                              url="u"), "disk.raw") == errno.EIO
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and "write disk.raw" in lines[0] and "another" in lines[1], lines
+
+
+def test_streams_tried_on_a_link_capped_in_all_are_given_back_before_the_read_ends(
+        glance_v2: GlanceServer, v2: ImageService) -> None:
+    """A gateway that caps all connections together, far away: the reader waits, so its
+    streams are tried, and since together they come no faster than one, it gives them
+    back, well before the end of a 96 MiB read. The measurement that decides starts once
+    the last stream tried delivers; before, it waited for whichever part was newest,
+    and where parts end more often than a new GET's first block takes (4 MiB parts at
+    16 MiB/s each, 100 ms round trips) the read kept them to its end in 2 of 6 runs."""
+    data = random.Random(29).randbytes(96 * MiB + 777)
+    made = make_image(v2.client, "reader-capped-link", data)
+    with LinkProxy("127.0.0.1", glance_v2.port, delay=0.05, rate=None,
+                   total_rate=64 * MiB) as gateway:
+        far = ImageService(Client("2", endpoint=gateway.endpoint))
+        record = far.get(made.id)
+
+        async def body(reader: Reader) -> Any:
+            assert await read_all(reader, record, MiB) == data
+            return reader.stats.image(record.id)
+        counted = run_reader(far, ReadConfig(prefetch_max=16 * MiB, streams=4,
+                                             verify=False), body)
+    assert counted.bytes == len(data)                      # each byte fetched once
+    assert counted.streams_added >= 1                      # the reader waited: tried
+    assert counted.streams_dropped == counted.streams_added  # ... and given back
 
 
 def test_streams_are_kept_as_far_as_they_paid() -> None:
