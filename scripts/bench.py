@@ -986,8 +986,9 @@ class Bench:
         r.ratio("mount_read_apart", "mount read (verify on) / those parts",
                 "mount_cold_verify_on", "apart")
         if r.get("sha512_rate") is not None:
+            r.ratio("apart_vs_sha512", "those parts / sha512 rate", "apart", "sha512_rate")
             r.ratio("mount_read_sha512", "mount read (verify on) / sha512 rate",
-                    "mount_cold_verify_on", "sha512_rate", ">= 0.9")
+                    "mount_cold_verify_on", "sha512_rate", ">= 0.9", bound="apart_vs_sha512")
         r.ratio("mount_read_hash_in_mount", "mount read (verify on) / hash rate in the mount",
                 "mount_cold_verify_on", "mount_hash_rate")
         r.ratio("mount_read_glanceclient", "mount read (verify on) / glanceclient",
