@@ -1096,28 +1096,46 @@ class Bench:
               rate(GiB, total / cores), "MiB/s",
               note="no run of this work can be faster on this machine")
 
-    def fuse_ceiling(self) -> None:
-        """``cat`` through a FUSE file system serving one file from memory
-        (scripts/fuse_ceiling.py): the rate and CPU of FUSE itself here."""
-        r = self.report
-        ceiling = MemoryFileMount(self.work / "fuse-ceiling", self.size)
+    def from_memory(self, name: str, what: str, label: str, size: int,
+                    step: Callable[[Path], float], link: bool = False
+                    ) -> tuple[float, dict[str, float]] | None:
+        """The fastest of ``repeat`` runs of ``step`` on the file of a FUSE file system
+        serving ``size`` bytes from memory (scripts/fuse_ceiling.py, pyfuse3 and trio as
+        glancefs), evicted from the page cache before each run: its seconds, and the CPU
+        each party spent in it (``link``: as cpu_of). None, and a note on ``what``, where
+        that file system does not start."""
+        ceiling = MemoryFileMount(self.work / name, size)
         try:
             ceiling.start()
         except RuntimeError as error:
-            r.note(f"FUSE from memory: not available ({' '.join(str(error).split())[:300]})")
-            return
+            self.report.note(f"{what}: not available ({' '.join(str(error).split())[:300]})")
+            return None
+        data = ceiling.path / "data"
         try:
             best, best_cpu = float("inf"), {}
             for i in range(self.repeat):
-                log(f"cat through a FUSE file system serving from memory ({i + 1}/{self.repeat})")
-                evict(ceiling.path / "data")
-                seconds, cpu = self.cpu_of(lambda: self.cat(ceiling.path / "data"), ceiling.pid)
+                log(f"{label} ({i + 1}/{self.repeat})")
+                evict(data)
+                seconds, cpu = self.cpu_of(functools.partial(step, data), ceiling.pid,
+                                           link=link)
                 if seconds < best:
                     best, best_cpu = seconds, cpu
         finally:
             ceiling.stop()
-        r.add("fuse_ceiling", "cat through FUSE serving from memory", rate(self.size, best),
-              "MiB/s", note="pyfuse3 and trio as glancefs, the same read-ahead, no network")
+        return best, best_cpu
+
+    def fuse_ceiling(self) -> None:
+        """``cat`` through a FUSE file system serving one file from memory: the rate and
+        CPU of FUSE itself here."""
+        measured = self.from_memory("fuse-ceiling", "FUSE from memory",
+                                    "cat through a FUSE file system serving from memory",
+                                    self.size, self.cat)
+        if measured is None:
+            return
+        best, best_cpu = measured
+        self.report.add("fuse_ceiling", "cat through FUSE serving from memory",
+                        rate(self.size, best), "MiB/s",
+                        note="pyfuse3 and trio as glancefs, the same read-ahead, no network")
         best_cpu.pop("Glance", None)
         self.add_cpu("fuse_ceiling", "FUSE from memory", best_cpu)
 
@@ -1125,24 +1143,14 @@ class Bench:
                       link: bool = False) -> None:
         """The least work a verified read through the mount does, each part on its own
         and all at once: ``cat`` of a file through FUSE serving it from memory
-        (scripts/fuse_ceiling.py, pyfuse3 and trio as glancefs), ``streams`` curls
-        receiving the image from Glance (one ranged GET each: no request to wait for
-        between parts), and one sha512 stream of as many bytes, of a buffer that stays
-        in the CPU's cache. Nothing waits for anything else (no hand-over, no shared
-        lock, no GIL), so no verified read of the image through FUSE reaches this rate
-        on this machine: where a target of the mount's read misses here too, it is
-        above what the machine allows (Figure.bound)."""
-        r = self.report
-        ceiling = MemoryFileMount(self.work / f"{key}-fuse", size)
-        try:
-            ceiling.start()
-        except RuntimeError as error:
-            r.note(f"{label}: not measured, FUSE from memory did not start "
-                   f"({' '.join(str(error).split())[:300]})")
-            return
-        data = ceiling.path / "data"
+        (from_memory), ``streams`` curls receiving the image from Glance (one ranged GET
+        each: no request to wait for between parts), and one sha512 stream of as many
+        bytes, of a buffer that stays in the CPU's cache. Nothing waits for anything else
+        (no hand-over, no shared lock, no GIL), so no verified read of the image through
+        FUSE reaches this rate on this machine: where a target of the mount's read misses
+        here too, it is above what the machine allows (Figure.bound)."""
 
-        def step() -> float:
+        def step(data: Path) -> float:
             hasher = subprocess.Popen([sys.executable, "-c", HASH_ALONE, "sha512", str(size)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE)
@@ -1163,18 +1171,13 @@ class Bench:
                                            f"{err.decode()[-300:]}")
             return time.perf_counter() - start
 
-        try:
-            best, best_cpu = float("inf"), {}
-            for i in range(self.repeat):
-                log(f"{label} ({i + 1}/{self.repeat})")
-                evict(data)
-                seconds, cpu = self.cpu_of(step, ceiling.pid, link=link)
-                if seconds < best:
-                    best, best_cpu = seconds, cpu
-        finally:
-            ceiling.stop()
-        r.add(key, label, rate(size, best), "MiB/s",
-              note=f"FUSE from memory to cat, {streams} curl(s) and sha512, apart, at once")
+        measured = self.from_memory(f"{key}-fuse", label, label, size, step, link=link)
+        if measured is None:
+            return
+        best, best_cpu = measured
+        self.report.add(key, label, rate(size, best), "MiB/s",
+                        note=f"FUSE from memory to cat, {streams} curl(s) and sha512, "
+                             "apart, at once")
         self.add_cpu(key, label, best_cpu, size)
 
     def receive_floor(self) -> None:
