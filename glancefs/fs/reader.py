@@ -23,8 +23,9 @@ Why it is shaped this way:
   measurements in a row, or nearly all in one, for the first), all
   ``streams`` are tried at once (the newest GET is trimmed a part past where
   it is, so parts follow it). Once the last of those started delivered its
-  first block, the next span is measured, and the reader keeps as many streams as the rate
-  they brought is worth at the rate each had before (``streams_that_paid``):
+  first block, the next span is measured, and the reader keeps as many
+  streams as the rate they brought is worth at the rate each had before
+  (``streams_that_paid``):
   all of them on a link that caps each connection (nearly all counts), none
   where they brought nothing; those dropped are tried again only after
   ``RETRY_AFTER`` seconds (twice as long after each drop). Trying all at once
@@ -640,8 +641,8 @@ class Reader:
         to be waited for (for the first stream added: two in a row, or one in
         which ALL_WAITED did), the reader is allowed all ``streams``; once the
         last of those started (``Handle.tried``) has delivered its first block,
-        the next span is measured and
-        the reader keeps the streams that paid (``streams_that_paid``); those
+        the next span is measured and the reader keeps the streams that paid
+        (``streams_that_paid``); those
         that did not are dropped, to be tried after RETRY_AFTER seconds (twice
         as long after each drop).
         With more than one stream, a quarter of the blocks read waited for is
