@@ -971,7 +971,7 @@ class Bench:
             self.add_counted(f"mount_cold_verify_{verify}", f"cold read, verify {verify}",
                              counted)
             if verify == "on":
-                self.add_hash_rate(counted)
+                self.add_hash_rate(counted, cold)
         self.add_reference("dl_curl")
         self.add_reference("dl_glanceclient")
         log("curl download, counting CPU")
@@ -1042,10 +1042,12 @@ class Bench:
                   totals["streams_added"], "",
                   note=f"{totals.get('streams_dropped', 0)} of them dropped again")
 
-    def add_hash_rate(self, counted: dict[str, Any] | None) -> None:
-        """The rate of the mount's hashing thread during the verified read: its CPU time
-        from the mount's counters, at full precision. A time below what the thread clock
-        resolves is reported as such, not as a missing figure."""
+    def add_hash_rate(self, counted: dict[str, Any] | None, seconds: float) -> None:
+        """The rate of the mount's hashing thread during the verified read (``seconds``
+        long): its CPU time from the mount's counters, at full precision. A time below
+        what the thread clock resolves is reported as such, not as a missing figure. And
+        the share of the read the thread was busy (a block in hand, on a core or waiting
+        for one or for the GIL): near 1, the read went at the pace of its hash."""
         totals = (counted or {}).get("totals") or {}
         hashed, cpu = totals.get("hash_bytes", 0), totals.get("hash_cpu_seconds", 0.0)
         label, note = ("hash rate in the mount (its hashing thread)",
@@ -1060,6 +1062,12 @@ class Bench:
                                  f"CPU time than the thread clock resolves ({resolution:g} s)")
         else:
             self.report.add("mount_hash_rate", label, rate(hashed, cpu), "MiB/s", note=note)
+        busy = totals.get("hash_busy_seconds")
+        if hashed and busy and seconds > 0:
+            self.report.add("mount_hash_busy", "mount read (verify on): share of it its "
+                            "hashing thread was busy", busy / seconds, "x",
+                            note=f"on a core {cpu / busy:.0%} of that time; near 1, the read "
+                                 "went at the pace of its hash")
 
     def cpu_of(self, step: Callable[[], float], mount_pid: int | None = None,
                link: bool = False) -> tuple[float, dict[str, float]]:

@@ -48,7 +48,9 @@ def test_a_whole_read_is_counted(mount: Mounted, client: Client) -> None:
     assert before["version"] == 1 and image.id not in before["images"]
     path = mount.path / ".by-id" / image.id
     wait_listed(path)
+    started = time.perf_counter()
     assert path.read_bytes() == data
+    elapsed = time.perf_counter() - started
 
     # What a user runs; the value is JSON.
     shown = subprocess.run(["getfattr", "--only-values", "-n", STATS, str(mount.path)],
@@ -61,6 +63,7 @@ def test_a_whole_read_is_counted(mount: Mounted, client: Client) -> None:
     assert (mine["verified"], mine["mismatches"]) == (1, 0)
     assert mine["hash_bytes"] == len(data)
     assert mine["hash_cpu_seconds"] > 0          # full precision: never rounded to zero
+    assert 0 < mine["hash_busy_seconds"] <= elapsed   # wall time, within the read's own
     assert mine["misses"] + mine["cache_hits"] + mine["disk_hits"] >= 1
     assert after["totals"]["bytes"] >= before["totals"]["bytes"] + len(data)
     assert after["totals"]["verified"] == before["totals"]["verified"] + 1

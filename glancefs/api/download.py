@@ -270,6 +270,11 @@ class BackgroundHash:
     mount's trio thread, which bounds its own backlog). ``on_progress`` is
     called from the hashing thread after each chunk and once more when the
     digest is there.
+
+    ``busy_seconds`` is the wall time the thread had a chunk in hand: hashing it,
+    or waiting for a core or for the GIL to go on. Next to ``cpu_seconds`` it
+    shows what the machine's other work took from the hash; next to the time a
+    download took, whether the hash set its pace (it was busy nearly all along).
     """
 
     _DONE = b""
@@ -283,6 +288,7 @@ class BackgroundHash:
         self.hashed = 0                  # chunks hashed so far
         self.digest: str | None = None   # once finish() was called and all is hashed
         self.cpu_seconds = 0.0           # the thread's CPU time, once the digest is there
+        self.busy_seconds = 0.0          # wall time with a chunk in hand (see above)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -300,7 +306,9 @@ class BackgroundHash:
                 if self._on_progress is not None:
                     self._on_progress()
                 return
+            taken = time.perf_counter()
             self._hasher.update(chunk)
+            self.busy_seconds += time.perf_counter() - taken
             self.hashed += 1
             if self._on_progress is not None:
                 self._on_progress()

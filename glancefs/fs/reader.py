@@ -230,6 +230,11 @@ class Verifier:
         """The hashing thread's CPU time, once done."""
         return self._hash.cpu_seconds
 
+    @property
+    def busy_seconds(self) -> float:
+        """The hashing thread's wall time with a block in hand (BackgroundHash)."""
+        return self._hash.busy_seconds
+
     def _progressed(self) -> None:
         """From the hashing thread: wake trio if it waits, or at the end."""
         if self.watched or self._hash.digest is not None:
@@ -1108,7 +1113,8 @@ class Reader:
         # CPU time from the counters (user.glancefs.stats), where it is not rounded.
         matched = verifier.digest == verifier.expected
         self.stats.add(image.id, verified=int(matched), mismatches=int(not matched),
-                       hash_bytes=image.size, hash_cpu_seconds=verifier.cpu_seconds)
+                       hash_bytes=image.size, hash_cpu_seconds=verifier.cpu_seconds,
+                       hash_busy_seconds=verifier.busy_seconds)
         if matched:
             LOG.info("image %s: %s verified; hashing %.0f MiB took %.3f s of CPU", image.id,
                      verifier.algo, image.size / MiB, verifier.cpu_seconds)

@@ -21,7 +21,10 @@ The JSON::
                 "budget_bytes": n}} # the memory= option
 
 with the counters of :class:`Counters`. ``hash_cpu_seconds`` is the hashing threads'
-CPU time at full precision.
+CPU time at full precision; ``hash_busy_seconds`` their wall time with a block in hand
+(hashing it, or waiting for a core or the GIL): close to a read's own time, the read
+went at its hash's pace (``verify=off`` would be faster); well above their CPU time,
+other work on the machine held them back.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ class Counters:
     mismatches: int = 0         # whole reads whose hash did not match
     hash_bytes: int = 0         # bytes those hashes covered
     hash_cpu_seconds: float = 0.0
+    hash_busy_seconds: float = 0.0  # wall time they had a block in hand (module docstring)
     uploads: int = 0            # uploads that ended with an active, verified image
     upload_bytes: int = 0
     upload_failures: int = 0
