@@ -304,7 +304,13 @@ def test_members_between_projects(cloud, demo_api, admin_api):
 # -- short-lived tokens ------------------------------------------------------------------------
 
 
-TOKEN_LIFETIME = 8
+# Long enough that a token outlives the wait for its validation on a busy 2-core machine:
+# with a lifetime under keystoneauth's 120 s minimum, every request authenticates anew
+# (a password hash in Keystone's 4 threads), and Glance's check of the token queues
+# behind them. With 8 s, a CLI download's parts were answered 5-8 s after their tokens
+# were issued, and a part's token and its one renewal both expired first (HTTP 401) in
+# 2 of 5 runs one morning.
+TOKEN_LIFETIME = 20
 
 
 @pytest.fixture
@@ -333,7 +339,7 @@ def test_token_expires_during_a_long_cli_download(cloud, demo_api, short_tokens)
             break
         got.update(chunk)
         size += len(chunk)
-        time.sleep(0.25)
+        time.sleep(0.5)    # 48 MiB: 24 s, longer than the token lives
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 0, err
     assert time.monotonic() - started > short_tokens + 2
