@@ -1046,8 +1046,7 @@ class Bench:
         """The rate of the mount's hashing thread during the verified read (``seconds``
         long): its CPU time from the mount's counters, at full precision. A time below
         what the thread clock resolves is reported as such, not as a missing figure. And
-        the share of the read the thread was busy (a block in hand, on a core or waiting
-        for one or for the GIL): near 1, the read went at the pace of its hash."""
+        the share of the read the thread was busy (:meth:`add_hash_busy`)."""
         totals = (counted or {}).get("totals") or {}
         hashed, cpu = totals.get("hash_bytes", 0), totals.get("hash_cpu_seconds", 0.0)
         label, note = ("hash rate in the mount (its hashing thread)",
@@ -1062,10 +1061,19 @@ class Bench:
                                  f"CPU time than the thread clock resolves ({resolution:g} s)")
         else:
             self.report.add("mount_hash_rate", label, rate(hashed, cpu), "MiB/s", note=note)
-        busy = totals.get("hash_busy_seconds")
-        if hashed and busy and seconds > 0:
-            self.report.add("mount_hash_busy", "mount read (verify on): share of it its "
-                            "hashing thread was busy", busy / seconds, "x",
+        self.add_hash_busy("mount_hash_busy", "mount read (verify on)", counted, seconds)
+
+    def add_hash_busy(self, key: str, label: str, counted: dict[str, Any] | None,
+                      seconds: float) -> None:
+        """The share of a verified read (``seconds`` long) its hashing thread was busy,
+        from the mount's counters: a block in hand, on a core or waiting for one or for
+        the GIL. Near 1, the read went at the pace of its hash; well below, something
+        else (the link, the window) set it."""
+        totals = (counted or {}).get("totals") or {}
+        busy, cpu = totals.get("hash_busy_seconds"), totals.get("hash_cpu_seconds", 0.0)
+        if totals.get("hash_bytes") and busy and seconds > 0:
+            self.report.add(key, f"{label}: share of it its hashing thread was busy",
+                            busy / seconds, "x",
                             note=f"on a core {cpu / busy:.0%} of that time; near 1, the read "
                                  "went at the pace of its hash")
 
@@ -1580,6 +1588,7 @@ class Bench:
 
         self.add_cpu("far_mount_cold", "far: mount cold read", cold_cpu, size)
         self.add_counted("far_mount_cold", "far: mount cold read", counted, size)
+        self.add_hash_busy("far_mount_hash_busy", "far: mount cold read", counted, cold)
         r.ratio("far_mount_glanceclient", "far: mount read / glanceclient", "far_mount_cold",
                 "far_glanceclient", ">= 3")
         caps = [v for v in (r.get("far_cap_total"), r.get("far_mount_cold_cpu_bound"))
