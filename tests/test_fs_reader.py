@@ -16,7 +16,7 @@ from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs import errors
 from glancefs.fs.errors import FsError
-from glancefs.fs.reader import MiB, ReadConfig, Reader, streams_that_paid
+from glancefs.fs.reader import FirstBlock, MiB, ReadConfig, Reader, judged_far, streams_that_paid
 from glancefs.testing.faultproxy import FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from glancefs.testing.linkproxy import LinkProxy
@@ -279,12 +279,14 @@ def test_streams_are_kept_as_far_as_they_paid() -> None:
     rate each stream had before."""
     # A link that caps each connection: every stream brought its whole rate.
     assert streams_that_paid(1, 8, 40.0, 320.0) == 8
-    # Nearly: the span measured the new streams while they started, and moves by a
-    # fifth from one span to the next. So nearly all counts as all.
-    assert streams_that_paid(1, 8, 40.0, 287.0) == 8
+    # Half of a stream's rate from each added one counts as all: the window bounds
+    # what 8 parts bring (5.8 connections' worth on the bench's far link), and the
+    # span measured the new streams while they started.
+    assert streams_that_paid(1, 8, 40.0, 230.0) == 8
+    assert streams_that_paid(1, 8, 54.0, 275.0) == 8      # the one stream measured high
     assert streams_that_paid(7, 8, 210.0, 235.0) == 8
     assert streams_that_paid(7, 8, 239.0, 208.0) == 7      # the eighth brought nothing
-    assert streams_that_paid(1, 8, 40.0, 230.0) == 6      # not nearly: as many as paid
+    assert streams_that_paid(1, 8, 40.0, 170.0) == 4      # not half each: as many as paid
     # A cap on all connections together, or the CPU: nothing more, or slower.
     assert streams_that_paid(1, 8, 600.0, 610.0) == 1
     assert streams_that_paid(1, 8, 600.0, 300.0) == 1
@@ -292,3 +294,19 @@ def test_streams_are_kept_as_far_as_they_paid() -> None:
     # Some, not all: a total cap at three connections' worth.
     assert streams_that_paid(1, 8, 40.0, 120.0) == 3
     assert streams_that_paid(3, 8, 120.0, 200.0) == 5
+
+
+def test_a_reader_is_far_when_every_first_block_of_its_image_came_late() -> None:
+    """Far: each of the image's first GETs took 50 ms or more for its first block
+    (those still waiting have waited that long); near as soon as one came sooner."""
+    sent = 100.0
+    # The bench's far link: 74 to 80 ms; a GET sent with them still on its way.
+    assert judged_far([FirstBlock(sent, 0.077), FirstBlock(sent, None)], sent + 0.085)
+    # Loopback: one quick first block is enough, whatever the others took.
+    assert judged_far([FirstBlock(sent, 0.051), FirstBlock(sent, 0.016)],
+                      sent + 0.1) is False
+    # Not known yet: nothing came, or another may still come sooner.
+    assert judged_far([FirstBlock(sent, None)], sent + 0.2) is None
+    assert judged_far([FirstBlock(sent, 0.077), FirstBlock(sent + 0.06, None)],
+                      sent + 0.085) is None
+    assert judged_far([], sent) is None

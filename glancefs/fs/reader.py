@@ -26,12 +26,16 @@ Why it is shaped this way:
   first block, the next span is measured, and the reader keeps as many
   streams as the rate they brought is worth at the rate each had before
   (``streams_that_paid``):
-  all of them on a link that caps each connection (nearly all counts), none
+  all of them on a link that caps each connection (half a stream's rate from
+  each added one counts: the window bounds what the parts bring), none
   where they brought nothing; those dropped are tried again only after
   ``RETRY_AFTER`` seconds (twice as long after each drop). Trying all at once
   is what a far reader needs: stepping up one measured step at a time (1, 2,
   4, 8) took a 1 GiB read through the bench's link a second longer to reach
-  8. Once there are several, a quarter of the blocks waited for is enough to
+  8. A reader whose image's first GETs were slow to bring their first block
+  (``judged_far``) fills its growing window with one GET to the end, so its
+  one stream is measured from the start, not after the growing GETs ended.
+  Once there are several, a quarter of the blocks waited for is enough to
   try again (the reader finds most blocks of the later parts already there).
   On loopback the mount's CPU, not a connection, is the limit: the reader
   rarely waits, so streams are rarely tried, and kept only as far as they
@@ -86,7 +90,9 @@ STREAM_IDLE = 10.0    # seconds a paused stream keeps its connection
 LATE_READS = 16 * MiB
 VERIFY_GAP_BLOCKS = 8  # blocks a full read may have had from the page cache instead
 STARVED_SHARE = 0.5   # blocks read that were waited for, for more streams to be tried
-ALL_PAID = 0.75       # share of one stream's rate each added one must bring for all to stay
+ALL_PAID = 0.5        # share of one stream's rate each added one must bring for all to stay
+FAR_FIRST_BLOCK = 0.05   # seconds from a GET to its first block that make a reader far
+FIRST_GETS = 8        # GETs of an image whose first blocks are timed (judged_far)
 MEASURED_SECONDS = 0.05   # a measurement spans at least this long
 ALL_WAITED = 0.9      # ... from one stream in one measurement, without a second
 MEASURED_BLOCKS = 4   # blocks per stream allowed that one measurement of their rate spans
@@ -129,9 +135,12 @@ def window_cap(prefetch_max: int, memory: int, block_size: int, readers: int) ->
 def streams_that_paid(before: int, after: int, rate_before: float, rate_after: float) -> int:
     """How many of ``after`` streams to keep, from the rate they brought and the rate
     each of the ``before`` streams had: all of them where each added one brought at
-    least ``ALL_PAID`` of that (a far link that caps each connection: one span
-    measures the new streams while they start, and its rate moves by a fifth from
-    one span to the next, so nearly all counts as all), otherwise as many as the
+    least ``ALL_PAID`` of that (a far link that caps each connection: the window
+    bounds what the parts bring, 64 MiB per part cycle of about 275 ms on the
+    bench's link, which is 5.8 of its 40 MiB/s connections' worth, not 8; and one
+    span measures the new streams while they start, and its rate moves by a fifth
+    from one span to the next. Three quarters kept 5 of 8 streams where the
+    stream before was measured at 54 MiB/s rather than 40), otherwise as many as the
     rate is worth, rounded to the nearest, between ``before`` and ``after``:
     ``before`` where they brought nothing (the CPU or a cap on all connections is
     the limit), those that paid where the link gives some but not all."""
@@ -139,6 +148,34 @@ def streams_that_paid(before: int, after: int, rate_before: float, rate_after: f
     if worth - before >= ALL_PAID * (after - before):
         return after
     return max(before, min(after, int(worth + 0.5)))
+
+
+def judged_far(first_blocks: list[FirstBlock], now: float) -> bool | None:
+    """Whether the reader of an image is far from its server, from the first GETs of
+    the image (``FirstBlock``, up to ``FIRST_GETS``): far (True) when some brought their
+    first block and every one of them took ``FAR_FIRST_BLOCK`` or more for it (those
+    still waiting have waited that long); near (False) as soon as one came sooner;
+    not known yet (None) otherwise.
+
+    Round trips and a connection's rate are what a first block takes: 74 to 80 ms
+    through the bench's far link (20 ms each way, 40 MiB/s per connection), 15 to
+    51 ms on loopback with the mount's own work on the same 2 cores.
+    """
+    known = [ask.seconds for ask in first_blocks if ask.seconds is not None]
+    if any(seconds < FAR_FIRST_BLOCK for seconds in known):
+        return False
+    if known and all(now - ask.sent >= FAR_FIRST_BLOCK
+                     for ask in first_blocks if ask.seconds is None):
+        return True
+    return None
+
+
+@dataclass
+class FirstBlock:
+    """One GET of an image: when it was sent (``time.monotonic``), and how long its
+    first block took (None until it came). Set by its fetch thread."""
+    sent: float
+    seconds: float | None = None
 
 
 class _Stop(Exception):
@@ -297,6 +334,7 @@ class ImageData:
         self.failure: tuple[float, BaseException] | None = None
         hashed = ImageService.hash_of(record)
         self.disk_tag = (hashed[1][:16] if hashed else None)
+        self.first_blocks: list[FirstBlock] = []   # its first GETs (judged_far)
 
 
 class Handle:
@@ -323,6 +361,7 @@ class Handle:
         self.backoff = RETRY_AFTER       # ... seconds after the next drop (doubles each time)
         self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
+        self.far: bool | None = None     # its GETs are far from the server (judged_far)
         # Bytes served of each block its reads touched since its last seek and not
         # dropped yet, and the first block not yet looked at for being far behind.
         self.served: dict[int, int] = {}
@@ -603,12 +642,19 @@ class Reader:
         # (_gate), saves a server round trip per window.
         at_cap = handle.window >= self._window_cap()
         part = part_size(self._window_cap(), self.config.streams, bs) // bs
+        if handle.far is None:
+            handle.far = judged_far(image.first_blocks, time.monotonic())
         if not at_cap:
             size = max(1, 2 * handle.window // bs)
             if self.config.streams > 1:
                 # No longer than a part: the rule measures one stream once these
                 # end (_adapt), and a far reader's parallel parts start then.
-                size = min(size, part)
+                # A far reader's window is filled by one GET to the end instead:
+                # its one stream is measured from the start rather than after its
+                # growing GETs ended (streams tried 0.23-0.26 s into a read
+                # through the bench's far link, not 0.57-0.64 s), and a GET costs
+                # it a round trip.
+                size = image.nblocks if handle.far else min(size, part)
         elif handle.allowed <= 1:
             size = image.nblocks
         else:
@@ -952,9 +998,15 @@ class Reader:
                                                     verify=False, chunk_size=bs,
                                                     buffers=self.buffers)
         self.stats.add(image.id, image.record.name, gets=1)
+        timed: FirstBlock | None = None
+        if len(image.first_blocks) < FIRST_GETS:
+            timed = FirstBlock(time.monotonic())
+            image.first_blocks.append(timed)
         buffer: Chunk = b""
         try:
             for chunk in chunks:
+                if timed is not None:
+                    timed.seconds, timed = time.monotonic() - timed.sent, None
                 self.stats.add(image.id, bytes=len(chunk))
                 buffer = buffer + chunk if buffer else chunk
                 while len(buffer) >= bs or (buffer and index * bs + len(buffer) >= image.size):
