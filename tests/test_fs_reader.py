@@ -77,6 +77,31 @@ def test_sequential_read_uses_few_growing_requests(v2: ImageService, image: Any)
     run_reader(v2, ReadConfig(), body)
 
 
+def test_a_far_reader_fills_its_growing_window_with_one_request(
+        glance_v2: GlanceServer, v2: ImageService, image: Any) -> None:
+    """Through a link whose first blocks take 100 ms and more (50 ms each way), the
+    first 5 MiB read in order cost one GET for each of the first two blocks and one
+    from the third to the end of the image: its one stream is then measured from
+    the start. A near reader asks a GET of twice its window for each new block
+    (5 here)."""
+    record, data = image
+    with LinkProxy("127.0.0.1", glance_v2.port, delay=0.05, rate=16 * MiB) as link:
+        far = ImageService(Client("2", endpoint=link.endpoint))
+
+        async def body(reader: Reader) -> Any:
+            handle = reader.open(record)
+            try:
+                for index in range(5):
+                    got = await reader.read(handle, index * MiB, MiB)
+                    assert bytes(got) == data[index * MiB:(index + 1) * MiB]
+            finally:
+                reader.release(handle)
+            return reader.stats.image(record.id)
+        counted = run_reader(far, ReadConfig(prefetch_max=16 * MiB, streams=4,
+                                             verify=False), body)
+    assert counted.gets == 3
+
+
 def test_blocks_arriving_out_of_order_are_hashed_in_order(v2: ImageService, image: Any
                                                           ) -> None:
     """Parallel parts deliver blocks out of order: the Verifier still gets them in order
