@@ -173,10 +173,17 @@ def refuse(operation: str, error: BaseException, image: Any = None,
         # said once already.
         level = logging.DEBUG
     else:
-        with contextlib.suppress(AttributeError, TypeError):
-            setattr(error, _REPORTED, True)
+        said_already(error)
     LOG.log(level, "%s", line)
     return number
+
+
+def said_already(error: BaseException) -> None:
+    """Count ``error`` as reported: a read that fails with it later logs at DEBUG.
+    For a failure whose reader was told why before it came (the read's deadline
+    passed first: "no data from the server")."""
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(error, _REPORTED, True)
 
 
 def _said_lately(line: str) -> bool:

@@ -78,7 +78,7 @@ from glancefs.api.buffers import BufferPool, Chunk
 from glancefs.api.download import BackgroundHash, part_size
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs.cache import BlockCache, DiskCache
-from glancefs.fs.errors import FsError
+from glancefs.fs.errors import FsError, said_already
 from glancefs.fs.stats import MountStats
 
 LOG = logging.getLogger("glancefs.fs.reader")
@@ -937,6 +937,12 @@ class Reader:
                 # retry schedule): the kernel's retry would wait as long again. One
                 # that came quickly (connections reset) is worth that retry.
                 image.failure = (trio.current_time(), failed)
+            if job.stalled_at == job.position:
+                # A reader's deadline passed first and said why ("no data from the
+                # server"), and nothing came since; the kernel's retry of that read
+                # fails with this: not a second line (the deadline and the HTTP
+                # timeout are alike, so either may come first).
+                said_already(failed)
             # Not a warning: each read this fails says why (fs.errors.refuse), and
             # a failed prefetch nobody waits for is fetched again when read.
             LOG.debug("fetching blocks %d-%d of image %s failed: %s", job.first,
