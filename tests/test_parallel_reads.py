@@ -108,6 +108,26 @@ def test_a_far_sequential_read_uses_parallel_streams(link: LinkProxy, long: Imag
     assert link.stats.bytes_down >= len(long.data)
 
 
+def test_a_near_link_that_caps_each_connection_gets_parallel_streams(
+        glance_v2: GlanceServer, long: Image, tmp_path: Path) -> None:
+    """A gateway on the same network that caps each connection (no delay, 48 MiB/s a
+    connection: a first block in about 20 ms, so the reader may be judged near): the
+    reader waits for nearly all of its blocks, so streams are still tried and in
+    flight together, though a near reader asks for more waiting than a far one."""
+    with LinkProxy("127.0.0.1", glance_v2.port, delay=0.0, rate=48 * MiB) as gateway, \
+            mounted(gateway.endpoint, tmp_path / "mnt", options=FAR_OPTIONS) as m:
+        path = m.path / ".by-id" / long.id
+        os.stat(path)
+        gateway.reset_stats()
+        assert sha256_of(path) == long.sha256
+        mine = counters(m.path, long.id)
+        peak = gateway.stats.peak_open
+    assert mine["verified"] == 1
+    assert mine["bytes"] == len(long.data)
+    assert mine["streams_added"] >= 1                  # the reader waited: tried
+    assert peak >= 2                                   # ... and in flight together
+
+
 def test_streams_that_bring_nothing_are_dropped(glance_v2: GlanceServer, long: Image,
                                                tmp_path: Path) -> None:
     """A link that caps all connections together at one connection's rate (a gateway

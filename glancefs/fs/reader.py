@@ -645,6 +645,11 @@ class Reader:
         part = part_size(self._window_cap(), self.config.streams, bs) // bs
         if handle.far is None:
             handle.far = judged_far(image.first_blocks, time.monotonic())
+            if handle.far is not None:
+                LOG.debug("image %s: a %s reader (first blocks in %s ms)", image.id,
+                          "far" if handle.far else "near",
+                          ", ".join(f"{ask.seconds * 1000:.0f}" for ask in image.first_blocks
+                                    if ask.seconds is not None))
         if not at_cap:
             size = max(1, 2 * handle.window // bs)
             if self.config.streams > 1:
