@@ -1068,7 +1068,9 @@ class Bench:
         """The share of a verified read (``seconds`` long) its hashing thread was busy,
         from the mount's counters: a block in hand, on a core or waiting for one or for
         the GIL. Near 1, the read went at the pace of its hash; well below, something
-        else (the link, the window) set it."""
+        else (the link, the window) set it. And the share of that busy time the thread
+        waited for a core (the machine's other work, the mount's own threads included,
+        had them): the part of the hash's pace this machine's cores set."""
         totals = (counted or {}).get("totals") or {}
         busy, cpu = totals.get("hash_busy_seconds"), totals.get("hash_cpu_seconds", 0.0)
         if totals.get("hash_bytes") and busy and seconds > 0:
@@ -1076,6 +1078,11 @@ class Bench:
                             busy / seconds, "x",
                             note=f"on a core {cpu / busy:.0%} of that time; near 1, the read "
                                  "went at the pace of its hash")
+            wait = totals.get("hash_core_wait_seconds")
+            if wait:
+                self.report.add(f"{key}_core_wait", f"{label}: share of that busy time its "
+                                "hashing thread waited for a core", min(1.0, wait / busy),
+                                "x", note="runnable, every core taken (kernel's schedstat)")
 
     def cpu_of(self, step: Callable[[], float], mount_pid: int | None = None,
                link: bool = False) -> tuple[float, dict[str, float]]:

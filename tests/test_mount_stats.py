@@ -64,6 +64,7 @@ def test_a_whole_read_is_counted(mount: Mounted, client: Client) -> None:
     assert mine["hash_bytes"] == len(data)
     assert mine["hash_cpu_seconds"] > 0          # full precision: never rounded to zero
     assert 0 < mine["hash_busy_seconds"] <= elapsed   # wall time, within the read's own
+    assert 0 <= mine["hash_core_wait_seconds"] <= elapsed
     assert mine["misses"] + mine["cache_hits"] + mine["disk_hits"] >= 1
     assert after["totals"]["bytes"] >= before["totals"]["bytes"] + len(data)
     assert after["totals"]["verified"] == before["totals"]["verified"] + 1

@@ -275,6 +275,10 @@ class BackgroundHash:
     or waiting for a core or for the GIL to go on. Next to ``cpu_seconds`` it
     shows what the machine's other work took from the hash; next to the time a
     download took, whether the hash set its pace (it was busy nearly all along).
+    ``core_wait_seconds`` is the part of the thread's life it could run but
+    waited for a core (the kernel's scheduler statistics, :func:`core_wait`; it
+    wakes for a chunk, so nearly all of that wait is with one in hand): what
+    ``busy_seconds`` holds beyond it and ``cpu_seconds`` is, roughly, the GIL.
     """
 
     _DONE = b""
@@ -289,11 +293,13 @@ class BackgroundHash:
         self.digest: str | None = None   # once finish() was called and all is hashed
         self.cpu_seconds = 0.0           # the thread's CPU time, once the digest is there
         self.busy_seconds = 0.0          # wall time with a chunk in hand (see above)
+        self.core_wait_seconds = 0.0     # runnable, waiting for a core (see above), once done
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         started = time.thread_time()
+        waited = core_wait()
         while not self._abandoned.is_set():
             try:
                 chunk = self._queue.get(timeout=0.5)
@@ -302,6 +308,7 @@ class BackgroundHash:
             if chunk is self._DONE:
                 digest = self._hasher.hexdigest()
                 self.cpu_seconds = time.thread_time() - started
+                self.core_wait_seconds = core_wait() - waited
                 self.digest = digest
                 if self._on_progress is not None:
                     self._on_progress()
@@ -334,6 +341,19 @@ class BackgroundHash:
     def __del__(self) -> None:
         # A download closed early must not leave its thread waiting forever.
         self._abandoned.set()
+
+
+def core_wait() -> float:
+    """Seconds the calling thread has been runnable but waiting for a core since it
+    started (Linux: ``run_delay`` of ``/proc/thread-self/schedstat``); 0.0 where the
+    kernel does not tell. On a machine whose cores are all busy a thread waits there,
+    whatever its own code does: the figure that says the machine, not the thread,
+    set the pace."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 class _LowWater:

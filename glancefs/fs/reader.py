@@ -273,6 +273,11 @@ class Verifier:
         """The hashing thread's wall time with a block in hand (BackgroundHash)."""
         return self._hash.busy_seconds
 
+    @property
+    def core_wait_seconds(self) -> float:
+        """The hashing thread's time waiting for a core, once done (BackgroundHash)."""
+        return self._hash.core_wait_seconds
+
     def _progressed(self) -> None:
         """From the hashing thread: wake trio if it waits, or at the end."""
         if self.watched or self._hash.digest is not None:
@@ -1187,7 +1192,8 @@ class Reader:
         matched = verifier.digest == verifier.expected
         self.stats.add(image.id, verified=int(matched), mismatches=int(not matched),
                        hash_bytes=image.size, hash_cpu_seconds=verifier.cpu_seconds,
-                       hash_busy_seconds=verifier.busy_seconds)
+                       hash_busy_seconds=verifier.busy_seconds,
+                       hash_core_wait_seconds=verifier.core_wait_seconds)
         if matched:
             LOG.info("image %s: %s verified; hashing %.0f MiB took %.3f s of CPU", image.id,
                      verifier.algo, image.size / MiB, verifier.cpu_seconds)

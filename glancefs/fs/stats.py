@@ -24,7 +24,9 @@ with the counters of :class:`Counters`. ``hash_cpu_seconds`` is the hashing thre
 CPU time at full precision; ``hash_busy_seconds`` their wall time with a block in hand
 (hashing it, or waiting for a core or the GIL): close to a read's own time, the read
 went at its hash's pace (``verify=off`` would be faster); well above their CPU time,
-other work on the machine held them back.
+other work on the machine held them back. ``hash_core_wait_seconds`` is how long they
+could run but waited for a core (Linux's scheduler statistics; 0 where it has none):
+the share of that held-back time the machine's cores, not the GIL, account for.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ class Counters:
     hash_bytes: int = 0         # bytes those hashes covered
     hash_cpu_seconds: float = 0.0
     hash_busy_seconds: float = 0.0  # wall time they had a block in hand (module docstring)
+    hash_core_wait_seconds: float = 0.0  # ... could run but waited for a core (same)
     uploads: int = 0            # uploads that ended with an active, verified image
     upload_bytes: int = 0
     upload_failures: int = 0
