@@ -6,7 +6,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,13 @@ MiB = 1024 * 1024
 
 
 def spinning_on(core: int) -> subprocess.Popen[bytes]:
-    """A process that keeps ``core`` busy, once it has started spinning."""
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """A process that keeps ``core`` busy, once it has started spinning (it says so
+    on its stdout just before)."""
+    spinner = subprocess.Popen([sys.executable, "-c", "print(flush=True)\nwhile True: pass"],
+                               stdout=subprocess.PIPE)
     os.sched_setaffinity(spinner.pid, {core})
-    deadline = time.monotonic() + 10
-    while True:
-        fields = Path(f"/proc/{spinner.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        if int(fields[11]) > 0:     # utime: it has run a clock tick in user space
-            return spinner
-        assert time.monotonic() < deadline, "the spinning process never ran"
-        time.sleep(0.01)
+    assert spinner.stdout is not None and spinner.stdout.readline() == b"\n"
+    return spinner
 
 
 @pytest.mark.skipif(not Path("/proc/thread-self/schedstat").exists(),
@@ -47,7 +43,7 @@ def test_a_hash_sharing_its_core_says_how_long_it_waited_for_one() -> None:
         hashing.hexdigest()
     finally:
         spinner.kill()
-        spinner.wait()
+        spinner.communicate()    # reaps it and closes its stdout
     # Two busy tasks on one core take turns: the hash waits about as long as it runs.
     assert hashing.core_wait_seconds > 0.25 * hashing.cpu_seconds > 0, (
         hashing.core_wait_seconds, hashing.cpu_seconds)
