@@ -81,8 +81,8 @@ class LinkStats:
     connections: int = 0
     open: int = 0           # connections open now
     peak_open: int = 0      # most connections open at once (parallel GETs show here)
-    bytes_up: int = 0       # client -> server
-    bytes_down: int = 0     # server -> client
+    bytes_up: int = 0       # client -> server, counted as each piece is sent on
+    bytes_down: int = 0     # server -> client (same)
 
 
 class _Pipe:
@@ -150,8 +150,10 @@ class _Pipe:
                     # The sender is done: pass its FIN on, the other way may go on.
                     self.dst.shutdown(socket.SHUT_WR)
                     return
-                self.dst.sendall(data)
+                # Counted as handed over, before the send: a receiver that has every
+                # byte (and its caller reading the stats) must find them all counted.
                 self.conn.link._count(self.up, len(data))
+                self.dst.sendall(data)
         except OSError:
             self.conn.abort()
         finally:
