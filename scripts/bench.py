@@ -91,6 +91,7 @@ from glancefs import Client  # noqa: E402
 from glancefs.api.download import part_size  # noqa: E402
 from glancefs.fs.options import MountOptions  # noqa: E402
 from glancefs.fs.reader import window_cap  # noqa: E402
+from glancefs.procfs import cpu_seconds, group_cpu_seconds, is_mounted, status_kib  # noqa: E402
 from glancefs.testing.faultproxy import FaultProxy, Stats  # noqa: E402
 from glancefs.testing.glance_server import GlanceServer, ensure_glance_venv, free_port, glance_bin  # noqa: E402
 from glancefs.testing.linkproxy import LinkProxy, parse_rate  # noqa: E402
@@ -246,15 +247,9 @@ def timed(cmd: list[str], timeout: float = STEP_TIMEOUT, **kwargs: Any
     return time.perf_counter() - start, done
 
 
-def status_kib(pid: int | str, field_name: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+def status_bytes(pid: int | str, field_name: str) -> int | None:
+    kib = status_kib(pid, field_name)
+    return None if kib is None else kib * 1024
 
 
 def reset_peak_rss(pid: int) -> bool:
@@ -315,34 +310,6 @@ def make_source(path: Path, size: int) -> tuple[str, str]:
     return md5.hexdigest(), sha512.hexdigest()
 
 
-def _stat_fields(pid: int | str) -> list[str] | None:
-    """/proc/PID/stat after the command name (which may hold spaces); None once gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _cpu_seconds(fields: list[str]) -> float:
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used; 0 once it is gone."""
-    fields = _stat_fields(pid)
-    return _cpu_seconds(fields) if fields else 0.0
-
-
-def group_cpu(pgid: int) -> float:
-    """CPU seconds of every process in a process group (a gunicorn master and its workers)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        fields = _stat_fields(entry.name) if entry.name.isdigit() else None
-        if fields and int(fields[2]) == pgid:
-            total += _cpu_seconds(fields)
-    return total
-
-
 def host_steal() -> float:
     """CPU seconds, all cores, in which this (virtual) machine wanted a core and the
     host ran something else ("steal" in /proc/stat): cores this machine did not have."""
@@ -353,7 +320,7 @@ def host_steal() -> float:
 def step_parties(mount_pid: int | None) -> dict[str, Callable[[], float]]:
     """The parties every timed step's CPU counts, besides its servers and readers: the
     mount's process (none: 0) and what the host took of this machine's cores."""
-    return {"file system": lambda: process_cpu(mount_pid) if mount_pid else 0.0,
+    return {"file system": lambda: cpu_seconds(mount_pid) if mount_pid else 0.0,
             "taken by the host (steal)": host_steal}
 
 
@@ -487,12 +454,6 @@ print(json.dumps({"id": image_id, "seconds": time.perf_counter() - start, "size"
 # -- the mount -----------------------------------------------------------------------------
 
 
-def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1] == target for line in mounts)
-
-
 class Mount:
     """``python -m glancefs.cli.mount_helper glance MNT -f -o ...`` as tests/mount_support.py
     runs it: in the foreground, so the child's pid is the mount daemon."""
@@ -534,7 +495,7 @@ class Mount:
                 raise RuntimeError(f"not mounted after {MOUNT_TIMEOUT} s {self.log_tail()}")
             time.sleep(0.02)
         self.start_seconds = time.perf_counter() - start
-        self.baseline_rss = status_kib(self.proc.pid, "VmRSS")
+        self.baseline_rss = status_bytes(self.proc.pid, "VmRSS")
         return self
 
     @property
@@ -543,7 +504,7 @@ class Mount:
         return self.proc.pid
 
     def peak_rss(self) -> int | None:
-        return status_kib(self.pid, "VmHWM") if self.proc else None
+        return status_bytes(self.pid, "VmHWM") if self.proc else None
 
     def log_tail(self, lines: int = 8) -> str:
         try:
@@ -1098,10 +1059,10 @@ class Bench:
         party too: those core-seconds were not this machine's to run the step on."""
         assert self.server is not None and self.server.pid is not None
         glance = self.server.pid
-        parties = step_parties(mount_pid) | {"Glance": lambda: group_cpu(glance),
+        parties = step_parties(mount_pid) | {"Glance": lambda: group_cpu_seconds(glance),
                                              "reader": children_cpu}
         if link:
-            parties["link emulator"] = lambda: process_cpu(os.getpid())
+            parties["link emulator"] = lambda: cpu_seconds(os.getpid())
         return cpu_spent(step, parties)
 
     def add_cpu(self, key: str, label: str, cpu: dict[str, float],
@@ -1303,7 +1264,7 @@ class Bench:
             name = self.unique("bench-cp")
             with self.mount() as m:
                 reset_peak_rss(m.pid)
-                base = status_kib(m.pid, "VmRSS") or 0
+                base = status_bytes(m.pid, "VmRSS") or 0
                 log(f"cp into the mount ({i + 1}/{self.upload_runs})")
                 seconds, done = timed(["cp", str(self.source), str(m.path / name)])
                 peak = m.peak_rss() or 0
@@ -1721,8 +1682,8 @@ class Bench:
         def spent(step: Callable[[], tuple[float, Any]], mount_pid: int | None = None
                   ) -> tuple[float, Any, dict[str, float]]:
             (seconds, done), cpu = cpu_spent(step, step_parties(mount_pid) | {
-                "Glance a": lambda: group_cpu(glance_a),
-                "Glance b": lambda: group_cpu(glance_b),
+                "Glance a": lambda: group_cpu_seconds(glance_a),
+                "Glance b": lambda: group_cpu_seconds(glance_b),
                 "commands": children_cpu})
             return seconds, done, cpu
 
@@ -1751,7 +1712,7 @@ class Bench:
             name = self.unique("bench-cloud-cp")
             with self.mount("clouds=a,b", env={"OS_CLIENT_CONFIG_FILE": str(config)}) as m:
                 reset_peak_rss(m.pid)
-                base = status_kib(m.pid, "VmRSS") or 0
+                base = status_bytes(m.pid, "VmRSS") or 0
                 log(f"clouds: cp between the clouds' folders ({i + 1}/{self.repeat})")
                 seconds, done, cpu = spent(functools.partial(timed, [
                     "cp", str(m.path / "a" / ".by-id" / image_id), str(m.path / "b" / name)]),

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from glancefs.procfs import is_mounted, status_kib
+
 ROOT = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT = 30.0
 
@@ -39,12 +41,6 @@ def mount_env(endpoint: str, **extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
-
-
-def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1] == target for line in mounts)
 
 
 def unmount(path: Path) -> None:
@@ -188,19 +184,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 # -- the mount process's memory and connections over a run ------------------------------
-
-
-def status_kib(pid: int, field: str) -> int | None:
-    """A KiB figure of /proc/PID/status (``VmRSS``, ``VmHWM``); None once
-    ``pid`` is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def rss_kib(pid: int) -> int:

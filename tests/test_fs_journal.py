@@ -22,8 +22,8 @@ from glancefs.fs.write.journal import (
     current_owner,
     endpoint_key,
     owner_gone,
-    process_start,
 )
+from glancefs.procfs import start_ticks
 
 ROOT = Path(__file__).resolve().parent.parent
 ENDPOINT = "http://127.0.0.1:9292"
@@ -40,8 +40,8 @@ def test_a_reused_pid_or_another_boot_is_a_dead_owner() -> None:
 
 def test_this_process_is_alive_and_its_name_round_trips() -> None:
     me = current_owner()
-    assert me.pid == os.getpid() and me.start == process_start(os.getpid())
-    assert not owner_gone(me, boot_id(), process_start)
+    assert me.pid == os.getpid() and me.start == start_ticks(os.getpid())
+    assert not owner_gone(me, boot_id(), start_ticks)
     assert Owner.parse(me.stem) == me
     assert Owner.parse("not-a-journal") is None
 

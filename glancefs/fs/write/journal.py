@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from glancefs.procfs import start_ticks
+
 LOG = logging.getLogger("glancefs.fs.write.journal")
 
 FORMAT = 1
@@ -113,24 +115,9 @@ def boot_id() -> str:
         return "noboot"
 
 
-def process_start(pid: int) -> int | None:
-    """The start time of ``pid`` (clock ticks after boot), None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read()
-    except OSError:
-        return None
-    # Field 2 (the command name) may hold spaces and parentheses: count from its end.
-    fields = text[text.rfind(b")") + 2:].split()
-    try:
-        return int(fields[19])     # field 22 of proc(5)
-    except (IndexError, ValueError):
-        return None
-
-
 def current_owner() -> Owner:
     pid = os.getpid()
-    return Owner(boot_id(), pid, process_start(pid) or 0)
+    return Owner(boot_id(), pid, start_ticks(pid) or 0)
 
 
 def owner_gone(owner: Owner, boot: str, start_of: Callable[[int], int | None]) -> bool:
@@ -307,7 +294,7 @@ class Journal:
             except BlockingIOError:
                 yield None        # its mount is alive (or another one is taking it over)
                 return
-            if not owner_gone(owner, boot, process_start):
+            if not owner_gone(owner, boot, start_ticks):
                 # Same pid and start time: alive, whatever happened to its lock.
                 yield None
                 return
