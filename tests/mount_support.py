@@ -8,7 +8,9 @@ as root) unless ``GLANCEFS_ALLOW_SKIP_MOUNT=1`` asks to skip them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
+import mmap
 import os
 import subprocess
 import sys
@@ -247,3 +249,31 @@ class ResourceSampler:
         """The samples from fraction ``first`` to ``last`` of the run (0.0 to 1.0)."""
         n = len(self.samples)
         return self.samples[int(n * first):max(int(n * last), int(n * first) + 1)]
+
+
+@contextlib.contextmanager
+def held_in_page_cache(path: Path) -> Iterator[None]:
+    """Keep ``path``'s pages in the kernel's page cache while inside (mapped, and
+    locked with ``mlock``). A test whose point is that a file read before comes from
+    the page cache needs it: the kernel may page out cache nobody touched (this
+    machine's kernel runs DAMON's ``pageout`` scheme, which took pages of a file read
+    ten seconds before), and the mount would then be asked for them again."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mlock.argtypes = libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if address is None or address == ctypes.c_void_p(-1).value:
+            raise OSError(ctypes.get_errno(), f"mmap of {path}")
+        try:
+            if libc.mlock(address, size) != 0:
+                raise OSError(ctypes.get_errno(), f"mlock of {path}")
+            yield
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
