@@ -39,7 +39,13 @@ from glancefs.api import Client
 from glancefs.testing.faultproxy import Fault, FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from tests.conftest import fresh_glance
-from tests.mount_support import is_mounted, make_image, mounted, sha256_file
+from tests.mount_support import (
+    held_in_page_cache,
+    is_mounted,
+    make_image,
+    mounted,
+    sha256_file,
+)
 
 MiB = 1024 * 1024
 TIMEOUT = 8.0             # the mount's timeout: a read of uncached data fails after it
@@ -208,7 +214,7 @@ def test_a_shell_never_hangs_and_the_mount_recovers(kind: str, glance: GlanceSer
         assert sha256_file(root / cached.name) == cached.sha256      # now in the page cache
         assert subprocess.run(["getfattr", "-d", str(root / cached.name)],
                               capture_output=True).returncode == 0
-        with open(root / held.name, "rb") as open_file:
+        with held_in_page_cache(root / cached.name), open(root / held.name, "rb") as open_file:
             assert open_file.read(MiB) == held.data[:MiB]
             writer = Writer(root / f"{tag}-written.raw", tmp_path / "stop-writer")
             writer_started = time.monotonic()
