@@ -341,6 +341,9 @@ class ImageData:
         hashed = ImageService.hash_of(record)
         self.disk_tag = (hashed[1][:16] if hashed else None)
         self.first_blocks: list[FirstBlock] = []   # its first GETs (judged_far)
+        # Blocks dropped because the kernel had been served every byte of them: a
+        # read of one again means its page cache lost them (MountStats.reread_bytes).
+        self.served_dropped: set[int] = set()
 
 
 class Handle:
@@ -555,6 +558,7 @@ class Reader:
             if index < hashed and count >= min(bs, image.size - index * bs):
                 del served[index]
                 self.cache.discard((image.id, index))
+                image.served_dropped.add(index)
         far = min(hashed, ((handle.next_off or 0) - max(LATE_READS, self._window_cap())) // bs)
         for index in range(handle.passed, far):
             served.pop(index, None)
@@ -822,6 +826,14 @@ class Reader:
                 self._deliver(image, index, data, from_disk=True)
                 out[index - first] = data
             missing = [i for i in missing if i not in found]
+        again = [index for index in missing if index in image.served_dropped]
+        if again:
+            image.served_dropped.difference_update(again)
+            self.stats.add(image.id, reread_bytes=sum(
+                min(self.config.block_size, image.size - index * self.config.block_size)
+                for index in again))
+            LOG.debug("image %s: blocks %s asked for again after they were served",
+                      image.id, again)
         self.stats.add(image.id, cache_hits=hits, disk_hits=len(out) - hits - len(missing),
                        misses=len(missing))
         if missing:

@@ -50,6 +50,10 @@ class Counters:
     cache_hits: int = 0         # blocks a read found in memory (cached or prefetched)
     disk_hits: int = 0          # blocks a read found in the on-disk cache
     misses: int = 0             # blocks a read had to wait for
+    reread_bytes: int = 0       # of the bytes received, those of blocks the kernel asked
+                                # for again, while the file stayed open, after it had been
+                                # served all of them: its page cache lost them (memory
+                                # pressure, a reclaimer, drop_caches), not a fetch twice
     streams_added: int = 0      # parallel ranged GETs added for readers waiting on their
                                 # stream (fs.reader's rule); 0 where one stream keeps up
     streams_dropped: int = 0    # of them, dropped again: the reader got no faster

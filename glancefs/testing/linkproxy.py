@@ -44,12 +44,7 @@ from glancefs.api.values import parse_size
 
 KiB = 1024
 MiB = 1024 * KiB
-# What a bucket lets through at once (one read). Not smaller: the emulator runs in the
-# bench's process on the cores it measures, and each read costs it a few wake-ups and
-# lock round trips. At 64 KiB it took 2.4-2.8 CPU s per GiB carried, as much as Glance,
-# and 8 connections capped at 40 MiB/s carried 280 MiB/s; at 256 KiB, 1.1-1.5 s and
-# 300 MiB/s. Pacing stays finer than the link's round trip (6 ms at 40 MiB/s).
-BURST = 256 * KiB
+BURST = 64 * KiB          # what a bucket lets through at once (one read)
 MIN_QUEUE = 4 * MiB       # bytes in flight inside the proxy, per direction, at least
 UNCAPPED = 2 * 1024 * MiB  # the rate assumed for the queue bound when nothing caps it
 
@@ -105,7 +100,7 @@ class _Pipe:
         link = conn.link
         slowest = min([b.rate for b in buckets] or [UNCAPPED])
         self.limit = max(MIN_QUEUE, int(2 * slowest * link.delay))
-        self.read_size = BURST
+        self.read_size = BURST if buckets else 256 * KiB
         self._queue: collections.deque[tuple[float, bytes | None]] = collections.deque()
         self._queued = 0
         self._cond = threading.Condition()
