@@ -345,6 +345,11 @@ class ImageData:
         # read of one again means its page cache lost them (MountStats.reread_bytes).
         self.served_dropped: set[int] = set()
 
+    def block_length(self, index: int) -> int:
+        """Bytes of block ``index``: a whole block, but the last may be shorter."""
+        bs = self.reader.config.block_size
+        return min(bs, self.size - index * bs)
+
 
 class Handle:
     """One open file: where its reader is and how far ahead to fetch."""
@@ -555,7 +560,7 @@ class Reader:
         verifier = image.verifier
         hashed = verifier.next if verifier is not None and verifier.active else image.nblocks
         for index, count in list(served.items()):
-            if index < hashed and count >= min(bs, image.size - index * bs):
+            if index < hashed and count >= image.block_length(index):
                 del served[index]
                 self.cache.discard((image.id, index))
                 image.served_dropped.add(index)
@@ -829,9 +834,7 @@ class Reader:
         again = [index for index in missing if index in image.served_dropped]
         if again:
             image.served_dropped.difference_update(again)
-            self.stats.add(image.id, reread_bytes=sum(
-                min(self.config.block_size, image.size - index * self.config.block_size)
-                for index in again))
+            self.stats.add(image.id, reread_bytes=sum(map(image.block_length, again)))
             LOG.debug("image %s: blocks %s asked for again after they were served",
                       image.id, again)
         self.stats.add(image.id, cache_hits=hits, disk_hits=len(out) - hits - len(missing),
