@@ -16,7 +16,16 @@ from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs import errors
 from glancefs.fs.errors import FsError
-from glancefs.fs.reader import FirstBlock, MiB, ReadConfig, Reader, judged_far, streams_that_paid
+from glancefs.fs.reader import (
+    FirstBlock,
+    MiB,
+    ReadConfig,
+    Reader,
+    first_block_seconds,
+    judged_far,
+    lead_blocks,
+    streams_that_paid,
+)
 from glancefs.testing.faultproxy import FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from glancefs.testing.linkproxy import LinkProxy
@@ -323,6 +332,24 @@ def test_streams_are_kept_as_far_as_they_paid() -> None:
     # Some, not all: a total cap at three connections' worth.
     assert streams_that_paid(1, 8, 40.0, 120.0) == 3
     assert streams_that_paid(3, 8, 120.0, 200.0) == 5
+
+
+def test_a_parts_successor_starts_one_first_block_wait_before_its_end() -> None:
+    """The next part is asked for when the blocks left of one are what a stream brings
+    while a GET waits for its first byte; never before both are measured, never more
+    than half a part (at most twice the streams in flight)."""
+    # The bench's far link: a first block in 75 ms (25 of them its own transfer), a
+    # stream of 8 bringing 29 MiB/s: 2 blocks.
+    assert lead_blocks(29.0 * MiB, 0.075, MiB, 8) == 2
+    assert lead_blocks(40.0 * MiB, 0.075, MiB, 8) == 2
+    assert lead_blocks(10.0 * MiB, 0.075, MiB, 8) == 0       # under a block: at the end
+    assert lead_blocks(400.0 * MiB, 0.2, MiB, 8) == 4        # half a part at most
+    assert lead_blocks(None, 0.075, MiB, 8) == 0             # nothing measured yet
+    assert lead_blocks(29.0 * MiB, None, MiB, 8) == 0
+    sent = 100.0
+    assert first_block_seconds([FirstBlock(sent, 0.080), FirstBlock(sent, None),
+                                FirstBlock(sent, 0.074), FirstBlock(sent, 0.300)]) == 0.080
+    assert first_block_seconds([FirstBlock(sent, None)]) is None
 
 
 def test_a_reader_is_far_when_every_first_block_of_its_image_came_late() -> None:
