@@ -1586,7 +1586,8 @@ class Bench:
         r.ratio("far_curl_bound", f"far: {streams} curls / that bound", "far_curl", "far_bound")
         r.ratio("far_mount_curl", f"far: mount read / {streams} curls", "far_mount_cold",
                 "far_curl")
-        r.ratio("far_mount_parts", "far: mount read / what its parts carry at most",
+        r.ratio("far_mount_parts", "far: mount read / what parts waiting for each answer "
+                "carry (its own ask early)",
                 "far_mount_cold", "far_parts_bound")
 
     def far_part_wait(self, url: str, size: int, streams: int) -> float | None:
@@ -1629,7 +1630,9 @@ class Bench:
         part (its window split by the streams, bounded memory) waits for its answer
         (``far_part_wait``: the round trip and the server's time, under load), then
         comes at the per-connection cap. curl's one GET per connection pays it once;
-        the gap between the two is the price of the parts."""
+        the gap between the two is the price of the parts. The client's parts wait
+        so; the mount asks for a part's successor before the part ends (the reader's
+        ``lead_blocks``), so its read may pass this figure."""
         a, r = self.args, self.report
         if not a.far_rate:
             return
