@@ -776,7 +776,7 @@ class Reader:
         newest = handle.streams[-1] if handle.streams else None
         arrived = bs * (handle.delivered +
                         sum(job.position - job.first for job in handle.streams))
-        if self._in_flight(handle) > handle.allowed:
+        if len(handle.streams) > handle.allowed and self._in_flight(handle) > handle.allowed:
             # More in flight than the rule allows (GETs from while the window grew,
             # parts of a stream just dropped): not what is being measured.
             handle.mark = None
