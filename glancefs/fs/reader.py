@@ -408,7 +408,7 @@ class Handle:
         self.starved_runs = 0            # measurements in a row in which it mostly waited
         self.verifying = False           # this file's reads have started a hash
         self.far: bool | None = None     # its GETs are far from the server (judged_far)
-        self.stream_rate: float | None = None   # bytes/s one stream brought (lead_blocks)
+        self.lead = 0                    # blocks before a part's end its successor starts
         # Bytes served of each block its reads touched since its last seek and not
         # dropped yet, and the first block not yet looked at for being far behind.
         self.served: dict[int, int] = {}
@@ -680,7 +680,7 @@ class Reader:
             return   # its stream starts from byte 0 when a block is missing (_request)
         if handle.window >= self._window_cap() and self.config.streams > 1:
             self._adapt(handle)
-            if self._in_flight(handle) >= handle.allowed > 1:
+            if handle.allowed > 1 and self._in_flight(handle) >= handle.allowed:
                 return   # as many parts in flight as the rule allows; the next when one ends
         start = max([(end + bs - 1) // bs] + [job.last for job in handle.streams])
         # GETs of twice the window while it grows (what a reader that stops
@@ -740,10 +740,7 @@ class Reader:
         ``lead_blocks`` (the others are about to end, and their successors start)."""
         if handle.probe is not None:
             return len(handle.streams)
-        bs = self.config.block_size
-        lead = lead_blocks(handle.stream_rate, first_block_seconds(handle.image.first_blocks),
-                           bs, part_size(self._window_cap(), self.config.streams, bs) // bs)
-        return sum(1 for job in handle.streams if job.last - job.position > lead)
+        return sum(1 for job in handle.streams if job.last - job.position > handle.lead)
 
     def _adapt(self, handle: Handle) -> None:
         """The rule for adding streams (module docstring), for a reader at its cap.
@@ -801,7 +798,8 @@ class Reader:
                   handle.allowed, measured / MiB, handle.waits, handle.reads)
         handle.mark = (now, arrived)
         handle.reads = handle.waits = 0
-        handle.stream_rate = measured / handle.allowed
+        handle.lead = lead_blocks(measured / handle.allowed,
+                                  first_block_seconds(image.first_blocks), bs, part // bs)
         if handle.probe is not None:
             before, tried = handle.before, handle.allowed
             handle.allowed = streams_that_paid(before, tried, handle.probe, measured)
