@@ -111,8 +111,9 @@ class MountOptions:
     prefetch_max: int = opt(64 * MiB, group="reading",
                             meaning="largest read-ahead window per open file")
     streams: int = opt(8, group="reading",
-                       meaning="ranged GETs in flight per sequential reader, at most; added "
-                            "only while the reader waits for them (1: one at a time)")
+                       meaning="ranged GETs receiving at once per sequential reader, at "
+                            "most (the next part's request may start while one ends); "
+                            "added only while the reader waits for them (1: one at a time)")
     readahead: int = opt(2 * MiB, group="reading",
                          meaning="kernel read-ahead of the mount (root only): 1 MiB reads "
                               "instead of 128 KiB; 4M or more overruns FUSE's 12 background "

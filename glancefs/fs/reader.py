@@ -115,7 +115,7 @@ class ReadConfig:
     memory: int = 256 * MiB
     verify: bool = True
     fetch_threads: int = 32          # HTTP requests in flight, all files
-    streams: int = 8                 # ranged GETs in flight per sequential reader, at most
+    streams: int = 8                 # ranged GETs receiving at once per sequential reader
     range_supported: bool = True     # False for servers that ignore Range (v1)
     deadline: float = 30.0           # seconds a read waits for a block while its
                                      # fetch makes no progress, then EIO
