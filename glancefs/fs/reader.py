@@ -41,7 +41,7 @@ Why it is shaped this way:
   part has no more blocks left than one stream brings while a GET waits for
   its first byte, it no longer counts against the streams allowed, so each
   connection's next request is on its way while its last blocks arrive
-  rather than after (on the bench's link, 2 blocks: a 1 GiB read came 8-22%
+  rather than after (on the bench's link, 2 blocks: a 1 GiB read came 0-22%
   faster, paired rounds).
   On loopback the mount's CPU, not a connection, is the limit: the reader
   waits for some of its blocks, not nearly all, so a near reader
@@ -773,7 +773,7 @@ class Reader:
         newest = handle.streams[-1] if handle.streams else None
         arrived = bs * (handle.delivered +
                         sum(job.position - job.first for job in handle.streams))
-        if len(handle.streams) > handle.allowed and self._in_flight(handle) > handle.allowed:
+        if self._in_flight(handle) > handle.allowed:
             # More in flight than the rule allows (GETs from while the window grew,
             # parts of a stream just dropped): not what is being measured.
             handle.mark = None
