@@ -152,6 +152,45 @@ def test_random_reads_fetch_their_blocks_only(v2: ImageService, image: Any) -> N
     run_reader(v2, ReadConfig(), body)
 
 
+def test_a_block_received_before_a_seek_is_not_fetched_again(v2: ImageService,
+                                                              image: Any) -> None:
+    """A stream paused at its reader's window has received one block past it. A seek
+    (here back to the first block, which was served and dropped: asked for again)
+    cancels the stream; the block it held is kept, and the reader that comes back to
+    it reads it from memory: every byte of the image is fetched once. The block was
+    thrown away before, and fetched again (one 256 KiB block of the 48 MiB in
+    test_pages_the_kernel_reads_late_are_fetched_once, now and then)."""
+    record, data = image
+
+    async def body(reader: Reader) -> Any:
+        handle = reader.open(record)
+        try:
+            for index in range(6):
+                got = await reader.read(handle, index * MiB, MiB)
+                assert bytes(got) == data[index * MiB:(index + 1) * MiB]
+            # One GET from block 2, a window of 4 MiB past 6 MiB read: blocks 6-9
+            # delivered, block 10 held.
+            with trio.fail_after(30):
+                while reader.stats.totals.bytes < 11 * MiB:
+                    await trio.sleep(0.01)
+            assert bytes(await reader.read(handle, 0, 100)) == data[:100]
+            with trio.fail_after(30):
+                while handle.image.jobs:      # the cancelled stream has ended
+                    await trio.sleep(0.01)
+            off = 6 * MiB
+            while chunk := await reader.read(handle, off, MiB):
+                assert bytes(chunk) == data[off:off + len(chunk)]
+                off += len(chunk)
+            assert off == len(data)
+        finally:
+            reader.release(handle)
+        return reader.stats.image(record.id)
+    counted = run_reader(v2, ReadConfig(prefetch_start=4 * MiB, prefetch_max=4 * MiB,
+                                        streams=1, verify=False), body)
+    assert counted.reread_bytes == MiB                       # the first block, asked again
+    assert counted.bytes - counted.reread_bytes == len(data)  # ... every other byte once
+
+
 def test_memory_budget_bounds_the_cache(v2: ImageService, image: Any) -> None:
     record, data = image
 

@@ -1056,9 +1056,7 @@ class Reader:
                     data = disk.get(image.id, tag, index)
                     if data is None:
                         break
-                    if job.stream:
-                        self._gate(job, index)
-                    self._hand_over(token, image, job, index, data, True)
+                    self._pass_on(token, image, job, index, data, True)
                     index += 1
             if index >= job.last:
                 return
@@ -1098,9 +1096,7 @@ class Reader:
                     data: Chunk
                     data, buffer = (buffer, b"") if len(buffer) <= bs else \
                         (buffer[:bs], buffer[bs:])
-                    if job.stream:
-                        self._gate(job, index)
-                    self._hand_over(token, image, job, index, data, False)
+                    self._pass_on(token, image, job, index, data, False)
                     index += 1
                     if stop > index >= job.last:
                         # Trimmed (_trim): parts after it come from other GETs, so
@@ -1113,8 +1109,25 @@ class Reader:
             if close is not None:
                 close()
 
+    def _pass_on(self, token: trio.lowlevel.TrioToken, image: ImageData, job: Job,
+                 index: int, data: Chunk, from_disk: bool) -> None:
+        """Hand block ``index`` to trio once its reader is near enough (_gate),
+        then stop if the job was cancelled meanwhile.
+
+        A block already received is handed over even when its job was cancelled
+        while it waited: its bytes were paid for. A stream paused at its window
+        holds one; after a seek (or a late read of the congested kernel judged
+        one) the reader that comes back to it finds it in the cache instead of
+        fetching it a second time."""
+        if job.stream:
+            self._gate(job, index)
+        self._hand_over(token, image, job, index, data, from_disk)
+        if job.cancelled:
+            raise _Stop()
+
     def _gate(self, job: Job, index: int) -> None:
-        """A stream waits here while it is far enough ahead of its reader.
+        """A stream waits here while it is far enough ahead of its reader, or
+        until it is cancelled.
 
         A reader that stops for good (a file held open, never read again) must
         not pin a server connection: after STREAM_IDLE seconds the stream ends,
@@ -1127,13 +1140,9 @@ class Reader:
                     job.cancelled = True
                     break
                 job.gate.wait(timeout=1.0)
-        if job.cancelled:
-            raise _Stop()
 
     def _hand_over(self, token: trio.lowlevel.TrioToken, image: ImageData, job: Job,
                    index: int, data: Chunk, from_disk: bool) -> None:
-        if job.cancelled:
-            raise _Stop()
         job.position = index + 1
         # Not waiting for trio to take it: the thread keeps reading the socket.
         # One wake-up serves every block that arrived meanwhile, so a busy
