@@ -18,6 +18,7 @@ from glancefs.fs import errors
 from glancefs.fs.errors import FsError
 from glancefs.fs.reader import (
     FirstBlock,
+    Handle,
     MiB,
     ReadConfig,
     Reader,
@@ -69,6 +70,13 @@ async def read_all(reader: Reader, record: ImageRecord, step: int) -> bytes:
     return bytes(out)
 
 
+async def read_blocks(reader: Reader, handle: Handle, data: bytes, count: int) -> None:
+    """The first ``count`` MiB in order, a MiB a read, each checked."""
+    for index in range(count):
+        got = await reader.read(handle, index * MiB, MiB)
+        assert bytes(got) == data[index * MiB:(index + 1) * MiB]
+
+
 def test_sequential_read_uses_few_growing_requests(v2: ImageService, image: Any) -> None:
     record, data = image
 
@@ -100,9 +108,7 @@ def test_a_far_reader_fills_its_growing_window_with_one_request(
         async def body(reader: Reader) -> Any:
             handle = reader.open(record)
             try:
-                for index in range(5):
-                    got = await reader.read(handle, index * MiB, MiB)
-                    assert bytes(got) == data[index * MiB:(index + 1) * MiB]
+                await read_blocks(reader, handle, data, 5)
             finally:
                 reader.release(handle)
             return reader.stats.image(record.id)
@@ -165,9 +171,7 @@ def test_a_block_received_before_a_seek_is_not_fetched_again(v2: ImageService,
     async def body(reader: Reader) -> Any:
         handle = reader.open(record)
         try:
-            for index in range(6):
-                got = await reader.read(handle, index * MiB, MiB)
-                assert bytes(got) == data[index * MiB:(index + 1) * MiB]
+            await read_blocks(reader, handle, data, 6)
             # One GET from block 2, a window of 4 MiB past 6 MiB read: blocks 6-9
             # delivered, block 10 held.
             with trio.fail_after(30):
