@@ -413,10 +413,13 @@ def test_update_fields_and_properties(g2, api2):
     new_name = unique("renamed")
     r = g2("-f", "json", "image-update", name, "--name", new_name, "--min-ram", "512",
            "--property", "keep=changed", "--property", "added=yes",
-           "--remove-property", "drop", "--remove-property", "other", "--tags", "t1")
+           "--remove-property", "drop", "--remove-property", "other", "--tags", "t1",
+           "--instance-uuid", "6c4c5b8e-7c1f-4e8a-9d0e-1f2a3b4c5d6e", "--architecture", "x86_64")
     assert r.rc == 0, r.err
     after = api2.images.get(image["id"])
     assert after["name"] == new_name and after["min_ram"] == 512
+    assert after["instance_uuid"] == "6c4c5b8e-7c1f-4e8a-9d0e-1f2a3b4c5d6e"
+    assert after["architecture"] == "x86_64"
     assert after["keep"] == "changed" and after["added"] == "yes"
     assert "drop" not in after and "other" not in after
     assert after["tags"] == ["t1"]

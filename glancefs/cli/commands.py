@@ -412,12 +412,15 @@ FIELDS_V2 = [
     arg("--os-version", metavar="<OS_VERSION>", help="Operating system version (property)."),
     arg("--kernel-id", metavar="<KERNEL_ID>", help="ID of an AKI image (property)."),
     arg("--ramdisk-id", metavar="<RAMDISK_ID>", help="ID of an ARI image (property)."),
+    arg("--instance-uuid", metavar="<INSTANCE_UUID>",
+        help="The instance this image is associated with (property; informational only, "
+             "does not create an instance snapshot)."),
     arg("--property", metavar="<KEY=VALUE>", action="append", type=key_value, default=[],
         help="Arbitrary property to set on the image. May be used multiple times."),
 ]
 _V2_FIELD_NAMES = ("name", "disk_format", "container_format", "visibility", "protected",
                    "min_disk", "min_ram", "tags", "owner", "os_hidden", "architecture",
-                   "os_distro", "os_version", "kernel_id", "ramdisk_id")
+                   "os_distro", "os_version", "kernel_id", "ramdisk_id", "instance_uuid")
 
 
 def v2_fields(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
