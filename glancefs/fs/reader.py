@@ -10,7 +10,8 @@ Why it is shaped this way:
   filled by ranged GETs of twice the window while it grows (at most a part,
   below, with ``streams`` > 1), paced by the window and streaming block by
   block into the cache, so the reader is served while the rest is still
-  arriving. A seek resets the window and cancels the streams.
+  arriving. A seek resets the window and cancels the streams (a block one
+  had received is kept: ``_pass_on``).
 * Parallel ranged reads: once the window is at its cap, a reader where one
   connection is the limit (a far Glance) is fed by parts (``download.
   part_size``: the window split by ``streams``, at least 4 MiB), started in
