@@ -195,6 +195,37 @@ def test_a_block_received_before_a_seek_is_not_fetched_again(v2: ImageService,
     assert counted.bytes - counted.reread_bytes == len(data)  # ... every other byte once
 
 
+def test_the_hash_waits_for_blocks_the_readers_stream_is_bringing(
+        glance_v2: GlanceServer, v2: ImageService) -> None:
+    """The read that reaches the end may come before the kernel's reads of the blocks
+    just before it (its read-ahead's requests race; the last part's stream was
+    faster). The hash then needs blocks the reader was not served yet: those the
+    reader's stream is bringing are waited for, not fetched a second time (a 256 KiB
+    block of test_pages_the_kernel_reads_late_are_fetched_once, now and then).
+    Here the last block comes as another stream would bring it, while the reader's
+    one stream, at 4 MiB/s, is still on the blocks before it."""
+    data = random.Random(31).randbytes(12 * MiB + 777)
+    made = make_image(v2.client, "reader-end-first", data)
+    with LinkProxy("127.0.0.1", glance_v2.port, delay=0.0, rate=4 * MiB) as link:
+        slow = ImageService(Client("2", endpoint=link.endpoint))
+        record = slow.get(made.id)
+
+        async def body(reader: Reader) -> Any:
+            handle = reader.open(record)
+            try:
+                await read_blocks(reader, handle, data, 4)   # one GET from block 2 on
+                last = 12 * MiB
+                reader._deliver(handle.image, 12, data[last:], False)
+                assert bytes(await reader.read(handle, last, MiB)) == data[last:]
+            finally:
+                reader.release(handle)
+            return reader.stats.image(record.id)
+        counted = run_reader(slow, ReadConfig(prefetch_start=16 * MiB,
+                                              prefetch_max=16 * MiB, streams=1), body)
+    assert counted.verified == 1
+    assert counted.bytes == len(data)   # each byte once: no GET but the stream's
+
+
 def test_memory_budget_bounds_the_cache(v2: ImageService, image: Any) -> None:
     record, data = image
 

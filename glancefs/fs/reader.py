@@ -913,11 +913,18 @@ class Reader:
                 if index not in image.pending:
                     image.pending[index] = Pending(stream)
             return
+        # The handle's own streams first, then the image's others: the read that
+        # reaches the end may come before the kernel's reads of the blocks just
+        # before it (its read-ahead's requests race), and the hash's fetch of the
+        # blocks it was not served (_finish_verify, a handle of its own) must
+        # wait for the reader's streams bringing them, not GET them a second time.
+        streams = handle.streams + [job for job in image.jobs
+                                    if job.stream and job not in handle.streams]
         run: list[int] = []
         for index in missing:
             if index in image.pending:
                 continue
-            coming = next((job for job in handle.streams if job.live and job.position <= index
+            coming = next((job for job in streams if job.live and job.position <= index
                            < min(job.last, job.want_until + ahead)), None)
             if coming is not None:
                 # A sequential stream gets there soon: wait for it.
