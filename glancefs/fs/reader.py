@@ -66,7 +66,8 @@ Why it is shaped this way:
   hashing thread falls more than ``hash_lag`` behind (bounding memory), and
   the read that reaches the end of the file waits for the digest when most
   blocks were served since offset 0 (the rest, which the kernel's page cache
-  answered, are fetched again for the hash), failing with EIO on a mismatch.
+  answered, are fetched again for the hash, or waited for where a stream is
+  still bringing them), failing with EIO on a mismatch.
 """
 from __future__ import annotations
 
