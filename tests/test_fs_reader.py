@@ -223,7 +223,9 @@ def test_the_hash_waits_for_blocks_the_readers_stream_is_bringing(
         counted = run_reader(slow, ReadConfig(prefetch_start=16 * MiB,
                                               prefetch_max=16 * MiB, streams=1), body)
     assert counted.verified == 1
-    assert counted.bytes == len(data)   # each byte once: no GET but the stream's
+    # Blocks 0-11 once each, no GET but the stream's; the stream may or may not have
+    # brought the last block too before the file was released.
+    assert 12 * MiB <= counted.bytes <= len(data)
 
 
 def test_memory_budget_bounds_the_cache(v2: ImageService, image: Any) -> None:
