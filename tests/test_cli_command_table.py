@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -106,7 +105,7 @@ def test_every_glance_option_and_argument_is_in_glancefs(tmp_path: Path) -> None
     from glancefs.cli.main import build_parser
 
     done = subprocess.run([sys.executable, "-c", _GLANCE_PARSERS],
-                          env={**os.environ, "HOME": str(tmp_path)},
+                          env=cli_env(HOME=str(tmp_path)),
                           capture_output=True, text=True, timeout=120, check=True)
     glance: dict[str, list[Any]] = json.loads(done.stdout)
     assert len(glance) > 60, "glance's parser listed too few commands"
