@@ -300,11 +300,11 @@ def test_image_download_streams(link: LinkProxy, big: Image, tmp_path: Path,
     link.reset_stats()
     if to_file:
         target = tmp_path / "out.raw"
-        done = run_download(link.endpoint, big.id, "--streams", "4", "--file", str(target))
+        done = run_download(link.endpoint, big.id, "--streams", "8", "--file", str(target))
         assert done.returncode == 0, done.stderr.decode()
         got = hashlib.sha256(target.read_bytes()).hexdigest()
     else:
-        done = run_download(link.endpoint, big.id, "--streams", "4")
+        done = run_download(link.endpoint, big.id, "--streams", "8")
         assert done.returncode == 0, done.stderr.decode()
         got = hashlib.sha256(done.stdout).hexdigest()
     assert got == big.sha256
@@ -342,7 +342,7 @@ def test_image_download_streams_resume_a_reset_part(glance_v2: GlanceServer, big
         # Two of the ranged GETs break after 300 kB each: those parts resume alone.
         faults.add(Fault(match=f"/v2/images/{big.id}/file ", cut_after=300_000, times=2))
         target = tmp_path / "out.raw"
-        done = run_download(faults.endpoint, big.id, "--streams", "4", "--file", str(target))
+        done = run_download(faults.endpoint, big.id, "--streams", "8", "--file", str(target))
         assert done.returncode == 0, done.stderr.decode()
         assert hashlib.sha256(target.read_bytes()).hexdigest() == big.sha256
         data_gets = [r for r in faults.stats.requests if f"/v2/images/{big.id}/file " in r]

@@ -47,7 +47,7 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ttl", type=float, default=None,
                         help="seconds the image list and attributes are cached (30)")
     parser.add_argument("--prefetch-max", type=parse_size, default=None,
-                        help="largest read-ahead window per open file (64M)")
+                        help="largest read-ahead window per open file (128M)")
     parser.add_argument("--memory", type=parse_size, default=None,
                         help="RAM for cached and prefetched data, all files (256M)")
     parser.add_argument("--cache-dir", default=None, help="on-disk data cache directory (off)")

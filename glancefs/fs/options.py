@@ -11,6 +11,7 @@ import os
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
+from glancefs.api.download import PART_WINDOW
 from glancefs.api.values import GiB, KiB, MiB, major_version, parse_bool, parse_size
 from glancefs.fs.write.journal import default_dir as default_journal_dir
 
@@ -108,7 +109,7 @@ class MountOptions:
                                "cache; a power of two, at least 64K")
     prefetch_start: int = opt(1 * MiB, group="reading",
                               meaning="first read-ahead window of a sequential reader")
-    prefetch_max: int = opt(64 * MiB, group="reading",
+    prefetch_max: int = opt(PART_WINDOW, group="reading",
                             meaning="largest read-ahead window per open file")
     streams: int = opt(8, group="reading",
                        meaning="ranged GETs receiving at once per sequential reader, at "

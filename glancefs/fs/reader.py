@@ -84,7 +84,7 @@ import trio
 
 from glancefs.api import exceptions as exc
 from glancefs.api.buffers import BufferPool, Chunk
-from glancefs.api.download import BackgroundHash, part_size
+from glancefs.api.download import PART_WINDOW, BackgroundHash, part_size
 from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs.cache import BlockCache, DiskCache
 from glancefs.fs.errors import FsError, said_already
@@ -113,7 +113,7 @@ REFAIL_WINDOW = 2.0   # seconds a long failed fetch fails new fetches of its ima
 class ReadConfig:
     block_size: int = MiB
     prefetch_start: int = MiB
-    prefetch_max: int = 64 * MiB
+    prefetch_max: int = PART_WINDOW
     memory: int = 256 * MiB
     verify: bool = True
     fetch_threads: int = 32          # HTTP requests in flight, all files
@@ -145,8 +145,9 @@ def streams_that_paid(before: int, after: int, rate_before: float, rate_after: f
     """How many of ``after`` streams to keep, from the rate they brought and the rate
     each of the ``before`` streams had: all of them where each added one brought at
     least ``ALL_PAID`` of that (a far link that caps each connection: the window
-    bounds what the parts bring, 64 MiB per part cycle of about 275 ms on the
-    bench's link, which is 5.8 of its 40 MiB/s connections' worth, not 8; and one
+    bounds what the parts bring, a window per part cycle: with the 64 MiB window
+    this was measured with, 64 MiB per 275 ms on the bench's link, which is 5.8
+    of its 40 MiB/s connections' worth, not 8; and one
     span measures the new streams while they start, and its rate moves by a fifth
     from one span to the next. Three quarters kept 5 of 8 streams where the
     stream before was measured at 54 MiB/s rather than 40), otherwise as many as the
