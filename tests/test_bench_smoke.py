@@ -45,7 +45,8 @@ def test_bench_runs_with_small_sizes(tmp_path: Path) -> None:
                     "clouds_cp", "clouds_cp_pipe", "receive_floor", "receive_chunks",
                     "far_qemu_info_requests", "import_cp", "import_glanceclient",
                     "apart", "apart_vs_glanceclient", "mount_read_apart", "far_apart",
-                    "far_mount_apart", "mount_hash_busy", "far_mount_hash_busy"):
+                    "far_mount_apart", "mount_hash_busy", "far_mount_hash_busy",
+                    "fresh_pages_before", "fresh_pages_after", "fresh_pages_floors"):
             assert figures[key]["value"] is not None, key
         # From the mount's counters, not its log: a tiny image hashes in very little CPU
         # time, which is a figure (or, below the clock's resolution, a note), never missing.
