@@ -927,7 +927,7 @@ class Bench:
                     if verify == "off":
                         # The read path in a mount that has read before (its receive
                         # buffers made): a fresh mount touches each for the first
-                        # time, a quarter of a 256 MiB image at the 64 MiB window.
+                        # time, half of a 256 MiB image at the 128 MiB window.
                         self.cold_caches(None, path)
                         log(f"second cold read, same mount, verify=off ({i + 1}/{self.repeat})")
                         seconds, cpu = self.cpu_of(functools.partial(self.cat, path), m.pid)

@@ -42,9 +42,9 @@ PART_MIN = 4 * MiB        # a smaller part costs a request latency per few MiB
 # What a parallel download holds, and the mount's default prefetch_max: parts are this
 # window split by the streams, so it sets how many GETs a far read costs Glance. 128 MiB
 # (16 MiB parts of 8 streams) halved the GETs of a 1 GiB read through the bench's far link
-# against 64 MiB, and Glance's CPU for it (0.44-0.52 CPU s/GiB against 0.67-0.86, three
-# paired rounds: each GET is a database lookup and policy checks for Glance, and a token
-# check too where Keystone guards it).
+# against 64 MiB (67 against 130), and cut Glance's CPU for it by a third (0.61-0.77 CPU
+# s/GiB against 0.97-1.08, three paired rounds): each GET is a database lookup and policy
+# checks for Glance, and a token check too where Keystone guards it.
 PART_WINDOW = 128 * MiB
 LOW_WATER = 256 * 1024    # bytes a body's socket gathers before a receive returns
 
