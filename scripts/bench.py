@@ -340,6 +340,15 @@ FRESH_SAMPLE = 256 * MiB   # new memory touched to time a fresh page (about 0.2 
 PAGE = mmap.PAGESIZE
 
 
+def log_run(size: int, seconds: float, cpu: dict[str, float]) -> None:
+    """One run's rate and CPU s/GiB per party, in the log (the report keeps the fastest
+    run's): how far runs of the same step differ on this machine."""
+    per_gib = GiB / size
+    spent = ", ".join(f"{name.split(' (')[0]} {used * per_gib:.2f}" for name, used in cpu.items()
+                      if used > 0.005)
+    log(f"   this run: {rate(size, seconds):,.0f} MiB/s; CPU s/GiB: {spent}")
+
+
 def fresh_pages_cpu(size: int = FRESH_SAMPLE) -> float:
     """System CPU seconds per GiB this thread spends faulting in ``size`` bytes of new
     anonymous memory, one page at a time.
@@ -921,6 +930,7 @@ class Bench:
                     log(f"cold read, verify={verify} ({i + 1}/{self.repeat})")
                     path = self.image_path(m)
                     seconds, cpu = self.cpu_of(functools.partial(self.cat, path), m.pid)
+                    log_run(self.size, seconds, cpu)
                     if seconds < cold:
                         cold, cold_cpu = seconds, cpu
                         counted = mount_stats(m.path)
@@ -931,6 +941,7 @@ class Bench:
                         self.cold_caches(None, path)
                         log(f"second cold read, same mount, verify=off ({i + 1}/{self.repeat})")
                         seconds, cpu = self.cpu_of(functools.partial(self.cat, path), m.pid)
+                        log_run(self.size, seconds, cpu)
                         if seconds < again:
                             again, again_cpu = seconds, cpu
                     if i == self.repeat - 1:
