@@ -25,6 +25,7 @@ from glancefs.fs.reader import (
     first_block_seconds,
     judged_far,
     lead_blocks,
+    measured_span,
     streams_that_paid,
 )
 from glancefs.testing.faultproxy import FaultProxy
@@ -426,6 +427,17 @@ def test_a_parts_successor_starts_one_first_block_wait_before_its_end() -> None:
     assert first_block_seconds([FirstBlock(sent, 0.080), FirstBlock(sent, None),
                                 FirstBlock(sent, 0.074), FirstBlock(sent, 0.300)]) == 0.080
     assert first_block_seconds([FirstBlock(sent, None)]) is None
+
+
+def test_one_streams_rate_is_measured_over_a_few_blocks_several_over_half_a_part() -> None:
+    """One GET to the end is measured over 4 blocks whatever the part size (streams
+    are tried as soon as it proves slow); several streams over half a part at least
+    (parts start and end in bursts), or 4 blocks each where that is more."""
+    assert measured_span(1, 16 * MiB, MiB) == 4 * MiB
+    assert measured_span(1, 64 * MiB, MiB) == 4 * MiB
+    assert measured_span(2, 64 * MiB, MiB) == 32 * MiB
+    assert measured_span(8, 16 * MiB, MiB) == 32 * MiB
+    assert measured_span(8, 16 * MiB, 256 * 1024) == 8 * MiB
 
 
 def test_a_reader_is_far_when_every_first_block_of_its_image_came_late() -> None:

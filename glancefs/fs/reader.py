@@ -180,6 +180,22 @@ def lead_blocks(stream_rate: float | None, first_block: float | None, block_size
     return max(0, min(part_blocks // 2, blocks))
 
 
+def measured_span(streams: int, part: int, block_size: int) -> int:
+    """Bytes one measurement of what ``streams`` streams deliver spans (at least
+    ``MEASURED_SECONDS`` too): ``MEASURED_BLOCKS`` blocks per stream, and with
+    several at least half a ``part``, since parts start and end in bursts and a
+    shorter span measured those rather than the link's rate.
+
+    One GET to the end of the image brings its blocks evenly, so one stream needs
+    no more: half a part for it too put off trying streams by a span at the 128
+    MiB window (0.33 s into a far read instead of 0.23), and a 1 GiB read through
+    the bench's link read 262 against 258 MiB/s (medians of 8 alternating
+    rounds, faster in 6).
+    """
+    span = MEASURED_BLOCKS * block_size * streams
+    return max(part // 2, span) if streams > 1 else span
+
+
 def first_block_seconds(first_blocks: list[FirstBlock]) -> float | None:
     """The median time the first GETs of an image took to their first block (None
     until one came)."""
@@ -794,14 +810,7 @@ class Reader:
             handle.reads = handle.waits = 0
             return
         since, offset = handle.mark
-        span = MEASURED_BLOCKS * bs * handle.allowed
-        if handle.allowed > 1:
-            # Parts start and end in bursts; one GET to the end brings its blocks
-            # evenly. Half a part for one stream too put off trying streams by a
-            # span (0.33 s into a far read instead of 0.23 at the 128 MiB window):
-            # 1 GiB through the bench's link read 262 against 258 MiB/s (medians,
-            # 8 alternating rounds, faster in 6).
-            span = max(part // 2, span)
+        span = measured_span(handle.allowed, part, bs)
         if arrived - offset < span or now - since < MEASURED_SECONDS:
             return
         measured = (arrived - offset) / (now - since)
