@@ -340,12 +340,17 @@ FRESH_SAMPLE = 256 * MiB   # new memory touched to time a fresh page (about 0.2 
 PAGE = mmap.PAGESIZE
 
 
+def cpu_per_gib(cpu: dict[str, float], size: int) -> dict[str, float]:
+    """The CPU seconds each party spent moving ``size`` bytes, per GiB; parties that
+    spent no more than 5 ms are left out."""
+    return {name: seconds * GiB / size for name, seconds in cpu.items() if seconds > 0.005}
+
+
 def log_run(size: int, seconds: float, cpu: dict[str, float]) -> None:
     """One run's rate and CPU s/GiB per party, in the log (the report keeps the fastest
     run's): how far runs of the same step differ on this machine."""
-    per_gib = GiB / size
-    spent = ", ".join(f"{name.split(' (')[0]} {used * per_gib:.2f}" for name, used in cpu.items()
-                      if used > 0.005)
+    spent = ", ".join(f"{name.split(' (')[0]} {used:.2f}"
+                      for name, used in cpu_per_gib(cpu, size).items())
     log(f"   this run: {rate(size, seconds):,.0f} MiB/s; CPU s/GiB: {spent}")
 
 
@@ -1116,13 +1121,11 @@ class Bench:
         steal counted as a party: cores it took were busy). ``size``: the bytes that work
         moved (the main image's by default)."""
         r = self.report
-        per_gib = GiB / (size or self.size)
-        for name, seconds in cpu.items():
-            if seconds > 0.005:
-                party = name.split(" (")[0].replace(" ", "_").lower()
-                r.add(f"{key}_cpu_{party}", f"{label}: CPU s/GiB, {name}",
-                      seconds * per_gib, "s")
-        total = sum(cpu.values()) * per_gib
+        size = size or self.size
+        for name, used in cpu_per_gib(cpu, size).items():
+            party = name.split(" (")[0].replace(" ", "_").lower()
+            r.add(f"{key}_cpu_{party}", f"{label}: CPU s/GiB, {name}", used, "s")
+        total = sum(cpu.values()) * GiB / size
         cores = os.cpu_count() or 1
         r.add(f"{key}_cpu_bound", f"{label}: its CPU spread over {cores} cores",
               rate(GiB, total / cores), "MiB/s",

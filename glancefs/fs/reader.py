@@ -22,10 +22,10 @@ Why it is shaped this way:
   (with several, at least half a part: shorter spans measured the bursts of
   parts starting and ending, not the link's rate); when the reader had to
   wait for most of the blocks it read (two measurements in a row, or nearly
-  all in one, for the first), all
-  ``streams`` are tried at once (the newest GET is trimmed a part past where
-  it is, so parts follow it). Once the last of those started delivered its
-  first block, the next span is measured, and the reader keeps as many
+  all in one, for the first), all ``streams`` are tried at once (the newest
+  GET is trimmed a part past where it is, so parts follow it). Once the last
+  of those started delivered its first block, the next span is measured, and
+  the reader keeps as many
   streams as the rate they brought is worth at the rate each had before
   (``streams_that_paid``):
   all of them on a link that caps each connection (half a stream's rate from
@@ -769,9 +769,8 @@ class Reader:
         progress lags behind a new stream by up to a part) is measured over
         spans of MEASURED_BLOCKS blocks per stream allowed (half a part at
         least with several), while no more streams are in flight than allowed.
-        After a
-        measurement in which at least STARVED_SHARE of the blocks it read had
-        to be waited for (for the first stream added: two in a row, or one in
+        After a measurement in which at least STARVED_SHARE of the blocks it
+        read had to be waited for (for the first stream added: two in a row, or one in
         which ALL_WAITED did), the reader is allowed all ``streams``; once the
         last of those started (``Handle.tried``) has delivered its first block,
         the next span is measured and the reader keeps the streams that paid
