@@ -134,7 +134,7 @@ def test_blocks_arriving_out_of_order_are_hashed_in_order(v2: ImageService, imag
         order = list(range(state.nblocks))
         random.Random(5).shuffle(order)
         for index in order:
-            reader._deliver(state, index, data[index * bs:(index + 1) * bs], False)
+            reader._deliver(state, None, index, data[index * bs:(index + 1) * bs], False)
         with trio.fail_after(60):
             while verifier.digest is None:
                 await verifier.wait_progress()
@@ -216,7 +216,7 @@ def test_the_hash_waits_for_blocks_the_readers_stream_is_bringing(
             try:
                 await read_blocks(reader, handle, data, 4)   # one GET from block 2 on
                 last = 12 * MiB
-                reader._deliver(handle.image, 12, data[last:], False)
+                reader._deliver(handle.image, None, 12, data[last:], False)
                 assert bytes(await reader.read(handle, last, MiB)) == data[last:]
             finally:
                 reader.release(handle)
