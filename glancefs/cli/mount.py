@@ -37,7 +37,11 @@ _SECRET_ARGS = ("os_password", "os_auth_token", "os_application_credential_secre
 
 
 def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
-    """The mount command's own arguments (credentials are the caller's --os-*)."""
+    """The mount command's own arguments (credentials are the caller's --os-*).
+    Defaults are shown as the -o list shows them (one place: MountOptions)."""
+    from glancefs.fs.options import option_docs
+
+    default = {doc.name: doc.default for doc in option_docs()}
     add_path_arguments(parser)
     add_option_argument(parser)
     parser.add_argument("-f", "--foreground", action="store_true", default=False,
@@ -45,14 +49,14 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS,
                         help="debug log; implies -f")
     parser.add_argument("--ttl", type=float, default=None,
-                        help="seconds the image list and attributes are cached (30)")
+                        help=f"seconds the image list and attributes are cached ({default['ttl']})")
     parser.add_argument("--prefetch-max", type=parse_size, default=None,
-                        help="largest read-ahead window per open file (128M)")
+                        help=f"largest read-ahead window per open file ({default['prefetch_max']})")
     parser.add_argument("--memory", type=parse_size, default=None,
-                        help="RAM for cached and prefetched data, all files (256M)")
+                        help=f"RAM for cached and prefetched data, all files ({default['memory']})")
     parser.add_argument("--cache-dir", default=None, help="on-disk data cache directory (off)")
     parser.add_argument("--cache-size", type=parse_size, default=None,
-                        help="size limit of the on-disk cache (4G)")
+                        help=f"size limit of the on-disk cache ({default['cache_size']})")
     parser.add_argument("--no-verify", dest="verify", action="store_false", default=None,
                         help="do not check full reads against the image hash")
     parser.add_argument("--ro", action="store_true", default=None, help="read-only mount")
