@@ -919,6 +919,7 @@ class Bench:
         one = float("inf")
         self.fresh_pages("fresh_pages_before", "before the mount's reads")
         again, again_cpu = float("inf"), {}   # verify off: a second cold read, same mount
+        paired: list[float] = []   # verify off: each round's mount CPU / its floors' (below)
         for verify in ("on", "off"):
             cold, warm = float("inf"), float("inf")
             cold_cpu: dict[str, float] = {}
@@ -936,6 +937,7 @@ class Bench:
                     path = self.image_path(m)
                     seconds, cpu = self.cpu_of(functools.partial(self.cat, path), m.pid)
                     log_run(self.size, seconds, cpu)
+                    round_cpu = cpu_per_gib(cpu, self.size).get("file system")
                     if seconds < cold:
                         cold, cold_cpu = seconds, cpu
                         counted = mount_stats(m.path)
@@ -960,6 +962,12 @@ class Bench:
                                 self._cache.get("mount_rss_peak", 0), peak / MiB)
                 if single and i % 2 == 1:
                     one = min(one, self.cold_read_streams1(i))
+                if verify == "off":
+                    floors = self.floors_once()
+                    if round_cpu and floors:
+                        log(f"   this round: mount CPU {round_cpu:.2f} s/GiB / floors "
+                            f"{floors:.2f} = {round_cpu / floors:.2f}x")
+                        paired.append(round_cpu / floors)
             r.add(f"mount_cold_verify_{verify}",
                   f"mount cold read, verify {verify} (streams={streams})",
                   rate(self.size, cold), "MiB/s")
@@ -1020,6 +1028,17 @@ class Bench:
             r.ratio("mount_cpu_floor_again",
                     "the same, the mount's second cold read (buffers made) / that sum",
                     "mount_again_verify_off_cpu_file_system", "lean_floor_cpu", "<= 1.2")
+        label = "mount CPU s/GiB (verify off) / the floors right after it, round by round"
+        if paired:
+            r.add("mount_cpu_floor_paired", label, statistics.median(paired), "x", "<= 1.2",
+                  note=f"median of {len(paired)} rounds "
+                       f"({', '.join(f'{x:.2f}' for x in paired)}): what a new page costs "
+                       "moves from minute to minute, so each read is compared with floors "
+                       "measured in the same minute")
+        else:
+            r.add("mount_cpu_floor_paired", label, None, "x",
+                  note="not measured: in no round did both the read and its floors take "
+                       "more than 5 ms of CPU (an image this small)")
         self.random_reads()
         if peaks:
             r.add("mount_rss_peak", "mount peak RSS (sequential reads)",
@@ -1132,9 +1151,9 @@ class Bench:
               note="no run of this work can be faster on this machine")
 
     def from_memory(self, name: str, what: str, label: str, size: int,
-                    step: Callable[[Path], float], link: bool = False
-                    ) -> tuple[float, dict[str, float]] | None:
-        """The fastest of ``repeat`` runs of ``step`` on the file of a FUSE file system
+                    step: Callable[[Path], float], link: bool = False,
+                    runs: int | None = None) -> tuple[float, dict[str, float]] | None:
+        """The fastest of ``runs`` (``repeat``) runs of ``step`` on the file of a FUSE file system
         serving ``size`` bytes from memory (scripts/fuse_ceiling.py, pyfuse3 and trio as
         glancefs), evicted from the page cache before each run: its seconds, and the CPU
         each party spent in it (``link``: as cpu_of). None, and a note on ``what``, where
@@ -1148,8 +1167,9 @@ class Bench:
         data = ceiling.path / "data"
         try:
             best, best_cpu = float("inf"), {}
-            for i in range(self.repeat):
-                log(f"{label} ({i + 1}/{self.repeat})")
+            runs = runs or self.repeat
+            for i in range(runs):
+                log(f"{label} ({i + 1}/{runs})")
                 evict(data)
                 seconds, cpu = self.cpu_of(functools.partial(step, data), ceiling.pid,
                                            link=link)
@@ -1221,48 +1241,68 @@ class Bench:
         process: the least CPU any read of it through HTTP costs here. Beside it, the
         same client's download loop as the mount's read path runs it."""
         r = self.report
-        from glancefs.api import download
-        image_id = self.main_image()
-        path = f"/v2/images/{image_id}/file"
-        http = self.client.http
-
-        def cpu() -> float:
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            return usage.ru_utime + usage.ru_stime
-
-        def into_buffers() -> int:
-            resp = http.request("GET", path, stream=True)
-            fp = resp.raw._fp   # http.client's response: readinto straight from the socket
-            got = 0
-            try:
-                block = memoryview(bytearray(MiB))
-                while True:
-                    n = fp.readinto(block)
-                    if not n:
-                        return got
-                    got += n
-            finally:
-                resp.close()
-
-        def by_chunks() -> int:
-            return sum(len(chunk) for chunk in download.stream(
-                http, path, offset=0, length=self.size, verify=False, chunk_size=MiB))
-
         for key, label, fetch in (
-                ("receive_floor", "client alone, readinto preallocated buffers", into_buffers),
-                ("receive_chunks", "client alone, the read path's 1 MiB chunks", by_chunks)):
+                ("receive_floor", "client alone, readinto preallocated buffers",
+                 self.receive_into_buffers),
+                ("receive_chunks", "client alone, the read path's 1 MiB chunks",
+                 self.receive_by_chunks)):
             best, best_cpu = float("inf"), 0.0
             for _ in range(self.repeat):
-                start, used = time.perf_counter(), cpu()
-                got = fetch()
-                seconds, used = time.perf_counter() - start, cpu() - used
-                if got != self.size:
-                    raise RuntimeError(f"{label}: {got} bytes, expected {self.size}")
+                seconds, used = self.receive_once(label, fetch)
                 if seconds < best:
                     best, best_cpu = seconds, used
             r.add(key, f"download: {label}", rate(self.size, best), "MiB/s")
             r.add(f"{key}_cpu", f"download: {label}: CPU s/GiB, client",
                   best_cpu * GiB / self.size, "s", note="no FUSE, no hash")
+
+    def receive_once(self, label: str, fetch: Callable[[], int]) -> tuple[float, float]:
+        """One download of the main image by ``fetch`` in this process: its seconds and
+        the CPU seconds this process spent."""
+        def cpu() -> float:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return usage.ru_utime + usage.ru_stime
+
+        start, used = time.perf_counter(), cpu()
+        got = fetch()
+        seconds, used = time.perf_counter() - start, cpu() - used
+        if got != self.size:
+            raise RuntimeError(f"{label}: {got} bytes, expected {self.size}")
+        return seconds, used
+
+    def receive_into_buffers(self) -> int:
+        resp = self.client.http.request("GET", f"/v2/images/{self.main_image()}/file",
+                                        stream=True)
+        fp = resp.raw._fp   # http.client's response: readinto straight from the socket
+        got = 0
+        try:
+            block = memoryview(bytearray(MiB))
+            while True:
+                n = fp.readinto(block)
+                if not n:
+                    return got
+                got += n
+        finally:
+            resp.close()
+
+    def receive_by_chunks(self) -> int:
+        from glancefs.api import download
+        return sum(len(chunk) for chunk in download.stream(
+            self.client.http, f"/v2/images/{self.main_image()}/file", offset=0,
+            length=self.size, verify=False, chunk_size=MiB))
+
+    def floors_once(self) -> float | None:
+        """One run of each floor the mount's unverified CPU is compared with (FUSE serving
+        the image from memory, the file system's CPU; the client alone receiving it into
+        preallocated buffers), summed as lean_floor_cpu is: CPU s/GiB. None where the
+        FUSE file system does not start."""
+        fuse = self.from_memory("fuse-ceiling", "FUSE from memory",
+                                "   floors of this round: FUSE from memory", self.size,
+                                self.cat, runs=1)
+        fuse_cpu = cpu_per_gib(fuse[1], self.size).get("file system") if fuse else None
+        if not fuse_cpu:
+            return None
+        _, received = self.receive_once("the receive floor", self.receive_into_buffers)
+        return fuse_cpu + received * GiB / self.size
 
     def random_reads(self, count: int = 200, size: int = 4096) -> None:
         r = self.report

@@ -54,6 +54,8 @@ def test_bench_runs_with_small_sizes(tmp_path: Path) -> None:
         assert hashed["value"] is not None or hashed["note"].startswith("below measurable"), \
             hashed
         assert figures["mount_cold_verify_on_fetched"]["value"] >= 1
+        paired = figures["mount_cpu_floor_paired"]
+        assert paired["value"] is not None or paired["note"].startswith("not measured"), paired
     # The far link's delay is in every round trip (20 ms each way by default).
     assert figures["far_rtt"]["value"] >= 40
     assert "figure" in done.stdout and "sha512 rate" in done.stdout
