@@ -318,10 +318,13 @@ def host_steal() -> float:
     return int(fields[8]) / os.sysconf("SC_CLK_TCK")   # cpu user nice system idle ... steal
 
 
+FILE_SYSTEM = "file system"   # the party a FUSE file system's own CPU is counted as
+
+
 def step_parties(mount_pid: int | None) -> dict[str, Callable[[], float]]:
     """The parties every timed step's CPU counts, besides its servers and readers: the
     mount's process (none: 0) and what the host took of this machine's cores."""
-    return {"file system": lambda: cpu_seconds(mount_pid) if mount_pid else 0.0,
+    return {FILE_SYSTEM: lambda: cpu_seconds(mount_pid) if mount_pid else 0.0,
             "taken by the host (steal)": host_steal}
 
 
@@ -937,7 +940,7 @@ class Bench:
                     path = self.image_path(m)
                     seconds, cpu = self.cpu_of(functools.partial(self.cat, path), m.pid)
                     log_run(self.size, seconds, cpu)
-                    round_cpu = cpu_per_gib(cpu, self.size).get("file system")
+                    round_cpu = cpu_per_gib(cpu, self.size).get(FILE_SYSTEM)
                     if seconds < cold:
                         cold, cold_cpu = seconds, cpu
                         counted = mount_stats(m.path)
@@ -1153,11 +1156,11 @@ class Bench:
     def from_memory(self, name: str, what: str, label: str, size: int,
                     step: Callable[[Path], float], link: bool = False,
                     runs: int | None = None) -> tuple[float, dict[str, float]] | None:
-        """The fastest of ``runs`` (``repeat``) runs of ``step`` on the file of a FUSE file system
-        serving ``size`` bytes from memory (scripts/fuse_ceiling.py, pyfuse3 and trio as
-        glancefs), evicted from the page cache before each run: its seconds, and the CPU
-        each party spent in it (``link``: as cpu_of). None, and a note on ``what``, where
-        that file system does not start."""
+        """The fastest of ``runs`` (by default ``repeat``) runs of ``step`` on the file of
+        a FUSE file system serving ``size`` bytes from memory (scripts/fuse_ceiling.py,
+        pyfuse3 and trio as glancefs), evicted from the page cache before each run: its
+        seconds, and the CPU each party spent in it (``link``: as cpu_of). None, and a
+        note on ``what``, where that file system does not start."""
         ceiling = MemoryFileMount(self.work / name, size)
         try:
             ceiling.start()
@@ -1294,11 +1297,12 @@ class Bench:
         """One run of each floor the mount's unverified CPU is compared with (FUSE serving
         the image from memory, the file system's CPU; the client alone receiving it into
         preallocated buffers), summed as lean_floor_cpu is: CPU s/GiB. None where the
-        FUSE file system does not start."""
+        FUSE file system does not start, or its CPU was too little to count (cpu_per_gib:
+        an image of a few MiB)."""
         fuse = self.from_memory("fuse-ceiling", "FUSE from memory",
                                 "   floors of this round: FUSE from memory", self.size,
                                 self.cat, runs=1)
-        fuse_cpu = cpu_per_gib(fuse[1], self.size).get("file system") if fuse else None
+        fuse_cpu = cpu_per_gib(fuse[1], self.size).get(FILE_SYSTEM) if fuse else None
         if not fuse_cpu:
             return None
         _, received = self.receive_once("the receive floor", self.receive_into_buffers)
