@@ -45,6 +45,7 @@ def test_bench_runs_with_small_sizes(tmp_path: Path) -> None:
                     "clouds_cp", "clouds_cp_pipe", "receive_floor", "receive_chunks",
                     "far_qemu_info_requests", "import_cp", "import_glanceclient",
                     "apart", "apart_vs_glanceclient", "mount_read_apart", "far_apart",
+                    "apart_noverify", "apart_noverify_vs_curl",
                     "far_mount_apart", "mount_hash_busy", "far_mount_hash_busy",
                     "fresh_pages_before", "fresh_pages_after", "fresh_pages_floors"):
             assert figures[key]["value"] is not None, key
