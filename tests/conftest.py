@@ -6,48 +6,20 @@ import contextlib
 import hashlib
 import os
 import shutil
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from glancefs.api import Client
-from glancefs.fs.stats import MountStats
+from glancefs.testing import stress
 from glancefs.testing.glance_server import GlanceServer, free_port
 from glancefs.testing.v1server import V1Server
 
-# GLANCEFS_STRESS=1 (scripts/test runs the in-process reader tests once more with it):
-# threads interleave where they rarely do. Python switches between threads every 0.1 ms
-# instead of 5, and a worker thread (a fetch thread) holds the mount's counters' lock
-# 1 ms longer, so a read in trio that counts meanwhile gives up the GIL and the thread
-# runs on. Both are only delays, so every test still passes where the code is right;
-# a read that fetched a block a second time (the reader's hand-over, where a thread's
-# position was read before its block was queued) did so in 3 of 9 runs of one test
-# with them, in none of 16 without.
-STRESS_SWITCH_INTERVAL = 1e-4
-STRESS_LOCK_HOLD = 0.001
-
 
 def pytest_configure(config: pytest.Config) -> None:
-    if os.environ.get("GLANCEFS_STRESS") == "1":
-        stress_threads()
-
-
-def stress_threads() -> None:
-    sys.setswitchinterval(STRESS_SWITCH_INTERVAL)
-    add = MountStats.add
-
-    def add_slowly(self: MountStats, image_id: str | None, name: str | None = None,
-                   **counts: float) -> None:
-        add(self, image_id, name, **counts)
-        if threading.current_thread() is not threading.main_thread():
-            with self._lock:
-                time.sleep(STRESS_LOCK_HOLD)
-
-    MountStats.add = add_slowly  # type: ignore[method-assign]
+    if stress.wanted():   # GLANCEFS_STRESS=1: threads interleave more often
+        stress.apply()
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from glancefs.procfs import is_mounted, status_kib
+from glancefs.testing import stress
 
 ROOT = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT = 30.0
@@ -40,7 +41,11 @@ def require_fuse() -> None:
 def mount_env(endpoint: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env["OS_IMAGE_URL"] = endpoint
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # Under GLANCEFS_STRESS=1 the mount interleaves its threads as the tests do
+    # (glancefs.testing.stress, applied by tests/stress/sitecustomize.py).
+    stressed = str(ROOT / "tests" / "stress") if stress.wanted() else None
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), stressed,
+                                                      env.get("PYTHONPATH")]))
     env.update(extra)
     return env
 
