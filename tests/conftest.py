@@ -6,12 +6,13 @@ import contextlib
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from glancefs.api import Client
+from glancefs.api import Client, v1, v2
 from glancefs.testing import stress
 from glancefs.testing.glance_server import GlanceServer, free_port
 from glancefs.testing.v1server import V1Server
@@ -68,7 +69,7 @@ def glance_v1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[V1Server]:
 
 
 @pytest.fixture(scope="module")
-def client(glance_v2: GlanceServer) -> Client:
+def client(glance_v2: GlanceServer) -> v2.Client:
     """A v2 client of the shared real Glance."""
     return Client("2", endpoint=glance_v2.endpoint)
 
@@ -81,7 +82,7 @@ class ApiServer:
         self.server = server
         self.endpoint = server.endpoint
 
-    def client(self, endpoint: str | None = None, **kwargs: object):
+    def client(self, endpoint: str | None = None, **kwargs: Any) -> v1.Client | v2.Client:
         return Client(self.version, endpoint=endpoint or self.endpoint, **kwargs)
 
     def stored_file(self, image_id: str) -> Path:
@@ -102,7 +103,7 @@ def sha512_of(data: bytes) -> str:
 
 
 @pytest.fixture
-def random_bytes() -> callable:
+def random_bytes() -> Callable[[int], bytes]:
     def make(size: int) -> bytes:
         return os.urandom(size)
     return make

@@ -208,6 +208,10 @@ def cache_state(gc: Any) -> tuple[set[str], set[str]]:
             set(state.get("queued_images", [])))
 
 
+def is_cached(gc: Any, image_id: str) -> bool:
+    return image_id in cache_state(gc)[0]
+
+
 def table_rows(text: str) -> list[list[str]]:
     rows = [[c.strip() for c in line.strip("|").split("|")]
             for line in text.splitlines() if line.startswith("|")]
@@ -237,7 +241,7 @@ def test_cache_of_downloaded_images_nodes_prune_clean_clear(g: Any, gc: Any,
     first, second = active_image(gc), active_image(gc)
     for image in (first, second):
         assert len(b"".join(gc.images.data(image.id))) == SIZE  # the middleware caches it
-        wait_for("cached", lambda i=image: i.id in cache_state(gc)[0])
+        wait_for("cached", functools.partial(is_cached, gc, image.id))
     rows = {r[0]: r for r in table_rows(ok(g("cache-list")).out)}
     assert rows[first.id][1] == "cached" and rows[first.id][4] == str(SIZE)
 

@@ -19,6 +19,7 @@ from glancefs import Client
 from glancefs.api import exceptions as exc
 from glancefs.api.service import ImageService
 from glancefs.testing.faultproxy import Fault, FaultProxy, http_response
+from glancefs.testing.glance_server import GlanceServer
 
 SEED_EXAMPLE = '''
 from glancefs import Client
@@ -157,7 +158,7 @@ def test_v2_unsupported_media_type_and_range_not_satisfiable(glance_v2) -> None:
 
 
 def test_v2_over_limit_is_413(tmp_path: Path) -> None:
-    from glancefs.testing.glance_server import GlanceServer, free_port
+    from glancefs.testing.glance_server import free_port
 
     with GlanceServer(tmp_path / "capped", free_port(), image_size_cap=1000) as server:
         glance = Client("2", endpoint=server.endpoint)
@@ -316,8 +317,9 @@ def test_one_record_shape_from_both_versions(api) -> None:
     (502, "Bad Gateway", exc.HTTPBadGateway),
     (504, "Gateway Timeout", exc.HTTPGatewayTimeout),
 ])
-def test_server_errors_map_to_their_exception_with_the_message(glance_v2, status: int,
-                                                               reason: str, cls: type) -> None:
+def test_server_errors_map_to_their_exception_with_the_message(
+        glance_v2: GlanceServer, status: int, reason: str,
+        cls: type[exc.ClientException]) -> None:
     page = (f"<html><head><title>{status} {reason}</title></head><body><h1>{status} "
             f"{reason}</h1>The backend store is on fire.</body></html>").encode()
     with FaultProxy("127.0.0.1", glance_v2.port) as proxy:

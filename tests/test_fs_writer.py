@@ -20,7 +20,7 @@ import pytest
 
 from glancefs.api import Client
 from glancefs.api import exceptions as exc
-from glancefs.api.service import ImageService
+from glancefs.api.service import ImageRecord, ImageService
 from glancefs.fs.errors import FsError
 from glancefs.fs.write import WritePath
 from glancefs.fs.write.janitor import Janitor
@@ -311,7 +311,7 @@ def test_hash_mismatch_fails_and_deletes(api, service, gc, config) -> None:
     class Lying(ImageService):
         """A server whose stored checksum differs from what was sent."""
 
-        def upload(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        def upload(self, *args: Any, **kwargs: Any) -> ImageRecord:
             return dataclasses.replace(super().upload(*args, **kwargs), checksum="0" * 32)
 
     lying = Lying(service.client)
@@ -600,6 +600,7 @@ def test_replace_on_close_keeps_the_old_image_until_the_new_one_is_active(
     paths.write(file, 1, 4, b"DATA")
     new = paths.flush(file, 1)
     paths.release(file, 1)
+    assert new is not None
     check_image(gc, api.version, new.id, b"old DATA")
     assert new.properties.get("os_distro") == "x"
     assert paths.janitor.wait_idle(10)

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 OCTET = {"Content-Type": "application/octet-stream"}
 
 
-def _create(endpoint: str, headers: dict[str, str] | None = None, **fields: object) -> dict:
+def _create(endpoint: str, headers: dict[str, str] | None = None, **fields: Any) -> dict:
     body = {"name": "img", "disk_format": "raw", "container_format": "bare", **fields}
     r = requests.post(f"{endpoint}/v2/images", json=body, headers=headers, timeout=30)
     assert r.status_code == 201, r.text

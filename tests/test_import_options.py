@@ -3,9 +3,11 @@ which offers no import workflow, and a stand-in that offers one)."""
 from __future__ import annotations
 
 import errno
+from typing import cast
 
 import pytest
 
+from glancefs.api.service import ImageService
 from glancefs.fs.errors import FsError
 from glancefs.fs.options import MountOptions, apply_option_string
 from glancefs.fs.write.upload import WriteConfig
@@ -57,7 +59,7 @@ def test_how_upload_auto_decides(upload: str, stores: tuple[str, ...], all_store
                                  offered: bool, method: str) -> None:
     service = Offers() if offered else MemoryImageService()
     config = WriteConfig(upload=upload, stores=stores, all_stores=all_stores)
-    assert config.method(service) == method
+    assert config.method(cast(ImageService, service)) == method
 
 
 @pytest.mark.parametrize(("upload", "stores", "all_stores"), [
@@ -66,5 +68,5 @@ def test_import_the_server_cannot_do_is_eopnotsupp(upload: str, stores: tuple[st
                                                    all_stores: bool) -> None:
     config = WriteConfig(upload=upload, stores=stores, all_stores=all_stores)
     with pytest.raises(FsError) as refused:
-        config.method(MemoryImageService())
+        config.method(cast(ImageService, MemoryImageService()))
     assert refused.value.errno == errno.EOPNOTSUPP

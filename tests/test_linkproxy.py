@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from glancefs.api import Client
+from glancefs.api import Client, v2
 from glancefs.testing.glance_server import GlanceServer
 from glancefs.testing.linkproxy import BURST, LinkProxy, TokenBucket, parse_rate
 from tests.mount_support import make_image, mounted
@@ -26,7 +26,7 @@ RATE = 8 * MiB
 
 
 @pytest.fixture(scope="module")
-def image(client: Client) -> tuple[str, bytes]:
+def image(client: v2.Client) -> tuple[str, bytes]:
     data = os.urandom(4 * MiB + 321)
     return make_image(client, "link-4MiB.raw", data).id, data
 
@@ -59,8 +59,12 @@ def test_parse_rate() -> None:
 def test_a_bucket_holds_takers_to_its_rate() -> None:
     bucket = TokenBucket(4 * MiB)
     start = time.monotonic()
-    threads = [threading.Thread(target=lambda: [bucket.take(BURST) for _ in range(16)])
-               for _ in range(2)]
+
+    def take() -> None:
+        for _ in range(16):
+            bucket.take(BURST)
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:

@@ -11,14 +11,15 @@ import hashlib
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from glancefs.api import Client
+from glancefs.api import Client, v2
 from glancefs.testing.glance_server import GlanceServer, free_port
 from glancefs.testing.linkproxy import LinkProxy
 from tests.cli_support import glanceclient_for
@@ -36,8 +37,8 @@ ERROR_XATTR = "user.glancefs.error"
 class Two:
     a: GlanceServer
     b: GlanceServer
-    ca: Client
-    cb: Client
+    ca: v2.Client
+    cb: v2.Client
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +62,14 @@ def no_auth(endpoint: str, **more: object) -> dict[str, object]:
     return {"auth_type": "none", "image_endpoint_override": endpoint, **more}
 
 
-def images_named(client: Client, name: str) -> list[dict]:
+def images_named(client: v2.Client, name: str) -> list[dict]:
     """The images named ``name``, as python-glanceclient lists them at the
     endpoint of ``client``: the target is checked by another client."""
     peer = glanceclient_for(client.http.endpoint)
     return [dict(i) for i in peer.images.list(filters={"name": name})]
 
 
-def wait_for(condition, what: str, deadline: float = DEADLINE):  # type: ignore[no-untyped-def]
+def wait_for(condition: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
     end = time.monotonic() + deadline
     while True:
         value = condition()

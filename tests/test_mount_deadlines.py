@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from glancefs.api import Client
+from glancefs.api import Client, v2
 from glancefs.testing.faultproxy import Fault, FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from tests.conftest import fresh_glance
@@ -75,8 +75,8 @@ def proxy(glance: GlanceServer) -> Iterator[FaultProxy]:
 class Fault_:
     """How to make one fault and end it, and where the mount points."""
     through_proxy: bool
-    begin: Callable[[GlanceServer, FaultProxy], None]
-    end: Callable[[GlanceServer, FaultProxy], None]
+    begin: Callable[[GlanceServer, FaultProxy], object]
+    end: Callable[[GlanceServer, FaultProxy], object]
 
 
 def _proxy_fault(**kwargs: object) -> Fault_:
@@ -182,7 +182,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def answers(gc: Client) -> bool:
+def answers(gc: v2.Client) -> bool:
     try:
         list(gc.images.list(limit=1))
         return True
@@ -207,6 +207,7 @@ def test_a_shell_never_hangs_and_the_mount_recovers(kind: str, glance: GlanceSer
     cached = make_image(gc, f"{tag}-cached.raw", os.urandom(2 * MiB))
     uncached = make_image(gc, f"{tag}-uncached.raw", os.urandom(8 * MiB))
     held = make_image(gc, f"{tag}-held.raw", os.urandom(8 * MiB))
+    assert cached.name and uncached.name and held.name   # made with names, files of the root
     endpoint = proxy.endpoint if fault.through_proxy else glance.endpoint
     figures: dict[str, float] = {}
     with mounted(endpoint, tmp_path / "mnt", options=OPTIONS) as m:
@@ -311,6 +312,7 @@ def test_unmount_is_at_once_while_the_server_never_answers(how: str, glance: Gla
     busy, unmount = UNMOUNTS[how]
     gc = Client("2", endpoint=glance.endpoint)
     image = make_image(gc, f"unmount-{how.split()[0]}.raw", os.urandom(2 * MiB))
+    assert image.name   # made with a name, a file of the root
     with mounted(proxy.endpoint, tmp_path / "mnt", options=OPTIONS) as m:
         proxy.add(Fault(hold=True, times=FOREVER))
         waiting: list[subprocess.Popen[bytes]] = []

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from glancefs.api import Client
+from glancefs.api import v2
 from glancefs.testing.glance_server import GlanceServer
 from tests.mount_support import Mounted, make_image, mounted
 
@@ -40,7 +40,7 @@ def wait_listed(path: Path, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-def test_a_whole_read_is_counted(mount: Mounted, client: Client) -> None:
+def test_a_whole_read_is_counted(mount: Mounted, client: v2.Client) -> None:
     data = os.urandom(5 * MiB + 1234)
     image = make_image(client, "stats-read.raw", data)
     assert STATS.encode() in [n.encode() for n in os.listxattr(mount.path)]
@@ -77,7 +77,7 @@ def test_a_whole_read_is_counted(mount: Mounted, client: Client) -> None:
 
 
 def test_pages_the_kernel_lost_and_asks_for_again_are_counted(mount: Mounted,
-                                                               client: Client) -> None:
+                                                               client: v2.Client) -> None:
     """The kernel's page cache loses what it was served (here posix_fadvise; memory
     pressure or a reclaimer alike) and the same open file reads it again: the mount
     fetches it again and says so, apart from a fetch it made twice on its own."""
@@ -102,7 +102,7 @@ def test_pages_the_kernel_lost_and_asks_for_again_are_counted(mount: Mounted,
     assert counters(mount.path)["totals"]["reread_bytes"] >= mine["reread_bytes"]
 
 
-def test_an_upload_is_counted(mount: Mounted, client: Client, tmp_path: Path) -> None:
+def test_an_upload_is_counted(mount: Mounted, client: v2.Client, tmp_path: Path) -> None:
     data = os.urandom(3 * MiB + 77)
     source = tmp_path / "up.raw"
     source.write_bytes(data)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from glancefs.api import Client
+from glancefs.api import v2
 from glancefs.api.service import ImageService
 from glancefs.fs import names, xattrs
 from glancefs.testing.faultproxy import FaultProxy
@@ -38,7 +38,7 @@ ODD_NAMES = ["a/b", "..", ".", "", None, "%", "50%", "%" * 100, "ünïcödé ña
 
 
 @pytest.fixture(scope="module")
-def images(client: Client) -> dict[str, Image]:
+def images(client: v2.Client) -> dict[str, Image]:
     rng = random.Random(3)
     made: dict[str, Image] = {}
     for n in range(30):   # more than Glance's default page of 25
@@ -72,7 +72,7 @@ def by_id(mnt: Path, image: Image) -> Path:
     return mnt / ".by-id" / image.id
 
 
-def test_listing_matches_api(mnt: Path, client: Client, images: dict[str, Image]) -> None:
+def test_listing_matches_api(mnt: Path, client: v2.Client, images: dict[str, Image]) -> None:
     records = ImageService(client).list_images()
     expected = names.assign_names([names.NameEntry(r.id, r.name, r.created_at)
                                    for r in records])
@@ -100,7 +100,7 @@ def test_listing_matches_api(mnt: Path, client: Client, images: dict[str, Image]
         assert (mnt / f"mnt-dup~{dup.id[:8]}").read_bytes() == dup.data
 
 
-def test_attributes(mnt: Path, client: Client, images: dict[str, Image]) -> None:
+def test_attributes(mnt: Path, client: v2.Client, images: dict[str, Image]) -> None:
     image = images["medium"]
     record = ImageService(client).get(image.id)
     st = os.stat(mnt / "mnt-medium.raw")
@@ -125,7 +125,7 @@ def test_whole_and_random_reads(mnt: Path, images: dict[str, Image]) -> None:
         os.close(fd)
 
 
-def test_xattrs_match_api(mnt: Path, client: Client, images: dict[str, Image]) -> None:
+def test_xattrs_match_api(mnt: Path, client: v2.Client, images: dict[str, Image]) -> None:
     image = images["medium"]
     record = ImageService(client).get(image.id)
     out = subprocess.run(["getfattr", "-d", "-m", "-", "--absolute-names", "-e", "hex",
@@ -149,7 +149,7 @@ def test_xattrs_match_api(mnt: Path, client: Client, images: dict[str, Image]) -
     assert missing.value.errno == errno.ENODATA
 
 
-def test_qemu_img_info_and_file(mnt: Path, client: Client, tmp_path: Path) -> None:
+def test_qemu_img_info_and_file(mnt: Path, client: v2.Client, tmp_path: Path) -> None:
     source = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "1G"], check=True)
     image = make_image(client, "mnt-disk.qcow2", source.read_bytes(), disk_format="qcow2")
@@ -162,7 +162,7 @@ def test_qemu_img_info_and_file(mnt: Path, client: Client, tmp_path: Path) -> No
     assert b"QEMU QCOW" in kind
 
 
-def test_small_read_transfers_little(glance_v2: GlanceServer, client: Client,
+def test_small_read_transfers_little(glance_v2: GlanceServer, client: v2.Client,
                                      tmp_path: Path) -> None:
     data = random.Random(5).randbytes(96 * MiB)
     image = make_image(client, "mnt-large.raw", data)
@@ -199,7 +199,7 @@ def _hash_in_processes(paths: list[Path]) -> list[str]:
     return out
 
 
-def test_eight_readers_one_image(glance_v2: GlanceServer, client: Client,
+def test_eight_readers_one_image(glance_v2: GlanceServer, client: v2.Client,
                                  tmp_path: Path) -> None:
     image = make_image(client, "mnt-shared.raw", random.Random(11).randbytes(24 * MiB + 1))
     # A fresh mount so the readers race on a cold cache.
@@ -212,7 +212,7 @@ def test_eight_readers_different_images(mnt: Path, images: dict[str, Image]) -> 
     assert _hash_in_processes([by_id(mnt, i) for i in multi]) == [i.sha256 for i in multi]
 
 
-def test_queued_image_is_listed_but_not_readable(mnt: Path, client: Client) -> None:
+def test_queued_image_is_listed_but_not_readable(mnt: Path, client: v2.Client) -> None:
     queued = client.images.create(name="mnt-queued", disk_format="raw",
                                   container_format="bare")
     path = mnt / ".by-id" / queued["id"]
@@ -227,7 +227,7 @@ def test_queued_image_is_listed_but_not_readable(mnt: Path, client: Client) -> N
         time.sleep(0.2)
 
 
-def test_deactivated_image_is_eacces(mnt: Path, client: Client) -> None:
+def test_deactivated_image_is_eacces(mnt: Path, client: v2.Client) -> None:
     image = make_image(client, "mnt-deactivated", b"secret data")
     client.http.request("POST", f"/v2/images/{image.id}/actions/deactivate").close()
     with pytest.raises(OSError) as refused:
@@ -235,7 +235,7 @@ def test_deactivated_image_is_eacces(mnt: Path, client: Client) -> None:
     assert refused.value.errno == errno.EACCES
 
 
-def test_tampered_store_fails_the_last_read(mnt: Path, client: Client,
+def test_tampered_store_fails_the_last_read(mnt: Path, client: v2.Client,
                                             glance_v2: GlanceServer) -> None:
     data = random.Random(13).randbytes(5 * MiB + 3)
     image = make_image(client, "mnt-tampered", data)
@@ -276,7 +276,7 @@ def test_statfs(mnt: Path) -> None:
     assert st.f_blocks >= st.f_bfree > 0
 
 
-def test_sigterm_while_reading_unmounts(glance_v2: GlanceServer, client: Client,
+def test_sigterm_while_reading_unmounts(glance_v2: GlanceServer, client: v2.Client,
                                         tmp_path: Path) -> None:
     # Larger than what the reader gets through before the signal (with the
     # read-ahead): what the page cache already holds is served even unmounted.
@@ -353,7 +353,7 @@ def test_bad_mount_point_and_secret_options(glance_v2: GlanceServer, tmp_path: P
     assert "hunter2" not in done.stderr
 
 
-def test_disk_cache_serves_a_second_mount(glance_v2: GlanceServer, client: Client,
+def test_disk_cache_serves_a_second_mount(glance_v2: GlanceServer, client: v2.Client,
                                           tmp_path: Path) -> None:
     data = random.Random(19).randbytes(6 * MiB + 100)
     image = make_image(client, "mnt-cached.raw", data)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from keystoneauth1 import session as ks_session
 
-from glancefs.api import Client
+from glancefs.api import Client, v2
 from glancefs.fs import names
 from glancefs.testing.faultproxy import FaultProxy
 from glancefs.testing.glance_server import GlanceServer, identity_headers
@@ -37,7 +37,7 @@ MEMBER_STATUS = "user.glance.member_status"
 
 
 def client_as(server: GlanceServer, project: str,
-              roles: tuple[str, ...] = ("member", "reader")) -> Client:
+              roles: tuple[str, ...] = ("member", "reader")) -> v2.Client:
     """glancefs's client as ``project`` (it seeds the images); ``listed`` asks
     python-glanceclient as the same project."""
     session = ks_session.Session(additional_headers=identity_headers(project, roles=roles))

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from glancefs.api import Client
+from glancefs.api import Client, v2
 from glancefs.api.buffers import BufferPool
 from glancefs.api.download import PART_MIN, part_size
 from glancefs.fs.options import MountOptions, apply_option_string
@@ -42,12 +42,12 @@ FAR_OPTIONS = "ttl=1,prefetch_max=16M,streams=4"
 
 
 @pytest.fixture(scope="module")
-def big(client: Client) -> Image:
+def big(client: v2.Client) -> Image:
     return make_image(client, "parallel-24MiB.raw", os.urandom(24 * MiB + 12345))
 
 
 @pytest.fixture(scope="module")
-def long(client: Client) -> Image:
+def long(client: v2.Client) -> Image:
     """For the rule that adds streams: it measures spans of 4 blocks per stream once the
     window is at its cap (block 5 here), and on 24 MiB the first stream came at block
     17-21 of 24, so a slow moment on a loaded machine left no room for it."""
@@ -250,7 +250,7 @@ def test_streams_1_keeps_one_stream(link: LinkProxy, big: Image, tmp_path: Path)
     assert mine["bytes"] - mine["reread_bytes"] == len(big.data)
 
 
-def test_a_reset_on_one_stream_resumes_that_stream(glance_v2: GlanceServer, client: Client,
+def test_a_reset_on_one_stream_resumes_that_stream(glance_v2: GlanceServer, client: v2.Client,
                                                    tmp_path: Path) -> None:
     image = make_image(client, "parallel-reset.raw", os.urandom(24 * MiB + 777))
     with FaultProxy("127.0.0.1", glance_v2.port) as faults, \

@@ -23,6 +23,7 @@ import pytest
 
 from glancefs import Client
 from glancefs.api import exceptions as exc
+from glancefs.api import v2
 from glancefs.api.buffers import BufferPool
 from glancefs.testing.faultproxy import Fault, FaultProxy, http_response
 from glancefs.testing.glance_server import GlanceServer
@@ -32,7 +33,7 @@ TOKEN = "SeCrEtToKeN123"
 
 
 @pytest.fixture(scope="module")
-def image(client: Client) -> Iterator[tuple[str, bytes]]:
+def image(client: v2.Client) -> Iterator[tuple[str, bytes]]:
     data = os.urandom(4 * MiB + 123)
     made = client.images.create(name="rel-client", disk_format="raw",
                                 container_format="bare", data=data)
@@ -95,8 +96,9 @@ def test_503_and_429_on_reads_are_retried(proxy, image, status: int, reason: str
 
 @pytest.mark.parametrize("status,cls", [(503, exc.HTTPServiceUnavailable),
                                         (429, exc.HTTPTooManyRequests)])
-def test_503_and_429_that_persist_raise_after_bounded_retries(proxy, image, status: int,
-                                                               cls: type) -> None:
+def test_503_and_429_that_persist_raise_after_bounded_retries(
+        proxy: FaultProxy, image: tuple[str, bytes], status: int,
+        cls: type[exc.ClientException]) -> None:
     image_id, _ = image
     proxy.add(Fault(match="/file ", respond=http_response(
         status, "busy", b"try later", {"Retry-After": "3600"}), times=100))
@@ -281,7 +283,7 @@ def make_ca_and_cert(where: Path) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "glancefs test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from glancefs.api import Client
+from glancefs.api import Client, v2
 from glancefs.testing.faultproxy import FaultProxy
 from glancefs.testing.glance_server import GlanceServer
 from tests.cli_support import cli_env, glancefs_cmd
@@ -32,7 +32,7 @@ def put_headers(proxy: FaultProxy, image_id: str, target: str = "file") -> dict[
     return found[0]
 
 
-def new_image(client: Client, name: str) -> str:
+def new_image(client: v2.Client, name: str) -> str:
     return client.images.create(name=name, disk_format="raw", container_format="bare")["id"]
 
 

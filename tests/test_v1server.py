@@ -99,7 +99,7 @@ def gen(data: bytes, piece: int = 1000) -> Iterator[bytes]:
 
 def test_module_imports_only_stdlib() -> None:
     tree = ast.parse(MODULE.read_text())
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(a.name.split(".")[0] for a in node.names)

@@ -2,7 +2,7 @@
 entry point shaped like python-glanceclient's."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 from keystoneauth1 import session as ks_session
 
@@ -10,6 +10,26 @@ from glancefs.api import exceptions as exc
 from glancefs.api import v1, v2
 from glancefs.api.http import HTTPClient
 from glancefs.api.values import major_version
+
+
+# Type checkers see which client a literal version gives (``Client("2", ...)`` is a
+# v2 client); any other spelling of a version (``"v2.16"``) gives either.
+@overload
+def Client(version: Literal["2", "v2", 2] = "2", endpoint: str | None = None,
+           token: str | None = None, session: ks_session.Session | None = None,
+           **kwargs: Any) -> v2.Client: ...
+
+
+@overload
+def Client(version: Literal["1", "v1", 1], endpoint: str | None = None,
+           token: str | None = None, session: ks_session.Session | None = None,
+           **kwargs: Any) -> v1.Client: ...
+
+
+@overload
+def Client(version: str | int | float, endpoint: str | None = None,
+           token: str | None = None, session: ks_session.Session | None = None,
+           **kwargs: Any) -> v1.Client | v2.Client: ...
 
 
 def Client(version: str | int | float = "2", endpoint: str | None = None,
