@@ -19,9 +19,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from glancefs.api import v1, v2
 from glancefs.procfs import is_mounted, status_kib
 from glancefs.testing import stress
 
@@ -151,23 +153,22 @@ class Image:
         return hashlib.sha256(self.data).hexdigest()
 
 
-def make_image(client: object, name: str | None, data: bytes, disk_format: str = "raw",
-               properties: dict[str, str] | None = None) -> Image:
+def make_image(client: v1.Client | v2.Client, name: str | None, data: bytes,
+               disk_format: str = "raw", properties: dict[str, str] | None = None) -> Image:
     """Create and upload an image with either API version."""
     props = dict(properties or {})
-    fields: dict[str, object] = {"disk_format": disk_format, "container_format": "bare"}
+    fields: dict[str, Any] = {"disk_format": disk_format, "container_format": "bare"}
     if name is not None:
         fields["name"] = name
-    if client.version == "2":  # type: ignore[attr-defined]
-        image = client.images.create(**fields, **props)  # type: ignore[attr-defined]
-        client.images.upload(image["id"], data)  # type: ignore[attr-defined]
+    if isinstance(client, v2.Client):
+        image = client.images.create(**fields, **props)
+        client.images.upload(image["id"], data)
     else:
-        image = client.images.create(data=data, properties=props,  # type: ignore[attr-defined]
-                                     **fields)
+        image = client.images.create(data=data, properties=props, **fields)
     return Image(image["id"], name, data, props)
 
 
-def images_with_copies(client: object, prefix: str, count: int, size: int,
+def images_with_copies(client: v1.Client | v2.Client, prefix: str, count: int, size: int,
                        where: Path) -> list[tuple[Image, Path]]:
     """``count`` random images of about ``size`` bytes (each a little longer than
     the one before, so no two are alike), each with a local copy to compare

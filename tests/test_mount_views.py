@@ -49,8 +49,8 @@ def client_as(server: GlanceServer, project: str,
 @dataclass
 class Cloud:
     server: GlanceServer
-    a: object      # glancefs.api v2 client speaking as A
-    b: object      # ... as B, the mount's project
+    a: v2.Client   # speaking as A
+    b: v2.Client   # ... as B, the mount's project
     ids: dict[str, str]
 
 
@@ -142,7 +142,7 @@ def test_by_owner_shows_every_projects_images_to_an_admin(
                 b"private" * 10
         assert b"a-private.raw" not in listed(cloud.b, visibility="all")
     finally:
-        cloud.a.images.delete(private.id)  # type: ignore[attr-defined]
+        cloud.a.images.delete(private.id)
 
 
 def test_shared_shows_pending_and_accepted_as_the_client_lists_them(mnt: Path,
@@ -182,7 +182,7 @@ def test_setfattr_accepts_a_shared_image(mnt: Path, cloud: Cloud) -> None:
     path = mnt / ".shared" / "pending.raw"
     assert os.getxattr(path, MEMBER_STATUS) == b"pending"
     subprocess.run(["setfattr", "-n", MEMBER_STATUS, "-v", "accepted", str(path)], check=True)
-    member = cloud.a.image_members.get(cloud.ids["pending"], B)  # type: ignore[attr-defined]
+    member = cloud.a.image_members.get(cloud.ids["pending"], B)
     assert member["status"] == "accepted"
     assert os.getxattr(path, MEMBER_STATUS) == b"accepted"
     # Accepted: the default listing (the root) shows it once the ttl has passed.
@@ -192,7 +192,7 @@ def test_setfattr_accepts_a_shared_image(mnt: Path, cloud: Cloud) -> None:
         time.sleep(0.2)
     assert os.stat(mnt / "pending.raw").st_ino == os.stat(path).st_ino
     subprocess.run(["setfattr", "-n", MEMBER_STATUS, "-v", "rejected", str(path)], check=True)
-    member = cloud.a.image_members.get(cloud.ids["pending"], B)  # type: ignore[attr-defined]
+    member = cloud.a.image_members.get(cloud.ids["pending"], B)
     assert member["status"] == "rejected"
 
 
