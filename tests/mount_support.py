@@ -29,6 +29,7 @@ from glancefs.testing import stress
 
 ROOT = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT = 30.0
+FAILURE_LOG_LINES = 60   # of the mount's log, printed when a test fails inside mounted()
 
 
 def require_fuse() -> None:
@@ -107,6 +108,11 @@ def mounted(endpoint: str, where: Path, options: str = "", api_version: str = "2
                 raise AssertionError(f"not mounted after {MOUNT_TIMEOUT}s\n{mount.log_text()}")
             time.sleep(0.05)
         yield mount
+    except BaseException:
+        # pytest shows this with the failure: what the mount saw is most of why.
+        print(f"--- the mount's log ({log}), last {FAILURE_LOG_LINES} lines ---\n"
+              + "\n".join(mount.log_text().splitlines()[-FAILURE_LOG_LINES:]))
+        raise
     finally:
         mount.stop()
 

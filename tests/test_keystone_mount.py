@@ -93,7 +93,8 @@ def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
 
 def sha256_of(path: Path) -> str:
     done = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True,
-                          timeout=DOWN_BOUND, check=True)
+                          timeout=DOWN_BOUND, check=False)
+    assert done.returncode == 0, done.stderr.strip()
     return done.stdout.split()[0]
 
 
@@ -234,7 +235,11 @@ def test_keystone_down_when_the_mounts_own_token_expires(cloud, tmp_path: Path) 
     cannot log in again. ``ls -l`` answers from the last listing, a file read before comes
     from the page cache, a read that needs the server fails soon with EIO and a log line
     saying the identity service could not be reached (no retries against it); with
-    Keystone back the same mount logs in again and reads everything."""
+    Keystone back the same mount logs in again and reads everything.
+
+    Keystone comes back with its usual token lifetime: a token that lives 6 s can
+    expire between its issue and Glance's check of it on a loaded machine (a fresh
+    Keystone answers its first requests slowly), which is not what is tested."""
     lifetime = 6
     glance = client_from_options(AuthOptions(**cloud.info["demo"]))
     datas = {"known": os.urandom(2 * MiB + 3), "unread": os.urandom(3 * MiB + 5)}
@@ -256,12 +261,13 @@ def test_keystone_down_when_the_mounts_own_token_expires(cloud, tmp_path: Path) 
                     known = timed(["sha256sum", str(m.path / "ks-exp-known.raw")])
                     unread = timed(["sha256sum", str(m.path / "ks-exp-unread.raw")])
                 finally:
-                    cloud.keystone.start()
+                    cloud.keystone.restart(token_expiration=3600)
             down_log = m.log_text()[mark:]
             for k in datas:
                 assert sha256_of(m.path / f"ks-exp-{k}.raw") == want[k], k
     finally:
-        cloud.keystone.restart(token_expiration=3600)
+        if cloud.keystone.token_expiration != 3600 or not cloud.keystone.is_running():
+            cloud.keystone.restart(token_expiration=3600)
     print(f"\nmount log while Keystone was down:\n{down_log}")
     for what, (elapsed, done) in (("ls -l", listing), ("known", known), ("unread", unread)):
         print(f"\n{what}: {elapsed:.1f}s rc={done.returncode} {done.stderr.strip()}")
