@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from keystoneauth1 import session as ks_session
@@ -36,14 +37,25 @@ DEADLINE = 30.0
 MEMBER_STATUS = "user.glance.member_status"
 
 
-def client_as(server: GlanceServer, project: str,
-              roles: tuple[str, ...] = ("member", "reader")) -> v2.Client:
-    """glancefs's client as ``project`` (it seeds the images); ``listed`` asks
-    python-glanceclient as the same project."""
-    session = ks_session.Session(additional_headers=identity_headers(project, roles=roles))
-    client = Client("2", endpoint=server.endpoint, session=session)
-    client.project, client.roles, client.server = project, roles, server  # type: ignore[attr-defined]
-    return client
+@dataclass(frozen=True)
+class Speaker:
+    """Whom requests speak as: the identity headers this module's Glance trusts."""
+    server: GlanceServer
+    project: str
+    roles: tuple[str, ...] = ("member", "reader")
+
+    def session(self) -> ks_session.Session:
+        return ks_session.Session(
+            additional_headers=identity_headers(self.project, roles=self.roles))
+
+    def client(self) -> v2.Client:
+        """glancefs's client (it seeds the images)."""
+        return Client("2", endpoint=self.server.endpoint, session=self.session())
+
+    def glanceclient(self) -> Any:
+        """python-glanceclient: the peer each view is checked against."""
+        import glanceclient
+        return glanceclient.Client("2", endpoint=self.server.endpoint, session=self.session())
 
 
 @dataclass
@@ -51,13 +63,15 @@ class Cloud:
     server: GlanceServer
     a: v2.Client   # speaking as A
     b: v2.Client   # ... as B, the mount's project
+    as_b: Speaker
     ids: dict[str, str]
 
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     with fresh_glance(tmp_path_factory, "glance-views", auth="headers") as server:
-        a, b = client_as(server, A), client_as(server, B)
+        as_b = Speaker(server, B)
+        a, b = Speaker(server, A).client(), as_b.client()
         ids: dict[str, str] = {}
         for key, status in (("pending", "pending"), ("accepted", "accepted")):
             image = make_image(a, f"{key}.raw", key.encode() * 100)
@@ -74,7 +88,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         # A tag with "/" cannot be a URL's last segment (image_tags): set the list.
         b.images.update(ids["own"], tags=["gold", "a/b"])
         a.image_tags.update(ids["accepted"], "gold")   # B sees A's tag on what it accepted
-        yield Cloud(server, a, b, ids)
+        yield Cloud(server, a, b, as_b, ids)
 
 
 @pytest.fixture(scope="module")
@@ -85,27 +99,15 @@ def mnt(cloud: Cloud, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         yield mount.path
 
 
-def glanceclient_as(server: GlanceServer, project: str,
-                    roles: tuple[str, ...] = ("member", "reader")) -> object:
-    """python-glanceclient speaking as ``project``: the peer each view is checked
-    against."""
-    import glanceclient
-    session = ks_session.Session(additional_headers=identity_headers(project, roles=roles))
-    return glanceclient.Client("2", endpoint=server.endpoint, session=session)
-
-
-def listed(client: object, not_owned_by: str | None = None, **filters: str) -> set[bytes]:
-    """File names of what python-glanceclient lists speaking as ``client``'s
-    project (the names rule of the mount; the names here are unique, so no
-    suffixes)."""
-    project = client.project  # type: ignore[attr-defined]
-    roles = getattr(client, "roles", ("member", "reader"))
-    peer = glanceclient_as(client.server, project, roles)  # type: ignore[attr-defined]
+def listed(speaker: Speaker, not_owned_by: str | None = None,
+           **filters: str) -> set[bytes]:
+    """File names of what python-glanceclient lists speaking as ``speaker`` (the
+    names rule of the mount; the names here are unique, so no suffixes)."""
     wanted: dict[str, object] = dict(filters)
     if "tag" in wanted:
         wanted["tag"] = [wanted["tag"]]   # glanceclient takes a list of tags
     return {names.escape(i["name"])
-            for i in peer.images.list(filters=wanted)  # type: ignore[attr-defined]
+            for i in speaker.glanceclient().images.list(filters=wanted)
             if not_owned_by is None or i["owner"] != not_owned_by}
 
 
@@ -119,7 +121,7 @@ VIEWS = {b".by-id", b".shared", b".community", b".hidden", b".by-tag", b".by-own
 def test_the_root_shows_the_views(mnt: Path, cloud: Cloud) -> None:
     entries = shown(mnt)
     assert VIEWS <= entries
-    assert entries - VIEWS == listed(cloud.b)
+    assert entries - VIEWS == listed(cloud.as_b)
 
 
 def test_by_owner_shows_every_projects_images_to_an_admin(
@@ -128,7 +130,7 @@ def test_by_owner_shows_every_projects_images_to_an_admin(
     for that owner; A's private image is there, which B never sees."""
     admin = ("admin", "member", "reader")
     private = make_image(cloud.a, "a-private.raw", b"private" * 10)
-    as_admin = client_as(cloud.server, "project-admin", roles=admin)
+    as_admin = Speaker(cloud.server, "project-admin", admin)
     proxy = FaultProxy("127.0.0.1", cloud.server.port,
                        add_headers=identity_headers("project-admin", roles=admin))
     try:
@@ -140,7 +142,7 @@ def test_by_owner_shows_every_projects_images_to_an_admin(
             assert b"a-private.raw" in shown(mount.path / ".by-owner" / A)
             assert (mount.path / ".by-owner" / A / "a-private.raw").read_bytes() == \
                 b"private" * 10
-        assert b"a-private.raw" not in listed(cloud.b, visibility="all")
+        assert b"a-private.raw" not in listed(cloud.as_b, visibility="all")
     finally:
         cloud.a.images.delete(private.id)
 
@@ -149,8 +151,8 @@ def test_shared_shows_pending_and_accepted_as_the_client_lists_them(mnt: Path,
                                                                     cloud: Cloud) -> None:
     # Glance lists B's own images (visibility "shared" by default) under every
     # member status too: .shared leaves them out, shared *with* B only.
-    pending = listed(cloud.b, B, visibility="shared", member_status="pending")
-    accepted = listed(cloud.b, B, visibility="shared", member_status="accepted")
+    pending = listed(cloud.as_b, B, visibility="shared", member_status="pending")
+    accepted = listed(cloud.as_b, B, visibility="shared", member_status="accepted")
     assert pending >= {b"pending.raw"} and accepted >= {b"accepted.raw"}
     assert shown(mnt / ".shared") == pending | accepted
     assert os.getxattr(mnt / ".shared" / "accepted.raw", MEMBER_STATUS) == b"accepted"
@@ -158,13 +160,13 @@ def test_shared_shows_pending_and_accepted_as_the_client_lists_them(mnt: Path,
 
 
 def test_community_hidden_and_tags_as_the_client_lists_them(mnt: Path, cloud: Cloud) -> None:
-    assert shown(mnt / ".community") == listed(cloud.b, visibility="community")
+    assert shown(mnt / ".community") == listed(cloud.as_b, visibility="community")
     assert b"comm.raw" in shown(mnt / ".community")
-    assert shown(mnt / ".hidden") == listed(cloud.b, os_hidden="true") == {b"hid.raw"}
+    assert shown(mnt / ".hidden") == listed(cloud.as_b, os_hidden="true") == {b"hid.raw"}
     assert b"hid.raw" not in shown(mnt)
     assert shown(mnt / ".by-tag") >= {b"gold", b"a%2Fb"}
-    assert shown(mnt / ".by-tag" / "gold") == listed(cloud.b, tag="gold")
-    assert shown(mnt / ".by-tag" / "a%2Fb") == listed(cloud.b, tag="a/b") == {b"own.raw"}
+    assert shown(mnt / ".by-tag" / "gold") == listed(cloud.as_b, tag="gold")
+    assert shown(mnt / ".by-tag" / "a%2Fb") == listed(cloud.as_b, tag="a/b") == {b"own.raw"}
 
 
 def test_an_image_is_one_file_wherever_it_appears(mnt: Path, cloud: Cloud) -> None:
