@@ -198,10 +198,17 @@ def test_keystone_down_while_the_token_is_valid(cloud, token_cache: str, tmp_pat
         glance.images.delete(image.id)
 
 
+# Tokens short enough to expire during a test, long enough that every token is checked
+# by Glance before it expires: keystoneauth renews a token this short before each
+# request, and a Keystone just started answers its first ones slowly on a loaded
+# 2-core machine (with a 1 s lifetime most reads fail here with EACCES).
+SHORT_LIFETIME = 12
+
+
 def test_token_expiring_during_reads_through_the_mount(cloud, tmp_path: Path) -> None:
-    """Tokens that live 8 s, reads spread over more than that: the mount gets a
+    """Short-lived tokens, reads spread over more than their life: the mount gets a
     new token when its own expires, and every read gets the right bytes."""
-    lifetime = 8
+    lifetime = SHORT_LIFETIME
     glance = client_from_options(AuthOptions(**cloud.info["demo"]))
     data = os.urandom(24 * 1024 * 1024 + 3)
     image = glance.images.create(name="ks-expiring.raw", disk_format="raw",
@@ -237,10 +244,9 @@ def test_keystone_down_when_the_mounts_own_token_expires(cloud, tmp_path: Path) 
     saying the identity service could not be reached (no retries against it); with
     Keystone back the same mount logs in again and reads everything.
 
-    Keystone comes back with its usual token lifetime: a token that lives 6 s can
-    expire between its issue and Glance's check of it on a loaded machine (a fresh
-    Keystone answers its first requests slowly), which is not what is tested."""
-    lifetime = 6
+    Keystone comes back with its usual token lifetime, so that no token can expire
+    between its issue and Glance's check of it then (SHORT_LIFETIME)."""
+    lifetime = SHORT_LIFETIME
     glance = client_from_options(AuthOptions(**cloud.info["demo"]))
     datas = {"known": os.urandom(2 * MiB + 3), "unread": os.urandom(3 * MiB + 5)}
     images = {k: glance.images.create(name=f"ks-exp-{k}.raw", disk_format="raw",
