@@ -46,6 +46,7 @@ from tests.mount_support import (
     mounted,
     sha256_file,
 )
+from tests.waiting import wait_until
 
 MiB = 1024 * 1024
 TIMEOUT = 8.0             # the mount's timeout: a read of uncached data fails after it
@@ -172,14 +173,6 @@ class Writer:
         self.stop_file.touch()
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out.strip() + err.strip()[-300:]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.2)
 
 
 def answers(gc: v2.Client) -> bool:

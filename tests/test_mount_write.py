@@ -26,6 +26,7 @@ from glancefs.testing.faultproxy import Fault, FaultProxy
 from glancefs.testing.glance_server import GlanceServer, free_port
 from tests.conftest import fresh_glance
 from tests.mount_support import held_fifo, mounted, status_kib
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -206,8 +207,8 @@ def test_qemu_img_convert_to_qcow2(setup: Setup) -> None:
             f.write(chunk)
     assert hashlib.md5(fetched.read_bytes()).hexdigest() == image.checksum
     run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", src, fetched)
-    time.sleep(0.5)
-    assert len(named(setup.gc, "w-guest.qcow2")) == 1     # earlier versions are gone
+    wait_until(lambda: len(named(setup.gc, "w-guest.qcow2")) == 1, 30,
+               "the earlier versions of w-guest.qcow2 are deleted")
     delete_all(setup.gc, "w-guest.qcow2")
 
 
@@ -321,8 +322,8 @@ def test_mislabelled_qcow2_fails_with_nothing_left(setup: Setup) -> None:
     done = run("cp", src, setup.mnt / "w-liar.qcow2", check=False)
     assert done.returncode != 0
     assert "w-liar.qcow2" in done.stderr
-    time.sleep(0.5)
-    assert named(setup.gc, "w-liar.qcow2") == []
+    wait_until(lambda: named(setup.gc, "w-liar.qcow2") == [], 30,
+               "the half-made w-liar.qcow2 is deleted")
     assert not (setup.mnt / "w-liar.qcow2").exists()
     assert "415" in setup.log()
 

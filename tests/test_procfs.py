@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from glancefs.procfs import (
@@ -18,15 +17,7 @@ from glancefs.procfs import (
     stat_fields,
     status_kib,
 )
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+from tests.waiting import wait_until
 
 
 def test_a_command_name_with_parentheses_and_spaces_does_not_shift_the_fields(
@@ -44,7 +35,8 @@ def test_a_command_name_with_parentheses_and_spaces_does_not_shift_the_fields(
         assert group_cpu_seconds(os.getpgid(child.pid)) >= cpu_seconds(child.pid) >= 0.0
         child.send_signal(signal.SIGKILL)
         # Killed, not yet reaped: a zombie, which does not run.
-        assert wait_until(lambda: (stat_fields(child.pid) or ["?"])[0] == "Z")
+        wait_until(lambda: (stat_fields(child.pid) or ["?"])[0] == "Z", 10,
+                   "the child is a zombie", interval=0.01)
         assert not is_running(child.pid)
     finally:
         child.kill()

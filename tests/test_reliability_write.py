@@ -30,6 +30,7 @@ from glancefs.testing.glance_server import GlanceServer
 from tests.conftest import fresh_glance
 from tests.mount_support import ResourceSampler, images_with_copies, mounted
 from tests.test_reliability_load import READER
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.mount]
 
@@ -308,8 +309,10 @@ def test_invalid_utf8_names_are_refused_with_nothing_created(setup: Setup, shown
                                                               ) -> None:
     before = {i.id for i in setup.gc.images.list()}
     got = setup.create(shown, b"x" * 100)
-    time.sleep(0.5)     # a failed upload's image is deleted in the background
-    assert {i.id for i in setup.gc.images.list()} == before
+    # An image a failed upload made is deleted by the mount, in the background
+    # when the first try does not answer soon.
+    wait_until(lambda: {i.id for i in setup.gc.images.list()} == before, 30,
+               "no image is left by the refused create")
     # Not representable as a Glance name (names are JSON text): EINVAL, as
     # glancefs.fs.filesystem._image_name gives for any name it cannot unescape.
     assert errno_name(got) == "EINVAL", got
