@@ -27,6 +27,7 @@ from glancefs.api import v2
 from glancefs.api.buffers import BufferPool
 from glancefs.testing.faultproxy import Fault, FaultProxy, http_response
 from glancefs.testing.glance_server import GlanceServer
+from tests.conftest import fresh_glance
 
 MiB = 1024 * 1024
 TOKEN = "SeCrEtToKeN123"
@@ -271,6 +272,50 @@ def test_list_json_of_the_wrong_shape_is_a_client_error(proxy) -> None:
         "200 OK", {"Content-Type": "application/json", "Content-Length": str(len(body))}, body)))
     with pytest.raises(exc.ClientException):
         list(Client("2", endpoint=proxy.endpoint).images.list())
+
+
+# -- connections a gateway closes when idle ---------------------------------------------
+
+
+IDLE_CLOSE = 1.5   # the gateway's idle timeout here; longer than connections.STALE_AFTER
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
+    """A Glance that keeps idle connections 75 s (nginx's default), so that the
+    gateway in front of it, with its shorter timeout, is what closes them."""
+    with fresh_glance(tmp_path_factory, "glance-keepalive", keep_alive=75) as server:
+        yield server
+
+
+@pytest.mark.parametrize("request_of", ["create", "delete"])
+def test_a_request_unsafe_to_repeat_after_a_pause_gets_a_new_connection(
+        backend: GlanceServer, request_of: str) -> None:
+    """A gateway closes a keep-alive connection idle for 1.5 s just as the next request
+    arrives on it, a race no client can see coming. A create or a delete after a pause
+    is not safe to send twice, so it goes on a new connection: it succeeds, once. (An
+    update reads the image first, a GET, which is sent again on a new connection.)"""
+    direct = Client("2", endpoint=backend.endpoint)
+    with FaultProxy("127.0.0.1", backend.port) as gateway:
+        gc = Client("2", endpoint=gateway.endpoint)
+        made = gc.images.create(name="rel-idle", disk_format="raw", container_format="bare")
+        gateway.add(Fault(respond=b"", idle_for=IDLE_CLOSE, times=10 ** 6))
+        list(gc.images.list(limit=1))       # the pooled connection's last use
+        connections = gateway.stats.connections
+        time.sleep(IDLE_CLOSE + 0.5)        # the condition itself: a connection that idled
+        if request_of == "create":
+            again = gc.images.create(name="rel-idle-2", disk_format="raw",
+                                     container_format="bare")
+            assert [i.id for i in direct.images.list(filters={"name": "rel-idle-2"})] == \
+                [again.id]
+            direct.images.delete(again.id)
+        else:
+            gc.images.delete(made.id)
+            with pytest.raises(exc.HTTPNotFound):
+                direct.images.get(made.id)
+        assert gateway.stats.connections > connections
+    if request_of != "delete":
+        direct.images.delete(made.id)
 
 
 # -- TLS --------------------------------------------------------------------------------

@@ -26,10 +26,10 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1 import token_endpoint
 
 from glancefs.api import exceptions as exc
+from glancefs.api.connections import SAFE_METHODS, PoolAdapter
 
 LOG = logging.getLogger(__name__)
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRY_STATUSES = frozenset({429, 503})
 CHUNK_SIZE = 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
@@ -138,7 +138,9 @@ class HTTPClient:
     def _mount_pool(session: ks_session.Session, pool_size: int) -> None:
         # Many FUSE readers run at once; requests' default pool of 10
         # connections would make them queue or open throw-away connections.
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+        # A request unsafe to repeat never goes on a connection idle long
+        # enough for the other end to close it (glancefs.api.connections).
+        adapter = PoolAdapter(pool_connections=4, pool_maxsize=pool_size)
         session.session.mount("http://", adapter)
         session.session.mount("https://", adapter)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -37,6 +38,10 @@ class Fault:
     ``hold``: forward nothing, answer nothing: the connection stays open
     until the fault is cleared (:meth:`FaultProxy.clear`), like a load
     balancer in front of a server that never answers.
+    ``idle_for``: only for a request that comes on a keep-alive connection
+    idle for at least that many seconds since its last answer (with
+    ``respond=b""``: a gateway whose idle timeout closes the connection just
+    as the request arrives).
 
     A stall or a hold ends early when the proxy's faults are cleared.
     """
@@ -46,6 +51,7 @@ class Fault:
     stall: float = 0.0
     stall_after: int | None = None
     hold: bool = False
+    idle_for: float | None = None
     times: int = 1
 
 
@@ -144,10 +150,14 @@ class FaultProxy:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _take_fault(self, request_line: str) -> Fault | None:
+    def _take_fault(self, request_line: str, idle: float | None) -> Fault | None:
+        """``idle``: seconds the connection waited since its last answer (None:
+        its first request)."""
         with self._lock:
             self.stats.requests.append(request_line)
             for fault in self.faults:
+                if fault.idle_for is not None and (idle is None or idle < fault.idle_for):
+                    continue
                 if fault.match in request_line and fault.times > 0:
                     fault.times -= 1
                     return fault
@@ -177,6 +187,7 @@ class FaultProxy:
             client.close()
             return
         answer = [_Answer()]      # the answer in flight on this connection
+        answered_at: list[float | None] = [None]   # when its last answer's bytes went
         done = threading.Event()
 
         def client_to_server() -> None:
@@ -209,7 +220,9 @@ class FaultProxy:
                             data = data[:at] + self.add_headers + data[at:]
                         line = buffer.split(b"\r\n", 1)[0].decode("latin-1")
                         cleared = self._cleared
-                        fault = self._take_fault(line)
+                        last = answered_at[0]
+                        fault = self._take_fault(
+                            line, None if last is None else time.monotonic() - last)
                         if fault and fault.respond is not None:
                             client.sendall(fault.respond)
                             break
@@ -257,6 +270,7 @@ class FaultProxy:
                             _reset(client)
                             break
                     client.sendall(data)
+                    answered_at[0] = time.monotonic()
                     state.sent += len(data)
                     self._count(len(data))
             except OSError:

@@ -162,7 +162,8 @@ class GlanceServer(gunicorn_server.GunicornServer):
                  image_cache: bool = False, image_cache_max_size: int | None = None,
                  locations: bool = False, stores: tuple[str, ...] = ("fs",),
                  import_methods: tuple[str, ...] | None = None,
-                 convert_to: str | None = None, policy: dict[str, str] | None = None) -> None:
+                 convert_to: str | None = None, policy: dict[str, str] | None = None,
+                 keep_alive: int | None = None) -> None:
         """``metadefs``: load Glance's shipped metadata definitions (``glance-manage
         db_load_metadefs``). ``image_cache``: put the cache middleware in the pipeline, so
         downloads fill the image cache, which ``cache-prune`` shrinks to
@@ -178,7 +179,8 @@ class GlanceServer(gunicorn_server.GunicornServer):
         ``import_methods``: Glance's enabled_import_methods (None: its default);
         ``convert_to``: turn the image_conversion import plugin on with this
         output format (what a Ceph-backed cloud does with ``raw``); ``policy``: rules
-        added to the policy file (e.g. ``{"upload_image": "!"}``: no direct upload)."""
+        added to the policy file (e.g. ``{"upload_image": "!"}``: no direct upload);
+        ``keep_alive``: seconds gunicorn keeps an idle connection (its default 2)."""
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         if auth == "keystone" and not keystone:
@@ -198,6 +200,8 @@ class GlanceServer(gunicorn_server.GunicornServer):
         self.import_methods = tuple(import_methods) if import_methods is not None else None
         self.convert_to = convert_to
         self.policy = dict(policy or {})
+        if keep_alive is not None:
+            self.keep_alive = keep_alive
 
     # -- paths -------------------------------------------------------------------------------
 

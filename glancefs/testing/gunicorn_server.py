@@ -144,6 +144,7 @@ class GunicornServer:
     config_dir_var = ""               # environment variable that names etc_dir
     threads = 8
     timeout = 600
+    keep_alive = 2                    # seconds an idle connection is kept (gunicorn's default)
     ready_path = "/"                  # GET this until it answers with one of ready_statuses
     ready_statuses: tuple[int, ...] = (200,)
 
@@ -222,7 +223,7 @@ class GunicornServer:
         cmd = [
             str(self._bin("gunicorn")),
             "--workers", "1", "--threads", str(self.threads), "--timeout", str(self.timeout),
-            "--graceful-timeout", "5",
+            "--graceful-timeout", "5", "--keep-alive", str(self.keep_alive),
             # gunicorn 23+ otherwise opens one control socket per user at a
             # fixed path, which several servers at once fight over.
             "--no-control-socket",
