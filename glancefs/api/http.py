@@ -431,7 +431,7 @@ def translate_keystone_error(error: ks_exc.ClientException, *, method: str | Non
     return exc.CommunicationError(_first_line(error), method=method, url=url)
 
 
-_POOL_REPORT = re.compile(r"HTTPS?ConnectionPool\(.*$")
+_POOL_REPORT = re.compile(r"\w*HTTPS?ConnectionPool\(.*$")
 
 
 def _without_pool_report(text: str) -> str:
