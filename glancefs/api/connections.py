@@ -77,17 +77,9 @@ class FreshHTTPConnectionPool(HTTPConnectionPool):
         super()._put_conn(conn)
 
 
-class FreshHTTPSConnectionPool(HTTPSConnectionPool):
-    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        with _unsafe_to_repeat(method):
-            return super().urlopen(method, url, *args, **kwargs)
-
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        return _fresh_if_stale(super()._get_conn(timeout))
-
-    def _put_conn(self, conn: Any) -> None:
-        _mark_idle(conn)
-        super()._put_conn(conn)
+class FreshHTTPSConnectionPool(FreshHTTPConnectionPool, HTTPSConnectionPool):
+    """The same over TLS: the methods above, then HTTPSConnectionPool's (its scheme,
+    its connections, its __init__)."""
 
 
 POOL_CLASSES = {"http": FreshHTTPConnectionPool, "https": FreshHTTPSConnectionPool}
