@@ -243,6 +243,9 @@ class HTTPClient:
                     raise exc.CommunicationError(
                         f"the identity service could not be reached for a token: "
                         f"{error.details}", method=method, url=url) from None
+                if isinstance(e, ks_exc.SSLError) and "certificate" in str(e).lower():
+                    # A certificate that failed verification fails the same way again.
+                    raise error from None
                 if isinstance(error, exc.CommunicationError) and deadline is not None and \
                         time.monotonic() >= deadline.at - 0.1:
                     # The attempt ran into the deadline (its timeouts end there).
