@@ -53,9 +53,9 @@ def _fresh_if_stale(conn: Any) -> Any:
     idle_since = getattr(conn, _IDLE_SINCE, None)
     if getattr(_request, "unsafe", False) and idle_since is not None and \
             time.monotonic() - idle_since > STALE_AFTER:
-        # urllib3 connects a closed connection again when it sends on it.
+        # urllib3 connects a closed connection again when it sends on it; it is
+        # marked idle again when it goes back to the pool (_mark_idle).
         conn.close()
-        setattr(conn, _IDLE_SINCE, None)
     return conn
 
 
